@@ -1,0 +1,38 @@
+# Two entry points: `make demo` (or `make demo-once`) and `make test`. Everything installs into .venv.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
+export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo demo-once test lint model clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a looser spec resolves to a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+model: install
+	$(PY) -m ai_assets.model_convert
+
+demo: model
+	$(PY) -m ai_assets.demo
+
+demo-once: model
+	$(PY) -m ai_assets.demo --once
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint model
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .cache .demo .dagster_home

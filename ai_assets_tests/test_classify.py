@@ -1,0 +1,126 @@
+import io
+
+import pytest
+from PIL import Image
+
+from ai_assets.classify import ImageError, Job, classify_objects, decode_image, load_classifier
+from ai_assets.samples import encode
+from ai_assets.store import Fetched
+
+
+def png(image: Image.Image) -> bytes:
+    return encode(image, "PNG")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty object"),
+        (b"\x00\x01garbage" * 100, "not a recognised image format"),
+        (b"plain text, not a png", "not a recognised image format"),
+    ],
+)
+def test_undecodable_bytes_raise_a_clear_error(data: bytes, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_an_error(jpegs: dict[str, bytes]) -> None:
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode_image(jpegs["chelsea"][:2000])
+
+
+def test_oversize_images_are_refused_before_decoding() -> None:
+    data = png(Image.new("L", (3000, 3000)))
+    with pytest.raises(ImageError, match="9,000,000 pixels, above the limit of 1,000,000"):
+        decode_image(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (20, 10), (255, 0, 0, 0)),
+        Image.new("P", (20, 10)),
+        Image.new("I;16", (20, 10), 40000),
+        Image.new("CMYK", (20, 10)),
+        Image.new("LA", (20, 10)),
+        Image.new("1", (1, 1)),
+    ],
+    ids=lambda image: image.mode,
+)
+def test_every_mode_becomes_rgb(image: Image.Image) -> None:
+    fmt = "JPEG" if image.mode == "CMYK" else "PNG"
+    decoded = decode_image(encode(image, fmt))
+    assert decoded.mode == "RGB"
+    assert decoded.size == image.size
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    decoded = decode_image(png(Image.new("I;16", (4, 4), 65535)))
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_rotation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 10)).save(buffer, "JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).size == (10, 40)
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buffer.getvalue()).getpixel((0, 0))[0] > 200
+
+
+def test_classify_objects_turns_bad_objects_into_error_rows(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    objects = {
+        "chelsea.jpg": jpegs["chelsea"],
+        "broken.jpg": b"not an image",
+        "coffee.jpg": jpegs["coffee"],
+        "empty.png": b"",
+    }
+
+    def fetch(key: str) -> Fetched:
+        if key in objects:
+            data = objects[key]
+            return Fetched(key=key, etag=f"etag-{key}", size=len(data), data=data)
+        return Fetched(key=key, deleted=True)
+
+    classifier = load_classifier(tiny_model_dir, "cpu")
+    jobs = [Job(key, key) for key in [*objects, "gone.jpg"]]
+    batches = list(
+        classify_objects(jobs, fetch, classifier, batch_size=2, top_k=3, concurrency=2, run_id="r")
+    )
+    assert [len(batch) for batch in batches] == [2, 2, 1]
+    rows = {row.s3_key: row for batch in batches for row in batch}
+    assert {key: row.status for key, row in rows.items()} == {
+        "chelsea.jpg": "ok",
+        "broken.jpg": "error",
+        "coffee.jpg": "ok",
+        "empty.png": "error",
+        "gone.jpg": "deleted",
+    }
+    chelsea = rows["chelsea.jpg"]
+    assert chelsea.label in {"alpha", "beta", "gamma", "delta"}
+    assert chelsea.top_k is not None and len(chelsea.top_k) == 3
+    assert chelsea.top_k[0] == {"label": chelsea.label, "score": chelsea.score}
+    assert 0.0 <= (chelsea.score or -1) <= 1.0
+    assert chelsea.etag == "etag-chelsea.jpg" and chelsea.run_id == "r"
+    assert rows["broken.jpg"].error == "not a recognised image format"
+    assert rows["empty.png"].error == "empty object (0 bytes)"
+    assert rows["broken.jpg"].label is None
+
+
+def test_predictions_do_not_depend_on_batch_composition(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    classifier = load_classifier(tiny_model_dir, "cpu")
+    pixels = [classifier.preprocess(decode_image(data)) for data in jpegs.values()]
+    alone = [classifier.predict([p], top_k=1)[0][0].label for p in pixels]
+    together = [labels[0].label for labels in classifier.predict(pixels, top_k=1)]
+    assert alone == together

@@ -1,0 +1,101 @@
+import dataclasses
+
+import pytest
+import sqlalchemy as sa
+
+from ai_assets import table
+from ai_assets.table import ClassificationRow
+
+
+def ok_row(key: str, label: str = "tabby", score: float = 0.9, **changes) -> ClassificationRow:
+    row = ClassificationRow(
+        s3_key=key,
+        partition_key=key,
+        status="ok",
+        etag="e1",
+        size_bytes=10,
+        label=label,
+        score=score,
+        top_k=[{"label": label, "score": score}],
+        model_id="m",
+        model_revision="r1",
+        run_id="run-1",
+    )
+    return dataclasses.replace(row, **changes)
+
+
+@pytest.fixture
+def engine(db_url: str):
+    engine = sa.create_engine(db_url)
+    table.create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_schema_creation_is_idempotent(engine) -> None:
+    table.create_schema(engine)
+    table.create_schema(engine)
+    inspector = sa.inspect(engine)
+    assert {c["name"] for c in inspector.get_columns("image_classifications")} == {
+        "s3_key", "partition_key", "etag", "size_bytes", "label", "score", "top_k", "model_id",
+        "model_revision", "status", "error", "classified_at", "run_id",
+    }  # fmt: skip
+    assert any(
+        ix["column_names"] == ["label"] for ix in inspector.get_indexes("image_classifications")
+    )
+
+
+def test_upsert_is_idempotent_and_replaces_rows(engine) -> None:
+    rows = [ok_row("a.jpg"), ok_row("b.jpg", label="espresso")]
+    assert table.upsert_rows(engine, rows) == 2
+    assert table.upsert_rows(engine, rows) == 2
+    table.upsert_rows(engine, [ok_row("a.jpg", label="tiger cat", etag="e2", run_id="run-2")])
+    current = {row["s3_key"]: row for row in table.fetch_rows(engine)}
+    assert len(current) == 2
+    assert current["a.jpg"]["label"] == "tiger cat"
+    assert current["a.jpg"]["etag"] == "e2"
+    assert current["a.jpg"]["run_id"] == "run-2"
+    assert current["a.jpg"]["top_k"] == [{"label": "tiger cat", "score": 0.9}]
+    assert current["a.jpg"]["classified_at"] is not None
+
+
+def test_a_failing_batch_commits_nothing_and_keeps_earlier_rows(engine) -> None:
+    table.upsert_rows(engine, [ok_row("kept.jpg")])
+    bad = dataclasses.replace(ok_row("bad.jpg"), status="bogus")  # violates the CHECK constraint
+    with pytest.raises(sa.exc.IntegrityError):
+        table.upsert_rows(engine, [ok_row("new.jpg"), bad])
+    assert [row["s3_key"] for row in table.fetch_rows(engine)] == ["kept.jpg"]
+
+
+def test_duplicate_keys_in_one_batch_keep_the_last(engine) -> None:
+    table.upsert_rows(engine, [ok_row("a.jpg", label="x"), ok_row("a.jpg", label="y")])
+    assert [row["label"] for row in table.fetch_rows(engine)] == ["y"]
+
+
+def test_hostile_keys_round_trip_byte_for_byte(engine) -> None:
+    keys = [
+        "a'; DROP TABLE image_classifications;--.jpg",
+        "кот 🐱.png",
+        "tab\tnl\n.jpg",
+        "x" * 1000,
+    ]
+    table.upsert_rows(engine, [ok_row(key) for key in keys])
+    assert sorted(row["s3_key"] for row in table.fetch_rows(engine)) == sorted(keys)
+
+
+def test_summaries_and_audit(engine) -> None:
+    table.upsert_rows(
+        engine,
+        [
+            ok_row("a.jpg", label="tabby"),
+            ok_row("b.jpg", label="tabby"),
+            ok_row("c.jpg", label="espresso"),
+            ok_row("d.jpg", status="error", label=None, score=None, top_k=None, error="bad"),
+            ok_row("e.jpg", status="deleted", label=None, score=None, top_k=None),
+        ],
+    )
+    assert table.label_counts(engine) == [("tabby", 2), ("espresso", 1)]
+    assert table.status_counts(engine) == {"ok": 3, "error": 1, "deleted": 1}
+    assert table.model_versions(engine) == [("m", "r1", 5)]
+    audit = table.audit(engine, ["a.jpg", "d.jpg", "missing.jpg"])
+    assert audit == table.PartitionAudit(expected=3, present=2, bad_scores=0, errors=1)
