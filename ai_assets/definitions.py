@@ -44,9 +44,14 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-defs = dg.Definitions(
-    assets=[s3_images, image_classifications, label_summary],
-    jobs=[classify_images_job],
-    sensors=[s3_image_sensor],
-    resources=build_resources(),
-)
+def build_defs() -> dg.Definitions:
+    """The code location, configured from the current environment."""
+    return dg.Definitions(
+        assets=[s3_images, image_classifications, label_summary],
+        jobs=[classify_images_job],
+        sensors=[s3_image_sensor],
+        resources=build_resources(),
+    )
+
+
+defs = build_defs()

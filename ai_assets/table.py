@@ -55,9 +55,7 @@ class ClassificationRow:
     model_id: str | None = None
     model_revision: str | None = None
     error: str | None = None
-    classified_at: dt.datetime = dataclasses.field(
-        default_factory=lambda: dt.datetime.now(dt.UTC)
-    )
+    classified_at: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC))
     run_id: str | None = None
 
 

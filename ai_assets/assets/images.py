@@ -154,6 +154,5 @@ def label_summary(results_db: ResultsDatabase) -> dg.MaterializeResult:
 classify_images_job = dg.define_asset_job(
     "classify_images_job",
     selection=[image_classifications],
-    partitions_def=images_partitions,
     description="Classify a range of image partitions into the results table.",
 )
