@@ -7,7 +7,7 @@ import dagster as dg
 from ai_assets.assets import classify_images_job, image_classifications, label_summary, s3_images
 from ai_assets.classify import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
-from ai_assets.sensors import s3_image_sensor
+from ai_assets.sensors import s3_image_sensor, summary_automation_sensor
 from ai_assets.settings import (
     DEFAULT_BUCKET,
     default_database_url,
@@ -49,7 +49,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[s3_images, image_classifications, label_summary],
         jobs=[classify_images_job],
-        sensors=[s3_image_sensor],
+        sensors=[s3_image_sensor, summary_automation_sensor],
         resources=build_resources(),
     )
 

@@ -144,10 +144,11 @@ def s3_image_sensor(context: dg.SensorEvaluationContext, s3: ImageBucket) -> dg.
         context.log.warning(f"re-requesting {len(orphans)} batches whose runs never started")
     if plan.deferred:
         context.log.info(f"{plan.deferred} more changes left for the next tick")
-    context.log.info(
-        f"{len(plan.changes)} changed objects, {len(plan.partitions_to_add)} new partitions, "
-        f"{len(requests)} runs"
-    )
+    if requests:
+        context.log.info(
+            f"{len(plan.changes)} new/changed/deleted objects, "
+            f"{len(plan.partitions_to_add)} new partitions, {len(requests)} runs"
+        )
     return dg.SensorResult(
         run_requests=requests,
         asset_events=events,
