@@ -1,0 +1,54 @@
+"""The code location's contract: names of DESIGN.md, cheap to load, configured by env vars."""
+
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from ai_assets.definitions import build_defs
+
+
+def test_definitions_load_with_the_contract_names() -> None:
+    defs = build_defs()
+    repo = defs.get_repository_def()
+    assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == {
+        "s3_images",
+        "image_classifications",
+        "label_summary",
+    }
+    assert {s.name for s in repo.sensor_defs} >= {"s3_image_sensor"}
+    job = defs.resolve_job_def("classify_images_job")
+    assert job.partitions_def == dg.DynamicPartitionsDefinition(name="images")
+    assert set(defs.resources or {}) >= {"s3", "classifier", "results_db"}
+    classifications = defs.resolve_assets_def("image_classifications")
+    assert classifications.backfill_policy == dg.BackfillPolicy.single_run()
+    assert {c.name for c in classifications.check_specs} == {
+        "scores_are_probabilities",
+        "one_row_per_partition",
+        "error_rate_below_threshold",
+    }
+
+
+def test_loading_definitions_imports_neither_torch_nor_transformers() -> None:
+    code = (
+        "import sys; import ai_assets.definitions as d; d.defs.get_repository_def(); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", "my-bucket")
+    monkeypatch.setenv("AI_ASSETS_BATCH_SIZE", "7")
+    monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
+    resources = build_defs().resources or {}
+    s3 = resources["s3"]
+    assert isinstance(s3.bucket, dg.EnvVar)  # type: ignore[attr-defined]
+    assert s3.bucket.env_var_name == "AI_ASSETS_S3_BUCKET"  # type: ignore[attr-defined]
+    assert s3.prefix == ""  # type: ignore[attr-defined]
+    resolved = s3.process_config_and_initialize()  # type: ignore[attr-defined]
+    assert (resolved.bucket, resolved.prefix) == ("my-bucket", "")
+    classifier = resources["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
+    assert classifier.batch_size == 7
