@@ -6,10 +6,17 @@ import dagster as dg
 
 from ai_assets.assets import classify_images_job, image_classifications, label_summary, s3_images
 from ai_assets.classify import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
-from ai_assets.sensors import s3_image_sensor, summary_automation_sensor
+from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase, SlackNotifier
+from ai_assets.resources.slack import SLACK_API_URL
+from ai_assets.sensors import (
+    s3_image_sensor,
+    slack_on_run_failure,
+    slack_on_run_success,
+    summary_automation_sensor,
+)
 from ai_assets.settings import (
     DEFAULT_BUCKET,
+    DEFAULT_WEBSERVER_URL,
     default_database_url,
     int_setting,
     setting,
@@ -17,6 +24,7 @@ from ai_assets.settings import (
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Set variables become ``dg.EnvVar``s (resolved at run time); unset ones take defaults."""
     optional = {
         name: dg.EnvVar(var)
         for name, var in {
@@ -41,6 +49,12 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "results_db": ResultsDatabase(
             url=setting("AI_ASSETS_DATABASE_URL", default_database_url())
         ),
+        "slack": SlackNotifier(
+            token=setting("SLACK_BOT_TOKEN", ""),
+            channel=setting("AI_ASSETS_SLACK_CHANNEL", ""),
+            base_url=setting("AI_ASSETS_SLACK_API_URL", SLACK_API_URL),
+            webserver_url=setting("AI_ASSETS_WEBSERVER_URL", DEFAULT_WEBSERVER_URL),
+        ),
     }
 
 
@@ -49,7 +63,12 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[s3_images, image_classifications, label_summary],
         jobs=[classify_images_job],
-        sensors=[s3_image_sensor, summary_automation_sensor],
+        sensors=[
+            s3_image_sensor,
+            summary_automation_sensor,
+            slack_on_run_success,
+            slack_on_run_failure,
+        ],
         resources=build_resources(),
     )
 

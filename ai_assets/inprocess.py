@@ -19,6 +19,7 @@ class InProcessDaemon:
     instance: dg.DagsterInstance
     defs: dg.Definitions = dataclasses.field(default_factory=build_defs)
     cursor: str | None = None
+    log_level: str = "INFO"
 
     def evaluate(self) -> dg.SensorResult:
         context = dg.build_sensor_context(
@@ -45,6 +46,7 @@ class InProcessDaemon:
             instance=self.instance,
             tags=dict(request.tags),
             partition_key=request.partition_key,
+            run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
             raise_on_error=False,
         )
 

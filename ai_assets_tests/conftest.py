@@ -122,3 +122,11 @@ def jpegs() -> dict[str, bytes]:
     from ai_assets.samples import sample_jpegs
 
     return sample_jpegs()
+
+
+@pytest.fixture
+def slack_api() -> Iterator[Any]:
+    from ai_assets_tests.slack_server import fake_slack
+
+    with fake_slack() as slack:
+        yield slack

@@ -3,5 +3,6 @@
 from ai_assets.resources.classifier import ClassifierResource
 from ai_assets.resources.results_db import ResultsDatabase
 from ai_assets.resources.s3 import ImageBucket
+from ai_assets.resources.slack import SlackNotifier
 
-__all__ = ["ClassifierResource", "ImageBucket", "ResultsDatabase"]
+__all__ = ["ClassifierResource", "ImageBucket", "ResultsDatabase", "SlackNotifier"]

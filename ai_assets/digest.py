@@ -1,0 +1,115 @@
+"""The Slack digest of one classification run: Block Kit blocks plus a plain-text fallback.
+
+Pure formatting; the run-status sensors gather the facts from Dagster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+MAX_ERROR_LINES = 5
+MAX_LABELS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDigest:
+    run_id: str
+    succeeded: bool
+    url: str
+    partitions: str  # "a.jpg … z.jpg", one key, or "" when unknown
+    duration_s: float | None = None
+    images: int | None = None
+    errors: int | None = None
+    top_labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    model_id: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+
+    @property
+    def title(self) -> str:
+        status = "succeeded" if self.succeeded else "failed"
+        icon = ":white_check_mark:" if self.succeeded else ":x:"
+        return f"{icon} classify_images_job {status}"
+
+    def facts(self) -> list[tuple[str, str]]:
+        facts = [("Partitions", self.partitions or "—")]
+        if self.images is not None:
+            facts.append(("Images", f"{self.images:,}"))
+        if self.errors is not None:
+            facts.append(("Errors", f"{self.errors:,}"))
+        if self.duration_s is not None:
+            facts.append(("Duration", format_duration(self.duration_s)))
+        if self.model_id:
+            facts.append(("Model", self.model_id))
+        if self.failed_step:
+            facts.append(("Failed step", self.failed_step))
+        return facts
+
+    def labels_line(self) -> str:
+        top = sorted(self.top_labels.items(), key=lambda item: (-item[1], item[0]))[:MAX_LABELS]
+        return ", ".join(f"{label} ({count})" for label, count in top)
+
+    def error_excerpt(self) -> str:
+        return "\n".join((self.error or "").strip().splitlines()[:MAX_ERROR_LINES])
+
+    def text(self) -> str:
+        """Plain-text fallback (notifications, clients without Block Kit)."""
+        parts = [self.title, *(f"{name}: {value}" for name, value in self.facts())]
+        if self.top_labels:
+            parts.append(f"Top labels: {self.labels_line()}")
+        if self.error:
+            parts.append(f"Error: {self.error_excerpt()}")
+        parts.append(f"Run: {self.url}")
+        return "\n".join(parts)
+
+    def blocks(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
+                    for name, value in self.facts()
+                ],
+            },
+        ]
+        if self.top_labels:
+            text = f"*Top labels*\n{_escape(self.labels_line())}"
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+        if self.error:
+            excerpt = _escape(self.error_excerpt())[:2900]
+            blocks.append(
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"```{excerpt}```"}}
+            )
+        blocks.append(
+            {
+                "type": "actions",
+                "elements": [
+                    {
+                        "type": "button",
+                        "text": {"type": "plain_text", "text": "Open run in Dagster"},
+                        "url": self.url,
+                    }
+                ],
+            }
+        )
+        return blocks
+
+
+def format_duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    return f"{minutes}m {secs}s" if minutes else f"{seconds:.1f}s"
+
+
+def _escape(text: str) -> str:
+    """Slack mrkdwn control characters (https://api.slack.com/reference/surfaces/formatting)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def run_url(webserver_url: str, run_id: str) -> str:
+    return f"{webserver_url.rstrip('/')}/runs/{run_id}"
