@@ -249,6 +249,7 @@ def _rows(
             partition_key=outcome.job.partition_key,
             etag=outcome.fetched.etag,
             size_bytes=outcome.fetched.size,
+            last_modified=outcome.fetched.last_modified,
             model_id=classifier.model_id,
             model_revision=classifier.model_revision,
             classified_at=now,

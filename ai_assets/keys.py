@@ -54,7 +54,7 @@ def object_key_for(partition_key: str, prefix: str) -> str:
 
 
 def is_image_key(object_key: str) -> bool:
-    """Whether a key names an image by its extension (folder markers never do)."""
-    name = object_key.rsplit("/", 1)[-1].lower()
+    """Whether a key names an image by its extension; ``x.jpg/`` counts, ``folder/`` does not."""
+    name = object_key.rstrip("/").rsplit("/", 1)[-1].lower()
     dot = name.rfind(".")
     return dot > 0 and name[dot:] in IMAGE_EXTENSIONS

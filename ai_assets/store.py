@@ -37,6 +37,7 @@ class Fetched:
     key: str
     etag: str | None = None
     size: int | None = None
+    last_modified: dt.datetime | None = None
     data: bytes | None = None
     error: str | None = None
     deleted: bool = False
@@ -68,22 +69,24 @@ def fetch_object(client: Any, bucket: str, key: str, max_bytes: int) -> Fetched:
         response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
-            return Fetched(key=key, deleted=True)
+            return Fetched(key=key, deleted=True, last_modified=dt.datetime.now(dt.UTC))
         raise
     body = response["Body"]
-    etag = normalize_etag(response.get("ETag", ""))
-    size = int(response.get("ContentLength", 0))
-    if size > max_bytes:
+    version = {
+        "etag": normalize_etag(response.get("ETag", "")),
+        "size": int(response.get("ContentLength", 0)),
+        "last_modified": response.get("LastModified"),
+    }
+    if version["size"] > max_bytes:
         body.close()
         return Fetched(
             key=key,
-            etag=etag,
-            size=size,
-            error=f"object is {size:,} bytes, above the limit of {max_bytes:,} "
+            error=f"object is {version['size']:,} bytes, above the limit of {max_bytes:,} "
             "(AI_ASSETS_MAX_IMAGE_BYTES)",
+            **version,
         )
     with body:
-        return Fetched(key=key, etag=etag, size=size, data=body.read())
+        return Fetched(key=key, data=body.read(), **version)
 
 
 @dataclasses.dataclass(frozen=True)

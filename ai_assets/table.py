@@ -26,6 +26,11 @@ image_classifications = sa.Table(
     sa.Column("partition_key", sa.Text, nullable=False, comment="Dagster partition key"),
     sa.Column("etag", sa.Text, comment="ETag of the object version classified"),
     sa.Column("size_bytes", sa.BigInteger),
+    sa.Column(
+        "last_modified",
+        sa.DateTime(timezone=True),
+        comment="the object version's LastModified (for deleted rows: when the 404 was seen)",
+    ),
     sa.Column("label", sa.Text, comment="top-1 label; NULL unless status is ok"),
     sa.Column("score", sa.Float, comment="top-1 probability"),
     sa.Column("top_k", sa.JSON, comment="list of {label, score}, best first"),
@@ -49,6 +54,7 @@ class ClassificationRow:
     status: Status
     etag: str | None = None
     size_bytes: int | None = None
+    last_modified: dt.datetime | None = None
     label: str | None = None
     score: float | None = None
     top_k: list[dict[str, Any]] | None = None
@@ -73,13 +79,26 @@ def _insert(engine: Engine):
 
 
 def upsert_rows(engine: Engine, rows: Sequence[ClassificationRow]) -> int:
-    """Insert or replace ``rows`` by ``s3_key`` in one transaction; returns the row count."""
+    """Insert or replace ``rows`` by ``s3_key`` in one transaction; returns the row count.
+
+    A row never replaces one about a newer object version: a run that read an object before
+    it was overwritten may finish after the run that classified the new version.
+    """
     if not rows:
         return 0
+    t = image_classifications
     insert = _insert(engine)
-    updated = {c.name: insert.excluded[c.name] for c in image_classifications.columns}
+    updated = {c.name: insert.excluded[c.name] for c in t.columns}
     del updated["s3_key"]
-    statement = insert.on_conflict_do_update(index_elements=["s3_key"], set_=updated)
+    statement = insert.on_conflict_do_update(
+        index_elements=["s3_key"],
+        set_=updated,
+        where=sa.or_(
+            t.c.last_modified.is_(None),
+            insert.excluded.last_modified.is_(None),
+            insert.excluded.last_modified >= t.c.last_modified,
+        ),
+    )
     by_key = {row.s3_key: dataclasses.asdict(row) for row in rows}  # last write wins in a batch
     with engine.begin() as connection:
         connection.execute(statement, list(by_key.values()))

@@ -37,8 +37,8 @@ def test_schema_creation_is_idempotent(engine) -> None:
     table.create_schema(engine)
     inspector = sa.inspect(engine)
     assert {c["name"] for c in inspector.get_columns("image_classifications")} == {
-        "s3_key", "partition_key", "etag", "size_bytes", "label", "score", "top_k", "model_id",
-        "model_revision", "status", "error", "classified_at", "run_id",
+        "s3_key", "partition_key", "etag", "size_bytes", "last_modified", "label", "score",
+        "top_k", "model_id", "model_revision", "status", "error", "classified_at", "run_id",
     }  # fmt: skip
     assert any(
         ix["column_names"] == ["label"] for ix in inspector.get_indexes("image_classifications")
@@ -99,3 +99,15 @@ def test_summaries_and_audit(engine) -> None:
     assert table.model_versions(engine) == [("m", "r1", 5)]
     audit = table.audit(engine, ["a.jpg", "d.jpg", "missing.jpg"])
     assert audit == table.PartitionAudit(expected=3, present=2, bad_scores=0, errors=1)
+
+
+def test_a_row_about_an_older_object_version_never_wins(engine) -> None:
+    import datetime as dt
+
+    old, new = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    table.upsert_rows(engine, [ok_row("a.jpg", label="new", etag="e2", last_modified=new)])
+    table.upsert_rows(engine, [ok_row("a.jpg", label="stale", etag="e1", last_modified=old)])
+    [row] = table.fetch_rows(engine)
+    assert (row["label"], row["etag"]) == ("new", "e2")
+    table.upsert_rows(engine, [ok_row("a.jpg", label="newer", etag="e3", last_modified=new)])
+    assert table.fetch_rows(engine)[0]["label"] == "newer"  # same version re-run: replaced
