@@ -14,8 +14,8 @@ import functools
 import hashlib
 import io
 import itertools
+import struct
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
+#: Longer/shorter side beyond which only the central part is kept: a 10000×3 strip would
+#: otherwise be resized to ~850k×256 pixels. Centre-crop models never see beyond it anyway.
+MAX_ASPECT_RATIO = 8
+# decode_image enforces AI_ASSETS_MAX_IMAGE_PIXELS itself, from the header, before decoding;
+# Pillow's own global limit would refuse (or warn about) images that the setting allows.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
@@ -48,25 +54,33 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
     if not data:
         raise ImageError("empty object (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image is {width}x{height} = {width * height:,} pixels, "
-                    f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)"
-                )
-            image.seek(0)  # first frame of animations
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"image is {width}x{height} = {width * height:,} pixels, "
+                f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)"
+            )
+        image.seek(0)  # first frame of animations
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        return _to_rgb(_limit_aspect_ratio(image))
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(f"cannot decode image: {exc}") from None
+
+
+def _limit_aspect_ratio(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    short = min(width, height)
+    if max(width, height) <= MAX_ASPECT_RATIO * short:
+        return image
+    keep_w, keep_h = min(width, MAX_ASPECT_RATIO * short), min(height, MAX_ASPECT_RATIO * short)
+    left, top = (width - keep_w) // 2, (height - keep_h) // 2
+    return image.crop((left, top, left + keep_w, top + keep_h))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -66,8 +66,17 @@ class ClassificationRow:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the table and its index if they do not exist (safe to call concurrently)."""
+    """Create the table and its index if missing; add columns that later versions introduced."""
     metadata.create_all(engine, checkfirst=True)
+    t = image_classifications
+    existing = {c["name"] for c in sa.inspect(engine).get_columns(t.name)}
+    with engine.begin() as connection:
+        for column in t.columns:
+            if column.name not in existing and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(
+                    sa.text(f'ALTER TABLE {t.name} ADD COLUMN "{column.name}" {kind}')
+                )
 
 
 def _insert(engine: Engine):

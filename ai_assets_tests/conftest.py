@@ -124,6 +124,27 @@ def jpegs() -> dict[str, bytes]:
     return sample_jpegs()
 
 
+_RELIABILITY: list[tuple[str, str, int, int]] = []
+
+
+@pytest.fixture
+def reliability_report():
+    """Record ``(case, outcome, rows expected, rows found)`` for the ``make reliability`` table."""
+    return lambda case, outcome, expected, found: _RELIABILITY.append(
+        (case, outcome, expected, found)
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _RELIABILITY:
+        return
+    width = max(len(repr(case)) for case, *_ in _RELIABILITY)
+    terminalreporter.section("reliability summary")
+    terminalreporter.write_line(f"{'case':<{width}}  {'outcome':<8} {'expected':>8} {'found':>6}")
+    for case, outcome, expected, found in _RELIABILITY:
+        terminalreporter.write_line(f"{case!r:<{width}}  {outcome:<8} {expected:>8} {found:>6}")
+
+
 @pytest.fixture
 def slack_api() -> Iterator[Any]:
     from ai_assets_tests.slack_server import fake_slack

@@ -124,3 +124,9 @@ def test_predictions_do_not_depend_on_batch_composition(
     alone = [classifier.predict([p], top_k=1)[0][0].label for p in pixels]
     together = [labels[0].label for labels in classifier.predict(pixels, top_k=1)]
     assert alone == together
+
+
+def test_extreme_aspect_ratios_keep_only_the_centre() -> None:
+    assert decode_image(png(Image.new("L", (10000, 3)))).size == (24, 3)
+    assert decode_image(png(Image.new("L", (2, 5000)))).size == (2, 16)
+    assert decode_image(png(Image.new("L", (800, 100)))).size == (800, 100)

@@ -111,3 +111,11 @@ def test_a_row_about_an_older_object_version_never_wins(engine) -> None:
     assert (row["label"], row["etag"]) == ("new", "e2")
     table.upsert_rows(engine, [ok_row("a.jpg", label="newer", etag="e3", last_modified=new)])
     assert table.fetch_rows(engine)[0]["label"] == "newer"  # same version re-run: replaced
+
+
+def test_schema_upgrades_a_table_from_an_older_version(engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE image_classifications DROP COLUMN last_modified"))
+    table.create_schema(engine)
+    table.upsert_rows(engine, [ok_row("a.jpg")])
+    assert table.fetch_rows(engine)[0]["last_modified"] is None
