@@ -6,7 +6,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo demo-once test lint model clean
+.PHONY: install demo demo-once test lint model reliability bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ lint: install
 
 test: lint model
 	$(PY) -m pytest
+
+reliability: model
+	$(PY) -m pytest -m reliability -q
+
+bench: model
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .cache .demo .dagster_home

@@ -37,6 +37,8 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "s3": ImageBucket(
             bucket=setting("AI_ASSETS_S3_BUCKET", DEFAULT_BUCKET),
             prefix=setting("AI_ASSETS_S3_PREFIX", ""),
+            max_attempts=int_setting("AWS_MAX_ATTEMPTS", 5),
+            retry_mode=setting("AWS_RETRY_MODE", "standard"),
             **optional,
         ),
         "classifier": ClassifierResource(

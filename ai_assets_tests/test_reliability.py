@@ -16,6 +16,7 @@ from ai_assets.keys import is_image_key
 from ai_assets.model_convert import build_config
 from ai_assets.samples import sample_images
 from ai_assets.store import list_objects
+from ai_assets_tests.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.hostile import hostile_keys, hostile_objects
 
 pytestmark = pytest.mark.reliability
@@ -154,3 +155,163 @@ def test_keys_differing_only_by_a_trailing_slash_get_a_row_each(
     found = {row["s3_key"]: row["status"] for row in rows}
     reliability_report("trailing-slash keys (moto)", "ok", 3, len(found))
     assert found == {"dir/x.jpg": "ok", "dir/x.jpg/": "ok", "dir/x.jpg//": "ok"}
+
+
+@pytest.fixture
+def proxied(
+    s3_endpoint: str, bucket: str, tmp_path, tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FaultyS3, InProcessDaemon, str]]:
+    """A daemon whose S3 traffic goes through the fault-injecting proxy; results in SQLite."""
+    db_url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    with faulty_s3(s3_endpoint) as proxy, dg.instance_for_test() as instance:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")
+        monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+        monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
+        monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+        monkeypatch.setenv("AI_ASSETS_DATABASE_URL", db_url)
+        monkeypatch.setenv("AI_ASSETS_BATCH_SIZE", "2")
+        yield proxy, InProcessDaemon(instance), db_url
+
+
+def rows_in(db_url: str) -> dict[str, dict[str, Any]]:
+    engine = sa.create_engine(db_url)
+    try:
+        return {row["s3_key"]: row for row in table.fetch_rows(engine)}
+    finally:
+        engine.dispose()
+
+
+def test_transient_s3_faults_are_retried_by_botocore(
+    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], reliability_report
+) -> None:
+    proxy, daemon, db_url = proxied
+    keys = [f"img-{i}.jpg" for i in range(6)]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
+    proxy.add(Rule("503", path_contains="img-0"))
+    proxy.add(Rule("500", path_contains="img-1", times=2))
+    proxy.add(Rule("reset", path_contains="img-2"))
+    proxy.add(Rule("delay", path_contains="img-3", delay_s=1.5))
+    proxy.add(Rule("503", method="GET", path_contains="list-type=2"))  # the sensor's listing
+    _, runs = daemon.tick()
+    assert runs and all(run.success for run in runs)
+    rows = rows_in(db_url)
+    reliability_report("S3 503/500/reset/slow, retried", "ok", len(keys), len(rows))
+    assert sorted(rows) == keys
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert proxy.faults_injected == 6
+
+
+def test_persistent_s3_failure_fails_the_run_clearly_and_the_next_attempt_completes(
+    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], monkeypatch, reliability_report
+) -> None:
+    proxy, daemon, db_url = proxied
+    for key in ("a.jpg", "b.jpg", "c.jpg"):
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["chelsea"])
+    result = daemon.evaluate()
+    daemon.apply_events_and_partitions(result)
+    [request] = result.run_requests or []
+    proxy.add(Rule("500", path_contains="b.jpg", times=-1))
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    failed = InProcessDaemon(daemon.instance).launch(request)  # botocore, then Dagster, retry
+    assert not failed.success
+    kinds = [e.event_type_value for e in failed.all_events]
+    assert kinds.count("STEP_UP_FOR_RETRY") == 2
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    error = failure.step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert "InternalError" in error.message
+    assert "reached max retries: 1" in error.message
+    proxy.clear()
+    rerun = daemon.launch(request)  # the next attempt, e.g. a re-execution from the UI
+    assert rerun.success
+    rows = rows_in(db_url)
+    reliability_report("S3 down for one object, then re-run", "ok", 3, len(rows))
+    assert sorted(rows) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(row["status"] == "ok" for row in rows.values())
+
+
+def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
+    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], reliability_report
+) -> None:
+    import threading
+    import time
+
+    proxy, daemon, db_url = proxied
+    s3_client.put_object(Bucket=bucket, Key="photo.jpg", Body=jpegs["chelsea"])
+    first = daemon.evaluate()
+    daemon.apply_events_and_partitions(first)
+    daemon.cursor = first.cursor
+    proxy.add(Rule("delay", path_contains="photo.jpg", delay_s=4))  # run A reads v1, late
+    slow = threading.Thread(target=daemon.launch, args=((first.run_requests or [])[0],))
+    slow.start()
+    time.sleep(1.5)  # S3 LastModified has one-second resolution
+    new = s3_client.put_object(Bucket=bucket, Key="photo.jpg", Body=jpegs["coffee"])
+    _, runs = daemon.tick()  # run B classifies v2 and finishes first
+    assert runs and runs[0].success
+    slow.join(30)
+    [row] = rows_in(db_url).values()
+    reliability_report("overwrite during a run", "ok", 1, 1)
+    assert row["etag"] == new["ETag"].strip('"')
+
+
+def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
+    bucket: str,
+    s3_client: Any,
+    jpegs: dict[str, bytes],
+    tiny_model_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    reliability_report,
+) -> None:
+    import threading
+    import time
+
+    from ai_assets.localdev import postgres
+
+    with postgres() as pg, dg.instance_for_test() as instance:
+        monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+        monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
+        monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+        monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg.url)
+        monkeypatch.setenv("AI_ASSETS_BATCH_SIZE", "2")
+        keys = [f"p{i:02}.jpg" for i in range(12)]
+        for key in keys:
+            s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
+        engine = sa.create_engine(pg.url, pool_pre_ping=True)
+        table.create_schema(engine)
+
+        def restart_after_first_batch() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    with engine.connect() as connection:
+                        n = connection.execute(
+                            sa.text("SELECT count(*) FROM image_classifications")
+                        )
+                        if n.scalar_one() >= 2:
+                            break
+                except sa.exc.OperationalError:
+                    pass
+                time.sleep(0.01)
+            pg.stop("immediate")  # a crash, mid-run
+            time.sleep(2)
+            pg.start()
+
+        restarter = threading.Thread(target=restart_after_first_batch)
+        restarter.start()
+        _, runs = InProcessDaemon(instance).tick()
+        restarter.join(60)
+        assert all(run.success for run in runs)  # the RetryPolicy re-ran the step
+        retried = [
+            e for run in runs for e in run.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"
+        ]
+        rows = table.fetch_rows(engine)
+        reliability_report("PostgreSQL crash mid-run, step retried", "ok", len(keys), len(rows))
+        assert retried
+        assert sorted(r["s3_key"] for r in rows) == keys
+        with engine.connect() as connection:
+            total = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
+            assert total.scalar_one() == len(keys)
+        engine.dispose()

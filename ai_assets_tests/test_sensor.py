@@ -141,8 +141,9 @@ def test_runs_are_capped_per_batch(
     assert len({r.run_key for r in result.run_requests or []}) == 3
 
 
+@pytest.mark.reliability
 def test_a_tick_interrupted_before_its_runs_is_recovered_exactly_once(
-    daemon: InProcessDaemon, s3_client: Any, bucket: str
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, reliability_report
 ) -> None:
     for name in ("a.jpg", "b.jpg"):
         put(s3_client, bucket, f"in/{name}")
@@ -166,3 +167,7 @@ def test_a_tick_interrupted_before_its_runs_is_recovered_exactly_once(
     daemon.cursor = replay.cursor
     after, _ = daemon.tick()
     assert not after.run_requests
+    requested_keys = [r.run_key for r in replay.run_requests or []] + [
+        r.run_key for r in after.run_requests or []
+    ]
+    reliability_report("sensor crash before its runs, restart", "ok", 2, len(requested_keys))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
+from ai_assets import table
 from ai_assets.inprocess import InProcessDaemon
 from ai_assets.sensors import slack_on_run_failure, slack_on_run_success
 from ai_assets_tests import slack_server
@@ -131,6 +134,8 @@ def test_slack_failures_are_retried_or_logged_never_raised(
     assert len(slack_api.messages) == posted
     assert len(slack_api.requests) == requests
     assert TOKEN not in caplog.text
+    engine = sa.create_engine(os.environ["AI_ASSETS_DATABASE_URL"])
+    assert len(table.fetch_rows(engine)) == 3  # the data path never depends on Slack
     if not posted:
         assert "Slack rejected the digest" in caplog.text
 

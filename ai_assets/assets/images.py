@@ -33,6 +33,9 @@ ERROR_RATE_BELOW_THRESHOLD = "error_rate_below_threshold"
     deps=[s3_images],
     partitions_def=images_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    # a database restart or an S3 outage longer than botocore's retries: the whole step
+    # re-runs (upserts are idempotent), then the run fails with the error
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
     group_name=GROUP,
     kinds={"pytorch", "postgres"},
     check_specs=[

@@ -37,7 +37,7 @@ def _client(
         aws_secret_access_key=secret_access_key,
         aws_session_token=session_token,
         config=Config(
-            retries={"max_attempts": max_attempts, "mode": retry_mode},
+            retries={"total_max_attempts": max_attempts, "mode": retry_mode},
             max_pool_connections=max_pool_connections,
         ),
     )
