@@ -1,12 +1,14 @@
 """The asset graph: S3 objects → classifications in the results table → a label summary."""
 
 import collections
+import os
 import time
 
 import dagster as dg
 
 from ai_assets import table
 from ai_assets.classify import Job, classify_objects
+from ai_assets.k8s import classification_run_tags
 from ai_assets.keys import object_key_for
 from ai_assets.partitions import images_partitions
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
@@ -158,4 +160,5 @@ classify_images_job = dg.define_asset_job(
     "classify_images_job",
     selection=[image_classifications],
     description="Classify a range of image partitions into the results table.",
+    tags=classification_run_tags(os.environ),
 )
