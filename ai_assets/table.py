@@ -158,6 +158,14 @@ def model_versions(engine: Engine) -> list[tuple[str, str, int]]:
         return [(m, r, n) for m, r, n in connection.execute(query)]
 
 
+def recent_rows(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
+    """The most recently classified rows, newest first."""
+    t = image_classifications
+    query = sa.select(t).order_by(t.c.classified_at.desc(), t.c.s3_key).limit(limit)
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
 @dataclasses.dataclass(frozen=True)
 class PartitionAudit:
     """What the table holds for a set of objects, for the asset checks."""

@@ -23,6 +23,11 @@ def test_definitions_load_with_the_contract_names() -> None:
     assert set(defs.resources or {}) >= {"s3", "classifier", "results_db"}
     classifications = defs.resolve_assets_def("image_classifications")
     assert classifications.backfill_policy == dg.BackfillPolicy.single_run()
+    spec = classifications.specs_by_key[classifications.key]
+    columns = spec.metadata["dagster/column_schema"].columns
+    assert [c.name for c in columns][:3] == ["s3_key", "partition_key", "etag"]
+    assert spec.owners == ["team:ml-platform"]
+    assert spec.kinds == {"pytorch", "postgres"}
     assert {c.name for c in classifications.check_specs} == {
         "scores_are_probabilities",
         "one_row_per_partition",

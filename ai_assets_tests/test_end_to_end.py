@@ -68,6 +68,15 @@ def test_bucket_to_table_end_to_end(
     assert metadata["errors"].value == 1
     assert metadata["images_per_second"].value > 0
     assert "espresso" in metadata["top_labels"].value
+    per_partition = {
+        m.partition: m.metadata
+        for m in run.asset_materializations_for_node("image_classifications")
+    }
+    assert len(per_partition) == len(objects)
+    assert per_partition["coffee.jpg"]["label"].value == "espresso"
+    assert 0 < per_partition["coffee.jpg"]["score"].value <= 1
+    assert per_partition["broken.jpg"]["status"].value == "error"
+    assert per_partition["coffee.jpg"]["images"].value == len(objects)  # the run's figures too
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
     assert checks["scores_are_probabilities"].passed
     assert checks["one_row_per_partition"].passed
@@ -111,3 +120,4 @@ def test_label_summary_is_computed_from_the_table(
     assert metadata["objects"].value == 2
     assert metadata["errors"].value == 0
     assert "| espresso | 1 |" in metadata["labels"].value
+    assert "`photos/coffee.jpg` | espresso |" in metadata["recent_results"].value

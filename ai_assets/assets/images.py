@@ -3,6 +3,7 @@
 import collections
 import os
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -15,16 +16,41 @@ from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
 from ai_assets.store import fetch_object
 
 GROUP = "images"
+OWNERS = ["team:ml-platform"]
+TAGS = {"domain": "vision"}
 #: Above this share of error rows the error-rate check warns.
 MAX_ERROR_RATE = 0.05
 
 s3_images = dg.AssetSpec(
     "s3_images",
-    description="Images in the watched S3 prefix; s3_image_sensor records each object version.",
+    description=(
+        "Images under the watched S3 prefix, one partition per object. s3_image_sensor records "
+        "each new object version (its ETag is the partition's data version)."
+    ),
     partitions_def=images_partitions,
     group_name=GROUP,
     kinds={"s3"},
+    owners=OWNERS,
+    tags=TAGS,
 )
+
+
+def column_schema() -> dg.TableSchema:
+    """The results table's columns, from its SQLAlchemy definition (one source of truth)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=column.name,
+                type=str(column.type).lower(),
+                description=column.comment,
+                constraints=dg.TableColumnConstraints(
+                    nullable=column.nullable is not False, unique=column.primary_key
+                ),
+            )
+            for column in table.image_classifications.columns
+        ]
+    )
+
 
 SCORES_ARE_PROBABILITIES = "scores_are_probabilities"
 ONE_ROW_PER_PARTITION = "one_row_per_partition"
@@ -35,6 +61,12 @@ ERROR_RATE_BELOW_THRESHOLD = "error_rate_below_threshold"
     deps=[s3_images],
     partitions_def=images_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    owners=OWNERS,
+    tags=TAGS,
+    metadata={
+        "dagster/column_schema": column_schema(),
+        "dagster/table_name": table.image_classifications.name,
+    },
     # a database restart or an S3 outage longer than botocore's retries: the whole step
     # re-runs (upserts are idempotent), then the run fails with the error
     retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
@@ -64,7 +96,11 @@ def image_classifications(
     classifier: ClassifierResource,
     results_db: ResultsDatabase,
 ) -> dg.MaterializeResult:
-    """Classify every object of the run's partitions and upsert one row per object."""
+    """One row per object in the `image_classifications` table: top-k ImageNet labels.
+
+    A run handles a whole range of partitions: objects are fetched concurrently, decoded and
+    classified in batches, and upserted one transaction per batch.
+    """
     started = time.perf_counter()
     engine = results_db.get_engine()
     model = classifier.load()
@@ -89,6 +125,7 @@ def image_classifications(
         statuses.update(row.status for row in rows)
         labels.update(row.label for row in rows if row.label)
         for row in rows:
+            context.add_asset_metadata(partition_metadata(row), partition_key=row.partition_key)
             if row.status == "error":
                 context.log.warning(f"{row.s3_key!r}: {row.error}")
     elapsed = time.perf_counter() - started
@@ -129,8 +166,20 @@ def image_classifications(
     )
 
 
+def partition_metadata(row: table.ClassificationRow) -> dict[str, Any]:
+    """What one partition's materialization shows in the UI."""
+    metadata: dict[str, Any] = {"status": row.status, "etag": row.etag or ""}
+    if row.label is not None and row.score is not None:
+        metadata |= {"label": row.label, "score": dg.MetadataValue.float(round(row.score, 4))}
+    if row.error:
+        metadata["error"] = row.error
+    return metadata
+
+
 @dg.asset(
     deps=[image_classifications],
+    owners=OWNERS,
+    tags=TAGS,
     group_name=GROUP,
     kinds={"postgres"},
     automation_condition=dg.AutomationCondition.eager(),
@@ -141,7 +190,8 @@ def label_summary(results_db: ResultsDatabase) -> dg.MaterializeResult:
     labels = table.label_counts(engine)
     statuses = table.status_counts(engine)
     models = table.model_versions(engine)
-    rows = "\n".join(f"| {label} | {count} |" for label, count in labels)
+    rows = "\n".join(f"| {_md(label)} | {count} |" for label, count in labels)
+    recent = "\n".join(_recent_line(row) for row in table.recent_rows(engine))
     return dg.MaterializeResult(
         metadata={
             "objects": dg.MetadataValue.int(sum(statuses.values())),
@@ -149,11 +199,25 @@ def label_summary(results_db: ResultsDatabase) -> dg.MaterializeResult:
             "errors": dg.MetadataValue.int(statuses.get("error", 0)),
             "deleted": dg.MetadataValue.int(statuses.get("deleted", 0)),
             "labels": dg.MetadataValue.md(f"| label | images |\n|---|---|\n{rows}"),
+            "recent_results": dg.MetadataValue.md(
+                f"| object | label | score | classified |\n|---|---|---|---|\n{recent}"
+            ),
             "models": dg.MetadataValue.json(
                 [{"model_id": m, "revision": r, "rows": n} for m, r, n in models]
             ),
         }
     )
+
+
+def _recent_line(row: dict) -> str:
+    score = "" if row["score"] is None else f"{row['score']:.3f}"
+    when = f"{row['classified_at']:%Y-%m-%d %H:%M}"
+    return f"| `{_md(row['s3_key'])}` | {_md(row['label'] or row['status'])} | {score} | {when} |"
+
+
+def _md(text: str) -> str:
+    """Keep object keys and labels from breaking a Markdown table."""
+    return text.replace("|", "\\|").replace("\n", " ").replace("`", "'")
 
 
 classify_images_job = dg.define_asset_job(

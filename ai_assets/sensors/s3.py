@@ -14,6 +14,7 @@ saves its cursor; a crash in between replays the tick. So every step is replay-s
 
 import collections
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -51,7 +52,7 @@ def run_request(batch: Sequence[str], run_key: str) -> dg.RunRequest:
 
 
 def materialization(change: Change, run_key: str, bucket: ImageBucket) -> dg.AssetMaterialization:
-    metadata: dict[str, dg.RawMetadataValue] = {
+    metadata: dict[str, Any] = {
         "s3_uri": dg.MetadataValue.path(bucket.s3_uri(change.object_key)),
         "etag": change.etag,
     }
