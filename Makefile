@@ -6,7 +6,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo demo-once test lint model reliability bench clean
+.PHONY: install demo demo-once test lint model browser reliability bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint model
+# Debian's Chromium and ChromeDriver for the UI test (installed when missing and root, as in CI)
+browser:
+	@command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else echo "chromium-driver is missing: the browser test will be skipped"; fi; }
+
+test: lint model browser
 	$(PY) -m pytest
 
 reliability: model

@@ -12,7 +12,6 @@ from ai_assets.sensors import (
     s3_image_sensor,
     slack_on_run_failure,
     slack_on_run_success,
-    summary_automation_sensor,
 )
 from ai_assets.settings import (
     DEFAULT_BUCKET,
@@ -67,7 +66,6 @@ def build_defs() -> dg.Definitions:
         jobs=[classify_images_job],
         sensors=[
             s3_image_sensor,
-            summary_automation_sensor,
             slack_on_run_success,
             slack_on_run_failure,
         ],
