@@ -14,7 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     AI_ASSETS_MODEL=/opt/ai_assets/models/efficientnet-lite0 \
     MALLOC_MMAP_THRESHOLD_=1073741824 \
-    MALLOC_TRIM_THRESHOLD_=1073741824
+    MALLOC_TRIM_THRESHOLD_=1073741824 \
+    DAGSTER_EVENT_BATCH_SIZE=1000
 
 RUN groupadd --system --gid 10001 dagster \
     && useradd --system --uid 10001 --gid dagster --home-dir /opt/dagster --shell /usr/sbin/nologin dagster

@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 export MALLOC_MMAP_THRESHOLD_ ?= 1073741824
 export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
+export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
 .PHONY: install demo demo-once test lint model browser reliability bench clean
 

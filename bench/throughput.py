@@ -145,6 +145,7 @@ def main() -> None:
     n = args.images or (128 if args.quick else 512)
     n_seed = args.seed_images or (32 if args.quick else 64)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")  # as the image and chart set it
 
     from ai_assets.classify import load_classifier
     from ai_assets.localdev import postgres, seaweedfs

@@ -18,6 +18,10 @@ from ai_assets.store import fetch_object
 GROUP = "images"
 OWNERS = ["team:ml-platform"]
 TAGS = {"domain": "vision"}
+#: Runs of at most this many partitions also get label/score metadata on each partition.
+#: Dagster re-reads the whole dynamic partition list for every per-partition call, so large
+#: runs rely on the run-level metadata and the table instead.
+PARTITION_METADATA_LIMIT = 25
 #: Above this share of error rows the error-rate check warns.
 MAX_ERROR_RATE = 0.05
 
@@ -125,7 +129,8 @@ def image_classifications(
         statuses.update(row.status for row in rows)
         labels.update(row.label for row in rows if row.label)
         for row in rows:
-            context.add_asset_metadata(partition_metadata(row), partition_key=row.partition_key)
+            if len(jobs) <= PARTITION_METADATA_LIMIT:
+                context.add_asset_metadata(partition_metadata(row), partition_key=row.partition_key)
             if row.status == "error":
                 context.log.warning(f"{row.s3_key!r}: {row.error}")
     elapsed = time.perf_counter() - started

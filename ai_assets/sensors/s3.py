@@ -71,8 +71,11 @@ def materialization(change: Change, run_key: str, bucket: ImageBucket) -> dg.Ass
 def unlaunched_batches(
     instance: dg.DagsterInstance, after_storage_id: int
 ) -> tuple[dict[str, list[str]], int]:
-    """Batches recorded after the cursor whose run never started, and the new cursor."""
-    batches: dict[str, list[str]] = collections.defaultdict(list)
+    """Batches recorded after the cursor whose run never started, and the new cursor.
+
+    Reads the s3_images history after the cursor in pages, with one run query per page.
+    """
+    orphans: dict[str, list[str]] = {}
     cursor, last = None, after_storage_id
     while True:
         result = instance.fetch_materializations(
@@ -81,21 +84,24 @@ def unlaunched_batches(
             cursor=cursor,
             ascending=True,
         )
+        batches: dict[str, list[str]] = collections.defaultdict(list)
         for record in result.records:
             event = record.asset_materialization
             run_key = (event.tags or {}).get(BATCH_TAG) if event else None
             if event and run_key and event.partition:
                 batches[run_key].append(event.partition)
             last = max(last, record.storage_id)
+        if batches:
+            launched = {
+                run.dagster_run.tags.get(BATCH_TAG)
+                for run in instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: list(batches)}))
+            }
+            for run_key, partitions in batches.items():
+                if run_key not in launched:
+                    orphans.setdefault(run_key, []).extend(partitions)
         if not result.has_more:
-            break
+            return orphans, last
         cursor = result.cursor
-    orphans = {
-        run_key: partitions
-        for run_key, partitions in batches.items()
-        if not instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: run_key}), limit=1)
-    }
-    return orphans, last
 
 
 def evaluate(
