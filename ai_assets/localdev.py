@@ -55,6 +55,15 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
         process.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the process that started the server dies (Linux)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def weed_binary() -> str:
     found = shutil.which("weed") or shutil.which("weed", path=str(Path(sys.executable).parent))
     if not found:
@@ -79,7 +88,13 @@ def seaweedfs(
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log = open(data_dir / "weed.log", "ab")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        args, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        args,
+        cwd=data_dir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,  # even a killed test run leaves no server behind
     )
     endpoint = f"http://127.0.0.1:{s3_port}"
     try:

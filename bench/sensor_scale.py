@@ -62,13 +62,14 @@ def main() -> None:
     import dagster as dg
 
     from ai_assets.inprocess import InProcessDaemon
-    from ai_assets.localdev import seaweedfs
+    from ai_assets.localdev import postgres, seaweedfs
     from ai_assets.sensors import s3
     from ai_assets.store import batch_key, plan_changes
 
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sensor-bench-") as tmp,
         seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
+        postgres() as pg,
     ):
         os.environ.update(
             {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
@@ -88,7 +89,9 @@ def main() -> None:
 
         upload(known)
 
-        with dg.instance_for_test(temp_dir=tmp) as instance:
+        # Dagster's own storage on PostgreSQL, as in production (dagster-postgres)
+        storage = {"postgres": {"postgres_url": pg.url.replace("+psycopg2", "")}}
+        with dg.instance_for_test(overrides={"storage": storage}) as instance:
             daemon = InProcessDaemon(instance)
             started = time.perf_counter()
             # the state after earlier ticks: partitions and recorded versions for the known keys
