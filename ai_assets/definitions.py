@@ -46,6 +46,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             top_k=int_setting("AI_ASSETS_TOP_K", 5),
             max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+            download_concurrency=int_setting("AI_ASSETS_DOWNLOAD_CONCURRENCY", 8),
         ),
         "results_db": ResultsDatabase(
             url=setting("AI_ASSETS_DATABASE_URL", default_database_url())

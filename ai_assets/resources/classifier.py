@@ -23,7 +23,10 @@ class ClassifierResource(dg.ConfigurableResource):
     device: str = Field(default="", description="torch device; empty = CUDA when available.")
     max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS)
-    download_concurrency: int = Field(default=16, description="Concurrent S3 GETs per run.")
+    download_concurrency: int = Field(
+        default=8,
+        description="Objects fetched and decoded at once (AI_ASSETS_DOWNLOAD_CONCURRENCY).",
+    )
 
     def load(self) -> ImageClassifier:
         from ai_assets.classify import load_classifier
