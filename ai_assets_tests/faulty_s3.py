@@ -15,8 +15,10 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from ai_assets_tests.util import serve
 
 _ERRORS = {
     503: ("SlowDown", "Please reduce your request rate."),
@@ -127,14 +129,6 @@ class FaultyS3:
 @contextlib.contextmanager
 def faulty_s3(upstream: str) -> Iterator[FaultyS3]:
     proxy = FaultyS3(upstream)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), proxy.handler())
-    server.daemon_threads = True
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(proxy.handler()) as url:
+        proxy.url = url
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

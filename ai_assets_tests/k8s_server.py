@@ -10,15 +10,16 @@ import contextlib
 import datetime as dt
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from ai_assets_tests.util import serve
 
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?(/status)?$")
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$")
@@ -143,13 +144,6 @@ def _selected(job: dict[str, Any], selector: str) -> bool:
 @contextlib.contextmanager
 def fake_kubernetes() -> Iterator[FakeKubernetes]:
     api = FakeKubernetes()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), api.handler())
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(api.handler()) as url:
+        api.url = url
         yield api
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from ai_assets_tests.util import serve
 
 OK = (200, {}, None)
 RATE_LIMITED = (429, {"Retry-After": "1"}, {"ok": False, "error": "ratelimited"})
@@ -71,13 +72,6 @@ class FakeSlack:
 @contextlib.contextmanager
 def fake_slack() -> Iterator[FakeSlack]:
     slack = FakeSlack()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), slack.handler())
-    slack.url = f"http://127.0.0.1:{server.server_address[1]}/api/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve(slack.handler()) as url:
+        slack.url = f"{url}/api/"
         yield slack
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

@@ -7,11 +7,10 @@ from typing import Any
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
-from ai_assets import table
 from ai_assets.inprocess import InProcessDaemon
 from ai_assets.model_convert import build_config
+from ai_assets_tests.util import rows_by_key
 
 CAT_CLASSES = set(range(281, 286))
 
@@ -29,14 +28,6 @@ def daemon(
         yield InProcessDaemon(instance)
 
 
-def rows(pg_url: str) -> dict[str, dict[str, Any]]:
-    engine = sa.create_engine(pg_url)
-    try:
-        return {row["s3_key"]: row for row in table.fetch_rows(engine)}
-    finally:
-        engine.dispose()
-
-
 def test_bucket_to_table_end_to_end(
     daemon: InProcessDaemon, s3_client: Any, bucket: str, pg_url: str, jpegs: dict[str, bytes]
 ) -> None:
@@ -49,7 +40,7 @@ def test_bucket_to_table_end_to_end(
     result, runs = daemon.tick()
     assert len(result.run_requests or []) == 1
     assert all(run.success for run in runs)
-    current = rows(pg_url)
+    current = rows_by_key(pg_url)
     assert set(current) == set(objects)
     label2id = build_config().label2id
     assert label2id[current["photos/chelsea.jpg"]["label"]] in CAT_CLASSES
@@ -86,7 +77,7 @@ def test_bucket_to_table_end_to_end(
     again, _ = daemon.tick()
     assert not again.run_requests
     assert daemon.launch((result.run_requests or [])[0]).success
-    rerun = rows(pg_url)
+    rerun = rows_by_key(pg_url)
     assert rerun.keys() == current.keys()
     assert [r["label"] for r in rerun.values()] == [r["label"] for r in current.values()]
 
@@ -96,7 +87,7 @@ def test_bucket_to_table_end_to_end(
     s3_client.put_object(Bucket=bucket, Key="photos/new.jpg", Body=jpegs["chelsea"])
     _, runs = daemon.tick()
     assert runs and all(run.success for run in runs)
-    updated = rows(pg_url)
+    updated = rows_by_key(pg_url)
     assert len(updated) == len(objects) + 1
     assert updated["photos/china.jpg"]["label"] == "espresso"
     assert updated["photos/china.jpg"]["etag"] != current["photos/china.jpg"]["etag"]

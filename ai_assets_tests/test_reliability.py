@@ -18,6 +18,7 @@ from ai_assets.samples import sample_images
 from ai_assets.store import list_objects
 from ai_assets_tests.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.hostile import hostile_keys, hostile_objects
+from ai_assets_tests.util import rows_by_key
 
 pytestmark = pytest.mark.reliability
 MAX_BYTES = 1 << 20
@@ -38,18 +39,10 @@ def daemon(
         yield InProcessDaemon(instance)
 
 
-def current_rows(pg_url: str) -> dict[str, dict[str, Any]]:
-    engine = sa.create_engine(pg_url)
-    try:
-        return {row["s3_key"]: row for row in table.fetch_rows(engine)}
-    finally:
-        engine.dispose()
-
-
 def reconcile(s3_client: Any, bucket: str, pg_url: str, report, case: str) -> dict[str, Any]:
     """Every image object in the bucket has exactly one current row, and nothing else does."""
     listed = [o.key for o in list_objects(s3_client, bucket, "") if is_image_key(o.key)]
-    rows = current_rows(pg_url)
+    rows = rows_by_key(pg_url)
     live = {k for k, r in rows.items() if r["status"] != "deleted"}
     report(case, "ok" if live == set(listed) else "MISMATCH", len(listed), len(live))
     assert sorted(live) == sorted(listed)
@@ -174,14 +167,6 @@ def proxied(
         yield proxy, InProcessDaemon(instance), db_url
 
 
-def rows_in(db_url: str) -> dict[str, dict[str, Any]]:
-    engine = sa.create_engine(db_url)
-    try:
-        return {row["s3_key"]: row for row in table.fetch_rows(engine)}
-    finally:
-        engine.dispose()
-
-
 def test_transient_s3_faults_are_retried_by_botocore(
     proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], reliability_report
 ) -> None:
@@ -196,7 +181,7 @@ def test_transient_s3_faults_are_retried_by_botocore(
     proxy.add(Rule("503", method="GET", path_contains="list-type=2"))  # the sensor's listing
     _, runs = daemon.tick()
     assert runs and all(run.success for run in runs)
-    rows = rows_in(db_url)
+    rows = rows_by_key(db_url)
     reliability_report("S3 503/500/reset/slow, retried", "ok", len(keys), len(rows))
     assert sorted(rows) == keys
     assert all(row["status"] == "ok" for row in rows.values())
@@ -227,7 +212,7 @@ def test_persistent_s3_failure_fails_the_run_clearly_and_the_next_attempt_comple
     proxy.clear()
     rerun = daemon.launch(request)  # the next attempt, e.g. a re-execution from the UI
     assert rerun.success
-    rows = rows_in(db_url)
+    rows = rows_by_key(db_url)
     reliability_report("S3 down for one object, then re-run", "ok", 3, len(rows))
     assert sorted(rows) == ["a.jpg", "b.jpg", "c.jpg"]
     assert all(row["status"] == "ok" for row in rows.values())
@@ -252,7 +237,7 @@ def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
     _, runs = daemon.tick()  # run B classifies v2 and finishes first
     assert runs and runs[0].success
     slow.join(30)
-    [row] = rows_in(db_url).values()
+    [row] = rows_by_key(db_url).values()
     reliability_report("overwrite during a run", "ok", 1, 1)
     assert row["etag"] == new["ETag"].strip('"')
 

@@ -1,0 +1,37 @@
+"""Small helpers the tests share: read the results table, serve a local HTTP fake."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import sqlalchemy as sa
+
+from ai_assets import table
+
+
+def rows_by_key(db_url: str) -> dict[str, dict[str, Any]]:
+    """The current results table, keyed by S3 key."""
+    engine = sa.create_engine(db_url)
+    try:
+        return {row["s3_key"]: row for row in table.fetch_rows(engine)}
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
