@@ -93,8 +93,9 @@ def serve_ui() -> int:
         f"{os.environ['AWS_ENDPOINT_URL']} s3 cp photo.jpg s3://{os.environ['AI_ASSETS_S3_BUCKET']}/\n"
     )
     dagster = Path(sys.executable).with_name("dagster")
-    process = subprocess.Popen(
-        [str(dagster), "dev", "-h", UI_HOST, "-p", str(UI_PORT), "-m", "ai_assets.definitions"],
+    process = subprocess.Popen(  # [tool.dagster] in pyproject.toml: the code location "ai_assets"
+        [str(dagster), "dev", "-h", UI_HOST, "-p", str(UI_PORT)],
+        cwd=Path.cwd(),
         start_new_session=True,
     )
     try:
