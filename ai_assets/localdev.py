@@ -143,6 +143,27 @@ class PostgresServer:
         self.port = port or free_port()
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
 
+    def database_url(self, name: str) -> str:
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def _execute(self, statement: str) -> None:
+        import sqlalchemy as sa
+
+        admin = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as connection:
+                connection.execute(sa.text(statement))
+        finally:
+            admin.dispose()
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database on this server; returns its URL."""
+        self._execute(f'CREATE DATABASE "{name}"')
+        return self.database_url(name)
+
+    def drop_database(self, name: str) -> None:
+        self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def _run(self, *args: str) -> None:
         subprocess.run(_as_postgres(list(args)), check=True, capture_output=True, timeout=120)
 

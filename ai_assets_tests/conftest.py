@@ -14,7 +14,6 @@ from typing import Any
 
 import boto3
 import pytest
-import sqlalchemy as sa
 
 from ai_assets.localdev import PostgresServer, postgres, seaweedfs
 
@@ -37,13 +36,8 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
 def pg_url(pg_server: PostgresServer) -> Iterator[str]:
     """A fresh database on the session's PostgreSQL server."""
     name = f"test_{os.getpid()}_{next(_counter)}"
-    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield pg_server.url.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    yield pg_server.create_database(name)
+    pg_server.drop_database(name)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

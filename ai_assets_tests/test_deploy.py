@@ -164,11 +164,7 @@ def deployment(
     instance_yaml = yaml.safe_load(configmaps["ai-ai-assets-instance"]["data"]["dagster.yaml"])
     env = dict(configmaps["ai-ai-assets-env"]["data"])
     storage_db = f"dagster_{pg_url.rsplit('/', 1)[1]}"
-    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{storage_db}"'))
-    admin.dispose()
-    host, port = pg_server.url.split("@", 1)[1].split("/", 1)[0].split(":")
+    pg_server.create_database(storage_db)
     with fake_kubernetes() as api:
         launcher = instance_yaml["run_launcher"]["config"]
         launcher["load_incluster_config"] = False  # no cluster: the local API instead
@@ -178,8 +174,8 @@ def deployment(
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
         env |= {
             "DAGSTER_HOME": str(home),
-            "DAGSTER_PG_HOST": host,
-            "DAGSTER_PG_PORT": port,
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(pg_server.port),
             "DAGSTER_PG_DB": storage_db,
             "DAGSTER_PG_USER": "postgres",
             "DAGSTER_PG_PASSWORD": "from-the-dagster-postgresql-secret",

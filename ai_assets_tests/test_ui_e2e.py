@@ -80,14 +80,6 @@ class DagsterDev:
         return data["runsOrError"]["results"]
 
 
-def _database(server: PostgresServer, name: str) -> str:
-    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return server.url.rsplit("/", 1)[0] + f"/{name}"
-
-
 @pytest.fixture(scope="module")
 def dagster_dev(
     pg_server: PostgresServer, s3_endpoint: str, lite0_dir: str
@@ -97,8 +89,8 @@ def dagster_dev(
     from ai_assets_tests.conftest import ACCESS_KEY, SECRET_KEY
 
     home = Path(tempfile.mkdtemp(prefix="ai-assets-e2e-"))
-    storage_url = _database(pg_server, f"e2e_dagster_{os.getpid()}")
-    results_url = _database(pg_server, f"e2e_results_{os.getpid()}")
+    storage_url = pg_server.create_database(f"e2e_dagster_{os.getpid()}")
+    results_url = pg_server.create_database(f"e2e_results_{os.getpid()}")
     instance = {
         "storage": {"postgres": {"postgres_url": storage_url.replace("+psycopg2", "")}},
         "telemetry": {"enabled": False},

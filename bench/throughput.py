@@ -126,16 +126,6 @@ def measure_seed_style(model_dir: str, keys: list[str], bucket: str, db_url: str
     return len(keys) / (time.perf_counter() - started)
 
 
-def create_database(url: str, name: str) -> str:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return url.rsplit("/", 1)[0] + f"/{name}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 images; under a minute")
@@ -186,7 +176,7 @@ def main() -> None:
         batch_size = int(os.environ.get("AI_ASSETS_BATCH_SIZE", "32"))
         classifier = load_classifier(model_dir, None)
         ceiling = measure_ceiling(classifier, list(images.values()), batch_size)
-        e2e, e2e_run, runs, tick_s = measure_e2e(create_database(pg.url, "dagster"))
+        e2e, e2e_run, runs, tick_s = measure_e2e(pg.create_database("dagster"))
         seed = measure_seed_style(model_dir, list(images)[:n_seed], "bench", pg.url)
 
     rss = peak_rss_mb()
