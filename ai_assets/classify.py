@@ -7,6 +7,7 @@ so importing this module stays cheap for the code-location processes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -14,6 +15,7 @@ import functools
 import hashlib
 import io
 import itertools
+import os
 import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +33,12 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
+#: Fetch/decode threads per run: one per core plus one, at most 16. Each S3 GET costs ~1.2 ms
+#: of Python under the GIL, so more threads than cores only contend (bench/throughput.py);
+#: raise it where S3 is far away.
+DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
+    15, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+)
 #: Longer/shorter side beyond which only the central part is kept: a 10000×3 strip would
 #: otherwise be resized to ~850k×256 pixels. Centre-crop models never see beyond it anyway.
 MAX_ASPECT_RATIO = 8
@@ -49,8 +57,15 @@ class Label:
     score: float
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode bytes into an upright RGB image, refusing oversize images before decoding."""
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_side: int = 0
+) -> Image.Image:
+    """Decode bytes into an upright RGB image, refusing oversize images before decoding.
+
+    With ``min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    Pillow's draft mode) while both sides stay at least ``min_side`` pixels: a 4000×3000
+    photo bound for a 256 px model input decodes ~10× faster.
+    """
     if not data:
         raise ImageError("empty object (0 bytes)")
     try:
@@ -62,8 +77,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
                 f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)"
             )
         image.seek(0)  # first frame of animations
+        if min_side:
+            image.draft(image.mode, (min_side, min_side))  # a no-op unless JPEG
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(_limit_aspect_ratio(image))
     except ImageError:
         raise
@@ -97,7 +114,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def tune_allocator() -> None:
@@ -118,42 +135,86 @@ def tune_allocator() -> None:
     libc.mallopt(m_trim_threshold, 1 << 30)
 
 
+def yield_to_inference() -> None:
+    """Let the calling thread run only on CPU time that inference leaves idle (Linux).
+
+    A fetch/decode thread that preempts one of torch's OpenMP threads mid-batch stalls the
+    whole batch while the other OpenMP thread spins at the barrier; on 2 cores that cost
+    ~20 % of throughput (bench/throughput.py). As SCHED_IDLE the thread still uses any core
+    torch leaves free, and every core while a batch waits for its images.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def auto_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: ``AI_ASSETS_PRECISION`` → torch dtype; bf16 runs on AMX/AVX-512 CPUs and GPU tensor cores.
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 class ImageClassifier:
     """A transformers image-classification model, loaded once, run in batches."""
 
-    def __init__(self, model: str, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str | None = None,
+        precision: str = "fp32",
+        jpeg_draft: bool = True,
+    ) -> None:
         import torch
         from transformers import pipeline
 
+        from ai_assets.preprocess import build_preprocessor
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
         tune_allocator()
         self.device = device or auto_device()
+        self.precision = precision
+        self.dtype = getattr(torch, PRECISIONS[precision])
         classifier = pipeline("image-classification", model=model, device=self.device)
-        self.model = classifier.model.eval().to(memory_format=torch.channels_last)
-        self.processor = classifier.image_processor
+        self.model = classifier.model.eval().to(self.dtype, memory_format=torch.channels_last)
+        self.preprocessor = build_preprocessor(classifier.image_processor)
+        self.min_decode_side = self.preprocessor.min_decode_side if jpeg_draft else 0
         self.model_id = model
         self.model_revision = _revision(self.model, model)
         self.labels: dict[int, str] = dict(self.model.config.id2label)
+        self._warm: set[int] = set()
+
+    def warm_up(self, batch_size: int) -> None:
+        """Run one blank batch: oneDNN builds its kernels for a batch shape on first use (~1 s)."""
+        if batch_size not in self._warm:
+            blank = self.preprocess(Image.new("RGB", (256, 256)))
+            self.predict([blank] * batch_size, top_k=1)
+            self._warm.add(batch_size)
+
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+        """Decode at the smallest JPEG scale that still covers the model's input size."""
+        return decode_image(data, max_pixels, self.min_decode_side)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One image → a ``(3, H, W)`` float tensor (run in worker threads)."""
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        """One image → the tensor ``predict`` batches (run in worker threads)."""
+        return self.preprocessor(image)
 
     def predict(self, pixel_values: Sequence[torch.Tensor], top_k: int) -> list[list[Label]]:
         """Top-``top_k`` labels for a batch of preprocessed images."""
-        import torch
-
         if not pixel_values:
             return []
-        batch = torch.stack(list(pixel_values)).to(self.device)
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.classify_batch(self.preprocessor.collate(pixel_values, self.device), top_k)
+
+    def classify_batch(self, batch: torch.Tensor, top_k: int) -> list[list[Label]]:
+        """Top-``top_k`` labels for a model-ready ``(N, 3, H, W)`` batch: the model alone."""
+        import torch
+
         with torch.inference_mode():
-            logits = self.model(pixel_values=batch).logits
+            logits = self.model(pixel_values=batch.to(self.dtype)).logits
             scores, indices = logits.float().softmax(dim=-1).topk(min(top_k, logits.shape[-1]))
         return [
             [Label(self.labels[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True)]
@@ -173,9 +234,11 @@ def _revision(model: Any, name: str) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def load_classifier(model: str, device: str | None = None) -> ImageClassifier:
+def load_classifier(
+    model: str, device: str | None = None, precision: str = "fp32", jpeg_draft: bool = True
+) -> ImageClassifier:
     """Load a model once per process; every run in the process shares it."""
-    return ImageClassifier(model, device)
+    return ImageClassifier(model, device, precision, jpeg_draft)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +267,7 @@ def prepare(
     if fetched.deleted or fetched.error:
         return Outcome(job, fetched, error=fetched.error)
     try:
-        image = decode_image(fetched.data or b"", max_pixels)
+        image = classifier.decode(fetched.data or b"", max_pixels)
         return Outcome(job, fetched, pixel_values=classifier.preprocess(image))
     except ImageError as exc:
         return Outcome(job, fetched, error=str(exc))
@@ -218,7 +281,7 @@ def classify_objects(
     batch_size: int,
     top_k: int,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    concurrency: int = 8,
+    concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
     run_id: str | None = None,
 ) -> Iterator[list[ClassificationRow]]:
     """Yield result rows batch by batch; downloads and decoding overlap with inference.
@@ -227,7 +290,7 @@ def classify_objects(
     objects a run covers. Bad images become error rows; the rest of their batch goes on.
     """
     window = max(2 * batch_size, concurrency)
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fetch") as pool:
+    with ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference) as pool:
         pending: collections.deque[Future[Outcome]] = collections.deque()
         queue = iter(jobs)
 

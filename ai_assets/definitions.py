@@ -5,7 +5,11 @@ import os
 import dagster as dg
 
 from ai_assets.assets import classify_images_job, image_classifications, label_summary, s3_images
-from ai_assets.classify import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from ai_assets.classify import (
+    DEFAULT_DOWNLOAD_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+)
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase, SlackNotifier
 from ai_assets.resources.slack import SLACK_API_URL
 from ai_assets.sensors import (
@@ -46,7 +50,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             top_k=int_setting("AI_ASSETS_TOP_K", 5),
             max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
-            download_concurrency=int_setting("AI_ASSETS_DOWNLOAD_CONCURRENCY", 8),
+            download_concurrency=int_setting(
+                "AI_ASSETS_DOWNLOAD_CONCURRENCY", DEFAULT_DOWNLOAD_CONCURRENCY
+            ),
+            precision=setting("AI_ASSETS_PRECISION", "fp32"),
         ),
         "results_db": ResultsDatabase(
             url=setting("AI_ASSETS_DATABASE_URL", default_database_url())

@@ -107,11 +107,19 @@ def upsert_rows(engine: Engine, rows: Sequence[ClassificationRow]) -> int:
             insert.excluded.last_modified.is_(None),
             insert.excluded.last_modified >= t.c.last_modified,
         ),
-    )
-    by_key = {row.s3_key: dataclasses.asdict(row) for row in rows}  # last write wins in a batch
+    ).returning(t.c.s3_key)  # RETURNING lets SQLAlchemy send one multi-row INSERT, not N
+    by_key = {row.s3_key: _values(row) for row in rows}  # last write wins in a batch
     with engine.begin() as connection:
-        connection.execute(statement, list(by_key.values()))
+        connection.execute(statement, list(by_key.values())).close()
     return len(by_key)
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(ClassificationRow))
+
+
+def _values(row: ClassificationRow) -> dict[str, Any]:
+    """A row's column values (``dataclasses.asdict`` deep-copies; nothing here is mutated)."""
+    return {name: getattr(row, name) for name in _FIELDS}
 
 
 def fetch_rows(engine: Engine, s3_keys: Iterable[str] | None = None) -> list[dict[str, Any]]:

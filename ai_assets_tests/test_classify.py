@@ -130,3 +130,52 @@ def test_extreme_aspect_ratios_keep_only_the_centre() -> None:
     assert decode_image(png(Image.new("L", (10000, 3)))).size == (24, 3)
     assert decode_image(png(Image.new("L", (2, 5000)))).size == (2, 16)
     assert decode_image(png(Image.new("L", (800, 100)))).size == (800, 100)
+
+
+def test_fetch_threads_yield_the_cpu_to_inference() -> None:
+    import os
+    import threading
+
+    from ai_assets.classify import yield_to_inference
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        yield_to_inference()
+        seen.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread keeps its policy
+
+
+def test_precision_is_validated_and_bf16_classifies(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_classifier(tiny_model_dir, "cpu", "int3")
+    classifier = load_classifier(tiny_model_dir, "cpu", "bf16")
+    assert next(classifier.model.parameters()).dtype == torch.bfloat16
+    pixels = [classifier.preprocess(classifier.decode(data)) for data in jpegs.values()]
+    labels = classifier.predict(pixels, top_k=2)
+    assert all(0.0 <= label.score <= 1.0 for row in labels for label in row)
+
+
+def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> None:
+    from ai_assets.classify import ImageClassifier
+
+    classifier = ImageClassifier(tiny_model_dir, "cpu")  # a fresh one: nothing warmed yet
+    calls: list[int] = []
+    original = classifier.classify_batch
+    monkeypatch.setattr(
+        classifier,
+        "classify_batch",
+        lambda batch, k: calls.append(len(batch)) or original(batch, k),
+    )
+    for size in (4, 4, 2):
+        classifier.warm_up(size)
+    assert calls == [4, 2]

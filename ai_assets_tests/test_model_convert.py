@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from ai_assets.classify import decode_image, load_classifier
 from ai_assets.model_convert import build_config, map_key, source_weights_path
+from ai_assets.samples import encode
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -26,11 +28,12 @@ def test_logits_match_the_original_model(lite0_dir: str, jpegs: dict[str, bytes]
         "efficientnet-lite0", weights_path=str(source_weights_path())
     ).eval()
     classifier = load_classifier(lite0_dir, "cpu")
-    batch = torch.stack(
+    batch = classifier.preprocessor.collate(
         [
             classifier.preprocess(decode_image(jpegs[name]))
             for name in ("chelsea", "coffee", "china")
-        ]
+        ],
+        "cpu",
     )
     with torch.inference_mode():
         expected = original(batch)
@@ -47,6 +50,21 @@ def test_real_photos_get_the_right_labels(lite0_dir: str, jpegs: dict[str, bytes
     assert CAT_CLASSES & {label2id[p.label] for p in chelsea}
     assert coffee[0].label == "espresso"
     assert classifier.model_revision.startswith("sha256:")
+
+
+def test_draft_decoding_keeps_the_labels_of_a_large_photo(
+    lite0_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    classifier = load_classifier(lite0_dir, "cpu")
+    large = decode_image(jpegs["coffee"]).resize((2400, 1600), Image.Resampling.LANCZOS)
+    data = encode(large)
+    drafted = classifier.decode(data)
+    assert drafted.size == (600, 400)  # decoded at 1/4 scale: both sides still >= 256
+    full, draft = (
+        classifier.predict([classifier.preprocess(image)], top_k=1)[0][0].label
+        for image in (decode_image(data), drafted)
+    )
+    assert full == draft == "espresso"
 
 
 def test_the_pipeline_loads_the_directory_offline(lite0_dir: str, jpegs: dict[str, bytes]) -> None:

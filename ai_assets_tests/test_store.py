@@ -9,6 +9,7 @@ from ai_assets.store import (
     contiguous_batches,
     fetch_object,
     list_objects,
+    parse_timestamp,
     plan_changes,
 )
 
@@ -85,3 +86,44 @@ def test_fetch_reports_missing_and_oversize_objects(s3_client, bucket: str) -> N
     assert big.data is None and big.size == 2000
     assert "2,000 bytes, above the limit of 1,000" in (big.error or "")
     assert fetch_object(s3_client, bucket, "missing.jpg", max_bytes=1000).deleted
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-27T15:30:11.000Z",  # ListObjectsV2
+        "2026-11-27T15:30:11Z",
+        "2026-11-27T15:30:11.123456+02:00",
+        "Fri, 27 Nov 2026 15:09:44 GMT",  # Last-Modified header
+        "Fri, 27 Nov 2026 15:09:44 -0000",
+        "1700000000",
+    ],
+)
+def test_fast_timestamps_equal_botocores(value: str) -> None:
+    from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+    parsed = parse_timestamp(value)
+    assert parsed == botocore_parse_timestamp(value)
+    assert parsed.tzinfo is not None
+
+
+def test_the_bucket_client_parses_timestamps_without_dateutil(
+    s3_client, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ai_assets.resources import ImageBucket
+
+    def dateutil_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("botocore's dateutil parser was used")
+
+    s3_client.put_object(Bucket=bucket, Key="t/a.jpg", Body=b"x")
+    monkeypatch.setattr("dateutil.parser.parse", dateutil_parse)
+    resource = ImageBucket(
+        bucket=bucket,
+        prefix="t/",
+        endpoint_url=s3_client.meta.endpoint_url,
+        region_name="us-east-1",
+    )
+    [listed] = resource.list_objects()
+    fetched = fetch_object(resource.get_client(), bucket, "t/a.jpg", 10)
+    assert listed.last_modified.tzinfo is not None
+    assert abs(listed.last_modified - fetched.last_modified) < dt.timedelta(seconds=1)

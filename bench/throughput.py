@@ -1,35 +1,43 @@
 """End-to-end classification throughput against the model's own ceiling and a seed-style loop.
 
 Builds a corpus of real-photo JPEGs (augmented from photos that ship in scikit-image and
-scikit-learn), loads it into a local SeaweedFS, and measures in one process:
+scikit-learn), loads it into a local SeaweedFS, and measures in one run on this machine:
 
-* ceiling    – forward passes alone on preprocessed tensors (same batch size and precision);
-* e2e        – the real path: s3_image_sensor → classify_images_job runs reading S3, decoding,
-               classifying and upserting into a real PostgreSQL;
-* seed_style – per image one GET, one batch-1 pipeline call, one new DB connection + INSERT.
+* ceiling    – forward passes alone on model-ready batches (same batch size and precision),
+               measured before and after e2e;
+* e2e        – the real path in a fresh process, as a run pod: s3_image_sensor adds the
+               partitions, then one classify_images_job run over all of them (a backfill)
+               reads S3, decodes, classifies and upserts into a real PostgreSQL;
+* seed_style – per image one GET, one batch-1 pipeline call, one new DB connection + INSERT;
 
-Ends with one line: RESULT e2e_img_s=… ceiling_img_s=… ratio=… seed_style_img_s=… speedup=…
-peak_rss_mb=…
+plus the e2e run's peak RSS and CPU per image by process, JPEG draft-mode and bf16 top-1
+agreement. Ends with one line: RESULT e2e_img_s=… ceiling_img_s=… ratio=…
+seed_style_img_s=… speedup=… peak_rss_mb=… (and more key=value pairs).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
 import resource
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ACCESS, SECRET = "bench", "bench-secret"
+BUCKET = "bench"
 
 
 def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
@@ -56,53 +64,123 @@ def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
     return out
 
 
+def large_photos() -> list[bytes]:
+    """JPEGs of 1–2.5k px (the sample photos enlarged 2–4×): where JPEG draft mode applies."""
+    from ai_assets.samples import sample_images
+
+    out = []
+    for image in sample_images().values():
+        for factor in (2, 3, 4):
+            size = (image.width * factor, image.height * factor)
+            buffer = io.BytesIO()
+            image.resize(size, Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=90)
+            out.append(buffer.getvalue())
+    return out
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_ceiling(classifier, images: list[bytes], batch_size: int) -> float:
-    from ai_assets.classify import decode_image
+def cpu_seconds(names: Iterable[str]) -> float:
+    """CPU time (user + system) of every process whose command name is in ``names``."""
+    wanted, total = set(names), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if comm in wanted:
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
-    pixels = [classifier.preprocess(decode_image(data)) for data in images]
-    classifier.predict(pixels[:batch_size], top_k=5)  # warm-up
-    started = time.perf_counter()
-    for i in range(0, len(pixels), batch_size):
-        classifier.predict(pixels[i : i + batch_size], top_k=5)
-    return len(pixels) / (time.perf_counter() - started)
+
+def timed_rate(run: Callable[[], int], min_seconds: float) -> float:
+    """Items per second of ``run`` (returns items), repeated until ``min_seconds`` passed."""
+    items, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < min_seconds or not items:
+        items += run()
+    return items / elapsed
 
 
-def measure_e2e(dagster_pg_url: str) -> tuple[float, float, int, float]:
-    """The production shape: Dagster's own storage on PostgreSQL (dagster-postgres).
+def measure_ceiling(classifier: Any, images: list[bytes], batch_size: int, seconds: float) -> float:
+    """The model alone: forward passes (and top-k) on batches already decoded and collated."""
+    pixels = [classifier.preprocess(classifier.decode(data)) for data in images]
+    batches = [
+        classifier.preprocessor.collate(pixels[i : i + batch_size], classifier.device)
+        for i in range(0, len(pixels), batch_size)
+    ]
+    classifier.classify_batch(batches[0], top_k=5)  # warm-up
 
-    Returns the asset's own rate (the image_classifications code: S3 → decode → classify →
-    upsert, as its ``images_per_second`` metadata reports), the rate of whole runs (adding
-    Dagster's per-partition bookkeeping: planned and materialization events), runs, tick s.
-    """
+    def one_pass() -> int:
+        for batch in batches:
+            classifier.classify_batch(batch, top_k=5)
+        return len(pixels)
+
+    return timed_rate(one_pass, seconds)
+
+
+def measure_e2e(env: dict[str, str], profile: str | None) -> dict[str, Any]:
+    """Run :func:`e2e_child` in a fresh process, with the servers' CPU time per image."""
+    servers = ("weed", "postgres")
+    before = cpu_seconds(servers)
+    command = [
+        sys.executable,
+        __file__,
+        "--e2e-child",
+        *(["--profile", profile] if profile else []),
+    ]
+    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    result = json.loads(output.stdout.strip().splitlines()[-1])
+    result["servers_cpu_ms_per_image"] = (cpu_seconds(servers) - before) / result["images"] * 1000
+    return result
+
+
+def e2e_child(profile: str | None) -> None:
+    """A run pod's process: Dagster on PostgreSQL, one run over every partition; prints JSON."""
     import dagster as dg
 
     from ai_assets.inprocess import InProcessDaemon
+    from ai_assets.partitions import images_partitions
+    from ai_assets.sensors.s3 import run_request
 
-    storage = {"postgres": {"postgres_url": dagster_pg_url.replace("+psycopg2", "")}}
+    storage = {"postgres": {"postgres_url": os.environ["BENCH_DAGSTER_PG_URL"]}}
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
         daemon = InProcessDaemon(instance, log_level="WARNING")
-        started = time.perf_counter()
-        result = daemon.evaluate()
-        daemon.apply_events_and_partitions(result)
-        tick_s = time.perf_counter() - started
-        started = time.perf_counter()
-        runs = [daemon.launch(request) for request in result.run_requests or []]
-        elapsed = time.perf_counter() - started
-        if not all(run.success for run in runs):
-            raise RuntimeError("an e2e run failed")
-        metadata = [
-            run.asset_materializations_for_node("image_classifications")[0].metadata for run in runs
-        ]
-    images = sum(m["images"].value for m in metadata)
-    asset_s = sum(m["images"].value / m["images_per_second"].value for m in metadata)
-    return images / asset_s, images / elapsed, len(runs), tick_s
+        daemon.apply_events_and_partitions(daemon.evaluate())
+        partitions = instance.get_dynamic_partitions(images_partitions.name)
+        profiler = None
+        if profile:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.005)
+            profiler.start()
+        cpu, started = time.process_time(), time.perf_counter()
+        run = daemon.launch(run_request(partitions, "bench-backfill"))
+        run_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+        if profiler:
+            profiler.stop()
+            Path(profile).write_text(profiler.output_text(color=False, unicode=False))  # type: ignore[arg-type]
+        if not run.success:
+            raise RuntimeError("the e2e run failed")
+        metadata = run.asset_materializations_for_node("image_classifications")[0].metadata
+    images = metadata["images"].value
+    print(
+        json.dumps(
+            {
+                "images": images,
+                "asset_img_s": metadata["images_per_second"].value,
+                "run_img_s": images / run_s,
+                "cpu_ms_per_image": cpu_s / images * 1000,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
-def measure_seed_style(model_dir: str, keys: list[str], bucket: str, db_url: str) -> float:
+def measure_seed_style(model_dir: str, keys: list[str], db_url: str) -> float:
     """The tutorial path users come from: everything one image at a time."""
     import boto3
     import psycopg2
@@ -115,7 +193,7 @@ def measure_seed_style(model_dir: str, keys: list[str], bucket: str, db_url: str
         cursor.execute("CREATE TABLE IF NOT EXISTS seed (key text, label text, score float)")
     started = time.perf_counter()
     for key in keys:
-        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        data = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         top = classify(Image.open(io.BytesIO(data)).convert("RGB"), top_k=1)[0]
         connection = psycopg2.connect(dsn)
         with connection, connection.cursor() as cursor:
@@ -126,16 +204,53 @@ def measure_seed_style(model_dir: str, keys: list[str], bucket: str, db_url: str
     return len(keys) / (time.perf_counter() - started)
 
 
+def top1(
+    classifier: Any, images: list[bytes], decode: Callable[[bytes], Image.Image] | None = None
+) -> list[str]:
+    decode = decode or classifier.decode
+    return [
+        classifier.predict([classifier.preprocess(decode(data))], top_k=1)[0][0].label
+        for data in images
+    ]
+
+
+def agreement(a: list[str], b: list[str]) -> float:
+    return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def measure_draft(classifier: Any) -> tuple[float, float, float]:
+    """JPEG draft mode on large photos: top-1 agreement; decode+preprocess ms, full and draft."""
+    from ai_assets.classify import decode_image
+
+    photos = large_photos()
+
+    def prepare_ms(decode: Callable[[bytes], Image.Image]) -> float:
+        started = time.process_time()
+        for data in photos:
+            classifier.preprocess(decode(data))
+        return (time.process_time() - started) / len(photos) * 1000
+
+    full_ms, draft_ms = prepare_ms(decode_image), prepare_ms(classifier.decode)
+    same = agreement(top1(classifier, photos, decode_image), top1(classifier, photos))
+    return same, full_ms, draft_ms
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="128 images; under a minute")
-    parser.add_argument("--images", type=int, help="corpus size (default 512, quick 128)")
+    parser.add_argument("--quick", action="store_true", help="160 images; under a minute")
+    parser.add_argument("--images", type=int, help="corpus size (default 1000, quick 160)")
     parser.add_argument("--seed-images", type=int, help="images for seed_style (default 64/32)")
+    parser.add_argument("--profile", help="write a pyinstrument profile of the e2e run here")
+    parser.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    n = args.images or (128 if args.quick else 512)
-    n_seed = args.seed_images or (32 if args.quick else 64)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")  # as the image and chart set it
+    if args.e2e_child:
+        e2e_child(args.profile)
+        return
+    n = args.images or (160 if args.quick else 1000)
+    n_seed = args.seed_images or (32 if args.quick else 64)
+    ceiling_s = 3.0 if args.quick else 8.0
 
     from ai_assets.classify import load_classifier
     from ai_assets.localdev import postgres, seaweedfs
@@ -154,46 +269,87 @@ def main() -> None:
                 "AWS_ACCESS_KEY_ID": ACCESS,
                 "AWS_SECRET_ACCESS_KEY": SECRET,
                 "AWS_REGION": "us-east-1",
-                "AI_ASSETS_S3_BUCKET": "bench",
+                "AI_ASSETS_S3_BUCKET": BUCKET,
                 "AI_ASSETS_DATABASE_URL": pg.url,
                 "DAGSTER_HOME": tmp,
+                "BENCH_DAGSTER_PG_URL": pg.create_database("dagster").replace("+psycopg2", ""),
             }
         )
-        os.environ.pop("AI_ASSETS_MODEL", None)
-        os.environ.pop("AI_ASSETS_S3_PREFIX", None)
+        for name in ("AI_ASSETS_MODEL", "AI_ASSETS_S3_PREFIX", "AI_ASSETS_PRECISION"):
+            os.environ.pop(name, None)
         import boto3
 
         client = boto3.client("s3")
-        client.create_bucket(Bucket="bench")
+        client.create_bucket(Bucket=BUCKET)
         with ThreadPoolExecutor(16) as pool:
             list(
                 pool.map(
-                    lambda kv: client.put_object(Bucket="bench", Key=kv[0], Body=kv[1]),
+                    lambda kv: client.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]),
                     images.items(),
                 )
             )
 
         batch_size = int(os.environ.get("AI_ASSETS_BATCH_SIZE", "32"))
         classifier = load_classifier(model_dir, None)
-        ceiling = measure_ceiling(classifier, list(images.values()), batch_size)
-        e2e, e2e_run, runs, tick_s = measure_e2e(pg.create_database("dagster"))
-        seed = measure_seed_style(model_dir, list(images)[:n_seed], "bench", pg.url)
+        corpus_list = list(images.values())
+        ceiling_before = measure_ceiling(classifier, corpus_list, batch_size, ceiling_s)
+        e2e = measure_e2e(dict(os.environ), args.profile)
+        ceiling_after = measure_ceiling(classifier, corpus_list, batch_size, ceiling_s)
+        seed = measure_seed_style(model_dir, list(images)[:n_seed], pg.url)
 
-    rss = peak_rss_mb()
-    print(f"machine: {os.cpu_count()} CPUs, torch threads {__import__('torch').get_num_threads()}")
-    print(f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}")
-    print(f"{'path':<12} {'images/s':>9}")
-    print(f"{'ceiling':<12} {ceiling:>9.1f}")
-    print(f"{'e2e':<12} {e2e:>9.1f}   (the image_classifications code, {runs} runs)")
-    print(f"{'e2e_run':<12} {e2e_run:>9.1f}   (whole Dagster runs; sensor tick {tick_s:.2f} s)")
-    print(f"{'seed_style':<12} {seed:>9.1f}   ({n_seed} images)")
-    print(f"e2e/ceiling = {e2e / ceiling:.3f}   e2e/seed_style = {e2e / seed:.2f}")
-    print(f"peak RSS {rss:.0f} MB")
-    print(
-        f"RESULT e2e_img_s={e2e:.1f} ceiling_img_s={ceiling:.1f} ratio={e2e / ceiling:.3f} "
-        f"seed_style_img_s={seed:.1f} speedup={e2e / seed:.2f} peak_rss_mb={rss:.0f} "
-        f"e2e_run_img_s={e2e_run:.1f}"
+    draft_agree, full_ms, draft_ms = measure_draft(classifier)
+    sample = corpus_list[: min(n, 320)]
+    bf16 = load_classifier(model_dir, None, "bf16")
+    bf16_agree = agreement(top1(classifier, sample), top1(bf16, sample))
+    bf16_ceiling = measure_ceiling(bf16, sample, batch_size, ceiling_s / 2)
+
+    report(
+        {
+            "e2e_img_s": e2e["asset_img_s"],
+            "ceiling_img_s": (ceiling_before + ceiling_after) / 2,
+            "seed_style_img_s": seed,
+            "peak_rss_mb": e2e["peak_rss_mb"],
+            "run_images": e2e["images"],
+            "e2e_run_img_s": e2e["run_img_s"],
+            "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
+            "servers_cpu_ms_per_image": e2e["servers_cpu_ms_per_image"],
+            "draft_top1_agreement": draft_agree,
+            "bf16_ceiling_img_s": bf16_ceiling,
+            "bf16_top1_agreement": bf16_agree,
+        },
+        f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}; "
+        f"ceiling before e2e {ceiling_before:.1f}, after {ceiling_after:.1f} images/s; "
+        f"seed_style on {n_seed} images",
+        f"JPEG draft mode on {len(large_photos())} photos of 1-2.5k px: decode+preprocess "
+        f"{full_ms:.1f} -> {draft_ms:.1f} ms per image",
     )
+
+
+def report(figures: dict[str, float], *notes: str) -> None:
+    """The figures as a table, then the one ``RESULT`` line that outside checks read."""
+    import torch
+
+    figures = {
+        **figures,
+        "ratio": figures["e2e_img_s"] / figures["ceiling_img_s"],
+        "speedup": figures["e2e_img_s"] / figures["seed_style_img_s"],
+    }
+    threads = torch.get_num_threads()
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {threads} threads")
+    for note in notes:
+        print(note)
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {_format(value):>10}")
+    order = ["e2e_img_s", "ceiling_img_s", "ratio", "seed_style_img_s", "speedup", "peak_rss_mb"]
+    names = order + [name for name in figures if name not in order]
+    print("RESULT " + " ".join(f"{name}={_format(figures[name])}" for name in names))
+
+
+def _format(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
 if __name__ == "__main__":

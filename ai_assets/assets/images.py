@@ -149,6 +149,7 @@ def image_classifications(
             "model_id": dg.MetadataValue.text(model.model_id),
             "model_revision": dg.MetadataValue.text(model.model_revision),
             "device": dg.MetadataValue.text(model.device),
+            "precision": dg.MetadataValue.text(model.precision),
         },
         check_results=[
             dg.AssetCheckResult(

@@ -5,11 +5,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from ai_assets.store import S3Object, list_objects
+from ai_assets.store import S3Object, list_objects, parse_timestamp
 
 
 @functools.lru_cache(maxsize=8)
@@ -26,7 +27,11 @@ def _client(
     retry_mode: str,
     max_pool_connections: int,
 ) -> Any:
-    session = boto3.session.Session(profile_name=profile_name)
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=parse_timestamp
+    )
+    session = boto3.session.Session(profile_name=profile_name, botocore_session=core)
     return session.client(
         "s3",
         region_name=region_name,
@@ -39,6 +44,9 @@ def _client(
         config=Config(
             retries={"total_max_attempts": max_attempts, "mode": retry_mode},
             max_pool_connections=max_pool_connections,
+            # S3-compatible stores need not send checksums; ETags identify versions here
+            response_checksum_validation="when_required",
+            request_checksum_calculation="when_required",
         ),
     )
 

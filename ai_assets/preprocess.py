@@ -1,0 +1,227 @@
+"""Model input from decoded images: PIL geometry in uint8 per image, one affine per batch.
+
+transformers' PIL image processors resize, crop, rescale and normalise every image in float
+numpy (~5 ms for a 500 px photo on one core). The same tensor comes from resizing only the
+centre-crop box in uint8 (~1 ms) and applying rescale + normalise as one per-channel affine to
+the whole batch in torch. The fast path reads its geometry from the processor's config, takes
+its affine from the processor itself, and is checked against the processor when the model
+loads; a processor it cannot reproduce is used as it is.
+
+Pure logic: no Dagster here; torch is imported only by the functions that need it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: The fast path differs from the processor by rounding only: a level or two of 255, where
+#: bicubic's negative lobes carry the intermediate pass's rounding; a wrong config differs more.
+_TOLERANCE_LEVELS = 2.0
+
+
+class Preprocessor(Protocol):
+    """Turns one decoded RGB image into a tensor, and a batch of those into model input."""
+
+    #: Smallest width and height a decoder must keep (JPEG draft mode); 0 = decode in full.
+    min_decode_side: int
+
+    def __call__(self, image: Image.Image) -> torch.Tensor: ...
+
+    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Resize (shortest edge, or a fixed size) then optionally centre-crop, as transformers."""
+
+    resample: int
+    shortest_edge: int | None = None
+    size: tuple[int, int] | None = None  # (width, height)
+    crop: tuple[int, int] | None = None  # (width, height)
+
+    def resized(self, width: int, height: int) -> tuple[int, int]:
+        """The size transformers resizes to (``get_resize_output_image_size``: truncates)."""
+        if self.size is not None:
+            return self.size
+        assert self.shortest_edge is not None
+        short, long = min(width, height), max(width, height)
+        new_long = int(self.shortest_edge * long / short)
+        if width <= height:
+            return self.shortest_edge, new_long
+        return new_long, self.shortest_edge
+
+    @property
+    def output(self) -> tuple[int, int]:
+        if self.crop is not None:
+            return self.crop
+        assert self.size is not None
+        return self.size
+
+    @property
+    def min_decode_side(self) -> int:
+        """Decoding may shrink an image while both sides stay at least this long."""
+        if self.size is not None:
+            return max(self.size)
+        assert self.shortest_edge is not None
+        return self.shortest_edge
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        """Resize and crop at once: only the pixels inside the crop box are computed.
+
+        Two one-axis passes, horizontal first, as Pillow resizes a whole image; a single
+        boxed resize may take the other order and round differently.
+        """
+        width, height = image.size
+        new_w, new_h = self.resized(width, height)
+        out_w, out_h = self.output
+        left, top = (new_w - out_w) // 2, (new_h - out_h) // 2  # numpy center_crop's offsets
+        sx, sy = width / new_w, height / new_h
+        columns = (left * sx, 0, (left + out_w) * sx, height)
+        rows = (0, top * sy, out_w, (top + out_h) * sy)
+        narrowed = image.resize((out_w, height), self.resample, box=columns)
+        return narrowed.resize((out_w, out_h), self.resample, box=rows)
+
+    @classmethod
+    def of(cls, processor: Any) -> Geometry | None:
+        """The geometry of a transformers image processor, or None if it does something else."""
+        if not getattr(processor, "do_resize", False) or getattr(processor, "do_pad", False):
+            return None
+        size = _as_dict(getattr(processor, "size", None))
+        crop = _as_dict(getattr(processor, "crop_size", None))
+        resample = int(getattr(processor, "resample", None) or Image.Resampling.BILINEAR)
+        if size.keys() == {"shortest_edge"}:
+            geometry = cls(resample, shortest_edge=int(size["shortest_edge"]))
+        elif size.keys() == {"height", "width"}:
+            geometry = cls(resample, size=(int(size["width"]), int(size["height"])))
+        else:
+            return None
+        if getattr(processor, "do_center_crop", False):
+            if crop.keys() != {"height", "width"}:
+                return None
+            geometry = dataclasses.replace(geometry, crop=(int(crop["width"]), int(crop["height"])))
+            # a crop larger than the resized image would pad: leave that to the processor
+            smallest = geometry.size or (geometry.shortest_edge, geometry.shortest_edge)
+            if geometry.crop[0] > smallest[0] or geometry.crop[1] > smallest[1]:  # type: ignore[index]
+                return None
+        return geometry
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    items = value.items() if hasattr(value, "items") else vars(value).items()
+    return {k: v for k, v in items if v is not None}
+
+
+class ProcessorPreprocessor:
+    """The model's own transformers image processor, image by image (float tensors)."""
+
+    min_decode_side = 0
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
+        import torch
+
+        batch = torch.stack(list(tensors)).to(device)
+        return batch.contiguous(memory_format=torch.channels_last)
+
+
+class FastPreprocessor:
+    """Geometry in PIL on uint8 (HWC tensors); rescale + normalise once per batch in torch."""
+
+    def __init__(self, geometry: Geometry, scale: np.ndarray, shift: np.ndarray) -> None:
+        import torch
+
+        self.geometry = geometry
+        self.min_decode_side = geometry.min_decode_side
+        # (1, 3, 1, 1): broadcasts over an NCHW batch
+        self.scale = torch.from_numpy(scale.astype(np.float32)).view(1, -1, 1, 1)
+        self.shift = torch.from_numpy(shift.astype(np.float32)).view(1, -1, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.array(self.geometry.apply(image), dtype=np.uint8))
+
+    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
+        """uint8 (N, H, W, 3) → float (N, 3, H, W) in channels_last layout, no copy between."""
+        import torch
+
+        batch = torch.stack(list(tensors)).to(device).permute(0, 3, 1, 2)
+        pixels = batch.to(torch.float32)  # keeps the NHWC strides: channels_last
+        return pixels.mul_(self.scale.to(device)).add_(self.shift.to(device))
+
+
+def affine_of(processor: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``scale, shift`` of the processor's value steps, measured on 0 and 255."""
+    pixels = np.array([[[0, 0, 0], [255, 255, 255]]], dtype=np.uint8)
+    values = processor(
+        images=Image.fromarray(pixels),
+        do_resize=False,
+        do_center_crop=False,
+        return_tensors="np",
+    )["pixel_values"][0]  # (3, 1, 2)
+    shift = values[:, 0, 0].astype(np.float64)
+    return (values[:, 0, 1] - shift) / 255.0, shift
+
+
+def reference_image(width: int = 331, height: int = 217) -> Image.Image:
+    """A deterministic image with edges, gradients and noise, for the load-time check."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // width, y * 255 // height, (x ^ y) & 255], axis=-1)
+    noisy = base + rng.integers(-40, 40, size=base.shape)
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def max_difference(a: Preprocessor, b: Preprocessor, image: Image.Image) -> float:
+    """Largest element-wise difference between two preprocessors' model input for ``image``."""
+    first, second = a.collate([a(image)], "cpu"), b.collate([b(image)], "cpu")
+    if first.shape != second.shape:
+        return float("inf")
+    return float((first - second).abs().max())
+
+
+def build_preprocessor(processor: Any) -> Preprocessor:
+    """The fast path when it reproduces ``processor`` (checked now), else the processor itself."""
+    reference = ProcessorPreprocessor(processor)
+    geometry = Geometry.of(processor)
+    if geometry is None:
+        log.info("%s: using the image processor as it is", type(processor).__name__)
+        return reference
+    try:
+        scale, shift = affine_of(processor)
+    except (TypeError, ValueError) as exc:
+        log.info("%s: cannot calibrate the fast path (%s)", type(processor).__name__, exc)
+        return reference
+    fast = FastPreprocessor(geometry, scale, shift)
+    tolerance = _TOLERANCE_LEVELS * float(np.abs(scale).max()) + 1e-5
+    difference = max(
+        max_difference(fast, reference, reference_image(w, h))
+        for w, h in ((331, 217), (217, 331), (640, 480))
+    )
+    if difference > tolerance:
+        log.warning(
+            "%s: fast preprocessing differs by %.4g (> %.4g); using the image processor",
+            type(processor).__name__,
+            difference,
+            tolerance,
+        )
+        return reference
+    return fast
