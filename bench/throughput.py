@@ -79,6 +79,14 @@ def large_photos() -> list[bytes]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started (exec'd).
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries ru_maxrss across fork and exec, so a child
+    would report its parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
