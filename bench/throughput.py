@@ -226,11 +226,9 @@ def agreement(a: list[str], b: list[str]) -> float:
     return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
 
-def measure_draft(classifier: Any) -> tuple[float, float, float]:
+def measure_draft(classifier: Any, photos: list[bytes]) -> tuple[float, float, float]:
     """JPEG draft mode on large photos: top-1 agreement; decode+preprocess ms, full and draft."""
     from ai_assets.classify import decode_image
-
-    photos = large_photos()
 
     def prepare_ms(decode: Callable[[bytes], Image.Image]) -> float:
         started = time.process_time()
@@ -305,7 +303,8 @@ def main() -> None:
         ceiling_after = measure_ceiling(classifier, corpus_list, batch_size, ceiling_s)
         seed = measure_seed_style(model_dir, list(images)[:n_seed], pg.url)
 
-    draft_agree, full_ms, draft_ms = measure_draft(classifier)
+    photos = large_photos()
+    draft_agree, full_ms, draft_ms = measure_draft(classifier, photos)
     sample = corpus_list[: min(n, 320)]
     bf16 = load_classifier(model_dir, None, "bf16")
     bf16_agree = agreement(top1(classifier, sample), top1(bf16, sample))
@@ -328,7 +327,7 @@ def main() -> None:
         f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}; "
         f"ceiling before e2e {ceiling_before:.1f}, after {ceiling_after:.1f} images/s; "
         f"seed_style on {n_seed} images",
-        f"JPEG draft mode on {len(large_photos())} photos of 1-2.5k px: decode+preprocess "
+        f"JPEG draft mode on {len(photos)} photos of 1-2.5k px: decode+preprocess "
         f"{full_ms:.1f} -> {draft_ms:.1f} ms per image",
     )
 
