@@ -167,11 +167,13 @@ class ImageClassifier:
         device: str | None = None,
         precision: str = "fp32",
         jpeg_draft: bool = True,
+        fold: bool = True,
     ) -> None:
         import torch
         from transformers import pipeline
 
-        from ai_assets.preprocess import build_preprocessor
+        from ai_assets.fuse import fold_batch_norms
+        from ai_assets.preprocess import build_preprocessor, reference_batch
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
@@ -180,8 +182,14 @@ class ImageClassifier:
         self.precision = precision
         self.dtype = getattr(torch, PRECISIONS[precision])
         classifier = pipeline("image-classification", model=model, device=self.device)
-        self.model = classifier.model.eval().to(self.dtype, memory_format=torch.channels_last)
         self.preprocessor = build_preprocessor(classifier.image_processor)
+        network = classifier.model.eval()
+        example = reference_batch(self.preprocessor, self.device)
+        #: BatchNorm layers folded into their convs: in fp32, before any cast, output checked
+        self.folded = (
+            fold_batch_norms(network, lambda: network(pixel_values=example).logits) if fold else 0
+        )
+        self.model = network.to(self.dtype, memory_format=torch.channels_last)
         self.min_decode_side = self.preprocessor.min_decode_side if jpeg_draft else 0
         self.model_id = model
         self.model_revision = _revision(self.model, model)

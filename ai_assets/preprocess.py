@@ -160,12 +160,19 @@ class FastPreprocessor:
         return torch.from_numpy(np.array(self.geometry.apply(image), dtype=np.uint8))
 
     def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
-        """uint8 (N, H, W, 3) → float (N, 3, H, W) in channels_last layout, no copy between."""
+        """uint8 (H, W, 3) each → float (N, 3, H, W) channels_last: one pass, no stacked copy."""
         import torch
 
-        batch = torch.stack(list(tensors)).to(device).permute(0, 3, 1, 2)
-        pixels = batch.to(torch.float32)  # keeps the NHWC strides: channels_last
-        return pixels.mul_(self.scale.to(device)).add_(self.shift.to(device))
+        height, width, channels = tensors[0].shape
+        pixels = torch.empty(
+            (len(tensors), channels, height, width),
+            device=device,
+            memory_format=torch.channels_last,
+        )
+        scale, shift = self.scale[0].to(device), self.shift[0].to(device)
+        for image, out in zip(tensors, pixels, strict=True):
+            torch.addcmul(shift, image.to(device).permute(2, 0, 1), scale, out=out)
+        return pixels
 
 
 def affine_of(processor: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -188,6 +195,17 @@ def reference_image(width: int = 331, height: int = 217) -> Image.Image:
     base = np.stack([x * 255 // width, y * 255 // height, (x ^ y) & 255], axis=-1)
     noisy = base + rng.integers(-40, 40, size=base.shape)
     return Image.fromarray(noisy.clip(0, 255).astype(np.uint8), "RGB")
+
+
+#: Sizes of the reference images: landscape, portrait and one above the usual input size.
+REFERENCE_SIZES = ((331, 217), (217, 331), (640, 480))
+
+
+def reference_batch(preprocessor: Preprocessor, device: str) -> torch.Tensor:
+    """Model input for the reference images, for checks that need a realistic batch."""
+    return preprocessor.collate(
+        [preprocessor(reference_image(w, h)) for w, h in REFERENCE_SIZES], device
+    )
 
 
 def max_difference(a: Preprocessor, b: Preprocessor, image: Image.Image) -> float:
@@ -213,8 +231,7 @@ def build_preprocessor(processor: Any) -> Preprocessor:
     fast = FastPreprocessor(geometry, scale, shift)
     tolerance = _TOLERANCE_LEVELS * float(np.abs(scale).max()) + 1e-5
     difference = max(
-        max_difference(fast, reference, reference_image(w, h))
-        for w, h in ((331, 217), (217, 331), (640, 480))
+        max_difference(fast, reference, reference_image(w, h)) for w, h in REFERENCE_SIZES
     )
     if difference > tolerance:
         log.warning(

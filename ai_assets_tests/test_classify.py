@@ -3,7 +3,14 @@ import io
 import pytest
 from PIL import Image
 
-from ai_assets.classify import ImageError, Job, classify_objects, decode_image, load_classifier
+from ai_assets.classify import (
+    ImageClassifier,
+    ImageError,
+    Job,
+    classify_objects,
+    decode_image,
+    load_classifier,
+)
 from ai_assets.samples import encode
 from ai_assets.store import Fetched
 
@@ -166,8 +173,6 @@ def test_precision_is_validated_and_bf16_classifies(
 
 
 def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> None:
-    from ai_assets.classify import ImageClassifier
-
     classifier = ImageClassifier(tiny_model_dir, "cpu")  # a fresh one: nothing warmed yet
     calls: list[int] = []
     original = classifier.classify_batch
@@ -179,3 +184,14 @@ def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> N
     for size in (4, 4, 2):
         classifier.warm_up(size)
     assert calls == [4, 2]
+
+
+def test_the_bundled_model_runs_with_folded_batchnorms_and_the_same_labels(
+    lite0_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    folded, plain = load_classifier(lite0_dir, "cpu"), ImageClassifier(lite0_dir, "cpu", fold=False)
+    assert folded.folded == 49 and plain.folded == 0
+    pixels = [folded.preprocess(folded.decode(data)) for data in jpegs.values()]
+    for a, b in zip(folded.predict(pixels, 5), plain.predict(pixels, 5), strict=True):
+        assert [label.label for label in a] == [label.label for label in b]
+        assert [label.score for label in a] == pytest.approx([label.score for label in b], abs=1e-4)

@@ -66,7 +66,7 @@ def test_collate_gives_a_channels_last_float_batch(lite0_processor) -> None:
     batch = fast.collate(tensors, "cpu")
     assert batch.shape == (3, 3, 224, 224) and batch.dtype == torch.float32
     assert batch.is_contiguous(memory_format=torch.channels_last)
-    assert float(batch.min()) >= -1.0 and float(batch.max()) <= 1.0
+    assert float(batch.min()) >= -1.0 - 1e-6 and float(batch.max()) <= 1.0 + 1e-6  # one FMA
 
 
 def test_unsupported_configurations_use_the_processor(lite0_processor) -> None:

@@ -3,8 +3,9 @@
 Builds a corpus of real-photo JPEGs (augmented from photos that ship in scikit-image and
 scikit-learn), loads it into a local SeaweedFS, and measures in one run on this machine:
 
-* ceiling    – forward passes alone on model-ready batches (same batch size and precision),
-               measured before and after e2e;
+* ceiling    – forward passes alone on model-ready batches (same batch size and precision,
+               the same model object as e2e, BatchNorm folded), measured before and after e2e;
+               the unfolded model as transformers loads it is measured too;
 * e2e        – the real path in a fresh process, as a run pod: s3_image_sensor adds the
                partitions, then one classify_images_job run over all of them (a backfill)
                reads S3, decodes, classifies and upserts into a real PostgreSQL;
@@ -258,7 +259,7 @@ def main() -> None:
     n_seed = args.seed_images or (32 if args.quick else 64)
     ceiling_s = 3.0 if args.quick else 8.0
 
-    from ai_assets.classify import load_classifier
+    from ai_assets.classify import ImageClassifier, load_classifier
     from ai_assets.localdev import postgres, seaweedfs
     from ai_assets.model_convert import ensure_default_model
 
@@ -303,6 +304,10 @@ def main() -> None:
         ceiling_after = measure_ceiling(classifier, corpus_list, batch_size, ceiling_s)
         seed = measure_seed_style(model_dir, list(images)[:n_seed], pg.url)
 
+    unfolded = ImageClassifier(model_dir, fold=False)
+    unfolded_ceiling = measure_ceiling(unfolded, corpus_list, batch_size, ceiling_s / 2)
+    del unfolded
+
     photos = large_photos()
     draft_agree, full_ms, draft_ms = measure_draft(classifier, photos)
     sample = corpus_list[: min(n, 320)]
@@ -316,6 +321,7 @@ def main() -> None:
             "ceiling_img_s": (ceiling_before + ceiling_after) / 2,
             "seed_style_img_s": seed,
             "peak_rss_mb": e2e["peak_rss_mb"],
+            "unfolded_ceiling_img_s": unfolded_ceiling,
             "run_images": e2e["images"],
             "e2e_run_img_s": e2e["run_img_s"],
             "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
@@ -324,7 +330,8 @@ def main() -> None:
             "bf16_ceiling_img_s": bf16_ceiling,
             "bf16_top1_agreement": bf16_agree,
         },
-        f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}; "
+        f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}, "
+        f"{classifier.folded} BatchNorm layers folded; "
         f"ceiling before e2e {ceiling_before:.1f}, after {ceiling_after:.1f} images/s; "
         f"seed_style on {n_seed} images",
         f"JPEG draft mode on {len(photos)} photos of 1-2.5k px: decode+preprocess "
