@@ -114,14 +114,22 @@ def timed_rate(run: Callable[[], int], min_seconds: float) -> float:
     return items / elapsed
 
 
-def measure_ceiling(classifier: Any, images: list[bytes], batch_size: int, seconds: float) -> float:
+def prepared(
+    classifier: Any, images: list[bytes], decode: Callable[[bytes], Image.Image] | None = None
+) -> list[Any]:
+    """Decoded and preprocessed images, ready to batch (the same for every precision)."""
+    decode = decode or classifier.decode
+    return [classifier.preprocess(decode(data)) for data in images]
+
+
+def measure_ceiling(classifier: Any, pixels: list[Any], batch_size: int, seconds: float) -> float:
     """The model alone: forward passes (and top-k) on batches already decoded and collated."""
-    pixels = [classifier.preprocess(classifier.decode(data)) for data in images]
     batches = [
         classifier.preprocessor.collate(pixels[i : i + batch_size], classifier.device)
         for i in range(0, len(pixels), batch_size)
     ]
-    classifier.classify_batch(batches[0], top_k=5)  # warm-up
+    for batch in {len(batch): batch for batch in batches}.values():  # kernels for each shape
+        classifier.classify_batch(batch, top_k=5)
 
     def one_pass() -> int:
         for batch in batches:
@@ -213,13 +221,12 @@ def measure_seed_style(model_dir: str, keys: list[str], db_url: str) -> float:
     return len(keys) / (time.perf_counter() - started)
 
 
-def top1(
-    classifier: Any, images: list[bytes], decode: Callable[[bytes], Image.Image] | None = None
-) -> list[str]:
-    decode = decode or classifier.decode
+def top1(classifier: Any, pixels: list[Any], batch_size: int = 32) -> list[str]:
+    """Each image's top-1 label (batched: a prediction does not depend on its batch)."""
     return [
-        classifier.predict([classifier.preprocess(decode(data))], top_k=1)[0][0].label
-        for data in images
+        labels[0].label
+        for i in range(0, len(pixels), batch_size)
+        for labels in classifier.predict(pixels[i : i + batch_size], top_k=1)
     ]
 
 
@@ -231,21 +238,19 @@ def measure_draft(classifier: Any, photos: list[bytes]) -> tuple[float, float, f
     """JPEG draft mode on large photos: top-1 agreement; decode+preprocess ms, full and draft."""
     from ai_assets.classify import decode_image
 
-    def prepare_ms(decode: Callable[[bytes], Image.Image]) -> float:
+    def prepare(decode: Callable[[bytes], Image.Image]) -> tuple[list[Any], float]:
         started = time.process_time()
-        for data in photos:
-            classifier.preprocess(decode(data))
-        return (time.process_time() - started) / len(photos) * 1000
+        pixels = prepared(classifier, photos, decode)
+        return pixels, (time.process_time() - started) / len(photos) * 1000
 
-    full_ms, draft_ms = prepare_ms(decode_image), prepare_ms(classifier.decode)
-    same = agreement(top1(classifier, photos, decode_image), top1(classifier, photos))
-    return same, full_ms, draft_ms
+    (full, full_ms), (draft, draft_ms) = prepare(decode_image), prepare(classifier.decode)
+    return agreement(top1(classifier, full), top1(classifier, draft)), full_ms, draft_ms
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="160 images; under a minute")
-    parser.add_argument("--images", type=int, help="corpus size (default 1000, quick 160)")
+    parser.add_argument("--quick", action="store_true", help="320 images; under a minute")
+    parser.add_argument("--images", type=int, help="corpus size (default 1000, quick 320)")
     parser.add_argument("--seed-images", type=int, help="images for seed_style (default 64/32)")
     parser.add_argument("--profile", help="write a pyinstrument profile of the e2e run here")
     parser.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
@@ -255,7 +260,7 @@ def main() -> None:
     if args.e2e_child:
         e2e_child(args.profile)
         return
-    n = args.images or (160 if args.quick else 1000)
+    n = args.images or (320 if args.quick else 1000)
     n_seed = args.seed_images or (32 if args.quick else 64)
     ceiling_s = 3.0 if args.quick else 8.0
 
@@ -298,19 +303,19 @@ def main() -> None:
 
         batch_size = int(os.environ.get("AI_ASSETS_BATCH_SIZE", "32"))
         classifier = load_classifier(model_dir, None)
-        corpus_list = list(images.values())
-        ceiling_before = measure_ceiling(classifier, corpus_list, batch_size, ceiling_s)
+        pixels = prepared(classifier, list(images.values()))
+        ceiling_before = measure_ceiling(classifier, pixels, batch_size, ceiling_s)
         e2e = measure_e2e(dict(os.environ), args.profile)
-        ceiling_after = measure_ceiling(classifier, corpus_list, batch_size, ceiling_s)
+        ceiling_after = measure_ceiling(classifier, pixels, batch_size, ceiling_s)
         seed = measure_seed_style(model_dir, list(images)[:n_seed], pg.url)
 
     unfolded = ImageClassifier(model_dir, fold=False)
-    unfolded_ceiling = measure_ceiling(unfolded, corpus_list, batch_size, ceiling_s / 2)
+    unfolded_ceiling = measure_ceiling(unfolded, pixels, batch_size, ceiling_s / 2)
     del unfolded
 
     photos = large_photos()
     draft_agree, full_ms, draft_ms = measure_draft(classifier, photos)
-    sample = corpus_list[: min(n, 320)]
+    sample = pixels[:320]
     bf16 = load_classifier(model_dir, None, "bf16")
     bf16_agree = agreement(top1(classifier, sample), top1(bf16, sample))
     bf16_ceiling = measure_ceiling(bf16, sample, batch_size, ceiling_s / 2)
