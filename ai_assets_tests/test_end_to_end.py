@@ -57,6 +57,7 @@ def test_bucket_to_table_end_to_end(
     assert metadata["images"].value == len(objects)
     assert metadata["errors"].value == 1
     assert metadata["images_per_second"].value > 0
+    assert metadata["batchnorms_folded"].value == 49  # the bundled model runs folded
     assert "espresso" in metadata["top_labels"].value
     per_partition = {
         m.partition: m.metadata

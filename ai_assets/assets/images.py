@@ -150,6 +150,7 @@ def image_classifications(
             "model_revision": dg.MetadataValue.text(model.model_revision),
             "device": dg.MetadataValue.text(model.device),
             "precision": dg.MetadataValue.text(model.precision),
+            "batchnorms_folded": dg.MetadataValue.int(model.folded),
         },
         check_results=[
             dg.AssetCheckResult(
