@@ -183,9 +183,9 @@ class ImageClassifier:
         self.dtype = getattr(torch, PRECISIONS[precision])
         classifier = pipeline("image-classification", model=model, device=self.device)
         self.preprocessor = build_preprocessor(classifier.image_processor)
-        network = classifier.model.eval()
+        network = classifier.model.eval().float()  # fold in fp32, whatever the checkpoint's dtype
         example = reference_batch(self.preprocessor, self.device)
-        #: BatchNorm layers folded into their convs: in fp32, before any cast, output checked
+        #: BatchNorm layers folded into their convs (output checked against the unfolded model)
         self.folded = (
             fold_batch_norms(network, lambda: network(pixel_values=example).logits) if fold else 0
         )
