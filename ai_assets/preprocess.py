@@ -1,11 +1,11 @@
-"""Model input from decoded images: PIL geometry in uint8 per image, one affine per batch.
+"""Model input from decoded images: PIL geometry in uint8 per image, an affine into the batch.
 
 transformers' PIL image processors resize, crop, rescale and normalise every image in float
 numpy (~5 ms for a 500 px photo on one core). The same tensor comes from resizing only the
-centre-crop box in uint8 (~1 ms) and applying rescale + normalise as one per-channel affine to
-the whole batch in torch. The fast path reads its geometry from the processor's config, takes
-its affine from the processor itself, and is checked against the processor when the model
-loads; a processor it cannot reproduce is used as it is.
+centre-crop box in uint8 (~1 ms) and applying rescale + normalise as one per-channel affine in
+torch while the float batch is assembled. The fast path reads its geometry from the
+processor's config, takes its affine from the processor itself, and is checked against the
+processor when the model loads; a processor it cannot reproduce is used as it is.
 
 Pure logic: no Dagster here; torch is imported only by the functions that need it.
 """
@@ -143,7 +143,7 @@ class ProcessorPreprocessor:
 
 
 class FastPreprocessor:
-    """Geometry in PIL on uint8 (HWC tensors); rescale + normalise once per batch in torch."""
+    """Geometry in PIL on uint8 (HWC tensors); rescale + normalise in torch into the batch."""
 
     def __init__(self, geometry: Geometry, scale: np.ndarray, shift: np.ndarray) -> None:
         import torch
