@@ -184,11 +184,11 @@ class ImageClassifier:
         classifier = pipeline("image-classification", model=model, device=self.device)
         self.preprocessor = build_preprocessor(classifier.image_processor)
         network = classifier.model.eval().float()  # fold in fp32, whatever the checkpoint's dtype
-        example = reference_batch(self.preprocessor, self.device)
         #: BatchNorm layers folded into their convs (output checked against the unfolded model)
-        self.folded = (
-            fold_batch_norms(network, lambda: network(pixel_values=example).logits) if fold else 0
-        )
+        self.folded = 0
+        if fold:
+            example = reference_batch(self.preprocessor, self.device)
+            self.folded = fold_batch_norms(network, lambda: network(pixel_values=example).logits)
         self.model = network.to(self.dtype, memory_format=torch.channels_last)
         self.min_decode_side = self.preprocessor.min_decode_side if jpeg_draft else 0
         self.model_id = model

@@ -150,9 +150,9 @@ class FastPreprocessor:
 
         self.geometry = geometry
         self.min_decode_side = geometry.min_decode_side
-        # (1, 3, 1, 1): broadcasts over an NCHW batch
-        self.scale = torch.from_numpy(scale.astype(np.float32)).view(1, -1, 1, 1)
-        self.shift = torch.from_numpy(shift.astype(np.float32)).view(1, -1, 1, 1)
+        # (3, 1, 1): broadcasts over one CHW image
+        self.scale = torch.from_numpy(scale.astype(np.float32)).view(-1, 1, 1)
+        self.shift = torch.from_numpy(shift.astype(np.float32)).view(-1, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
@@ -169,7 +169,7 @@ class FastPreprocessor:
             device=device,
             memory_format=torch.channels_last,
         )
-        scale, shift = self.scale[0].to(device), self.shift[0].to(device)
+        scale, shift = self.scale.to(device), self.shift.to(device)
         for image, out in zip(tensors, pixels, strict=True):
             torch.addcmul(shift, image.to(device).permute(2, 0, 1), scale, out=out)
         return pixels
