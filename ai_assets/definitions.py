@@ -4,7 +4,13 @@ import os
 
 import dagster as dg
 
-from ai_assets.assets import classify_images_job, image_classifications, label_summary, s3_images
+from ai_assets.assets import (
+    classify_images_job,
+    image_classifications,
+    label_summary,
+    label_summary_automation,
+    s3_images,
+)
 from ai_assets.classify import (
     DEFAULT_DOWNLOAD_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -12,11 +18,7 @@ from ai_assets.classify import (
 )
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase, SlackNotifier
 from ai_assets.resources.slack import SLACK_API_URL
-from ai_assets.sensors import (
-    s3_image_sensor,
-    slack_on_run_failure,
-    slack_on_run_success,
-)
+from ai_assets.sensors import s3_image_sensor, slack_on_run_failure, slack_success_digest
 from ai_assets.settings import (
     DEFAULT_BUCKET,
     DEFAULT_WEBSERVER_URL,
@@ -74,8 +76,9 @@ def build_defs() -> dg.Definitions:
         jobs=[classify_images_job],
         sensors=[
             s3_image_sensor,
-            slack_on_run_success,
             slack_on_run_failure,
+            slack_success_digest,
+            label_summary_automation,
         ],
         resources=build_resources(),
     )

@@ -1,6 +1,7 @@
-"""The Slack digest of one classification run: Block Kit blocks plus a plain-text fallback.
+"""Slack messages about classification runs: Block Kit blocks plus a plain-text fallback.
 
-Pure formatting; the run-status sensors gather the facts from Dagster.
+A failed run gets a message of its own (:class:`RunDigest`); successful runs are coalesced
+into one :class:`SuccessDigest`. Pure formatting; the sensors gather the facts from Dagster.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 MAX_ERROR_LINES = 5
 MAX_LABELS = 5
+#: Runs linked one by one in a digest; the rest are counted.
+MAX_RUN_LINKS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,7 +21,7 @@ class RunDigest:
     run_id: str
     succeeded: bool
     url: str
-    partitions: str  # "a.jpg … z.jpg", one key, or "" when unknown
+    partitions: str  # the day, "day · batch", or "" when unknown
     duration_s: float | None = None
     images: int | None = None
     errors: int | None = None
@@ -34,7 +37,7 @@ class RunDigest:
         return f"{icon} classify_images_job {status}"
 
     def facts(self) -> list[tuple[str, str]]:
-        facts = [("Partitions", self.partitions or "—")]
+        facts = [("Partition", self.partitions or "—")]
         if self.images is not None:
             facts.append(("Images", f"{self.images:,}"))
         if self.errors is not None:
@@ -95,6 +98,82 @@ class RunDigest:
                 ],
             }
         )
+        return blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What one successful run reported about itself."""
+
+    run_id: str
+    url: str
+    partition: str
+    images: int = 0
+    errors: int = 0
+    top_labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuccessDigest:
+    """Every classify_images_job run that succeeded since the previous digest, in one message."""
+
+    runs: list[RunSummary]
+
+    @property
+    def title(self) -> str:
+        n = len(self.runs)
+        return f":white_check_mark: {n} classify_images_job run{'s' if n != 1 else ''} succeeded"
+
+    def top_labels(self) -> str:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            for label, count in run.top_labels.items():
+                counts[label] = counts.get(label, 0) + count
+        top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_LABELS]
+        return ", ".join(f"{label} ({count})" for label, count in top)
+
+    def facts(self) -> list[tuple[str, str]]:
+        days = sorted({run.partition.split(" ")[0] for run in self.runs if run.partition})
+        span = (days[0] if len(days) == 1 else f"{days[0]} … {days[-1]}") if days else "—"
+        return [
+            ("Runs", f"{len(self.runs):,}"),
+            ("Images", f"{sum(run.images for run in self.runs):,}"),
+            ("Errors", f"{sum(run.errors for run in self.runs):,}"),
+            ("Days", span),
+        ]
+
+    def run_lines(self) -> list[str]:
+        shown = [
+            f"<{run.url}|{run.partition or run.run_id[:8]}>: {run.images:,} images"
+            for run in self.runs[:MAX_RUN_LINKS]
+        ]
+        if len(self.runs) > MAX_RUN_LINKS:
+            shown.append(f"… and {len(self.runs) - MAX_RUN_LINKS:,} more")
+        return shown
+
+    def text(self) -> str:
+        parts = [self.title, *(f"{name}: {value}" for name, value in self.facts())]
+        if labels := self.top_labels():
+            parts.append(f"Top labels: {labels}")
+        parts.extend(f"Run: {run.url}" for run in self.runs[:MAX_RUN_LINKS])
+        return "\n".join(parts)
+
+    def blocks(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}},
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
+                    for name, value in self.facts()
+                ],
+            },
+        ]
+        if labels := self.top_labels():
+            text = f"*Top labels*\n{_escape(labels)}"
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+        runs = "\n".join(self.run_lines())[:2900]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": runs}})
         return blocks
 
 

@@ -1,7 +1,8 @@
 """Evaluate s3_image_sensor and run what it requests in this process, in the daemon's order.
 
 ``make demo-once``, the tests and the benchmarks use it to drive the code location without a
-daemon: report the tick's asset events, add its partitions, execute its runs, keep the cursor.
+daemon: report the tick's asset events, launch its runs (skipping run keys that already have a
+run, as the daemon does), then keep the cursor.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import dagster as dg
 
 from ai_assets.definitions import build_defs
 from ai_assets.sensors import s3_image_sensor
+
+RUN_KEY_TAG = "dagster/run_key"
 
 
 @dataclasses.dataclass
@@ -30,30 +33,38 @@ class InProcessDaemon:
             raise TypeError(f"s3_image_sensor returned {type(result).__name__}")
         return result
 
-    def apply_events_and_partitions(self, result: dg.SensorResult) -> None:
-        """What the daemon does before launching runs: report events, add partitions."""
+    def report_events(self, result: dg.SensorResult) -> None:
+        """What the daemon does first with a tick's result: record its asset events."""
         for event in result.asset_events or []:
             self.instance.report_runless_asset_event(event)
-        for request in result.dynamic_partitions_requests or []:
-            if isinstance(request, dg.AddDynamicPartitionsRequest):
-                self.instance.add_dynamic_partitions(
-                    request.partitions_def_name, request.partition_keys
-                )
 
-    def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    def has_run(self, run_key: str) -> bool:
+        return bool(self.instance.get_run_ids(dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1))
+
+    def launch(
+        self, request: dg.RunRequest, run_config: dict | None = None
+    ) -> dg.ExecuteInProcessResult:
         job = self.defs.resolve_job_def("classify_images_job")
+        tags = dict(request.tags) | ({RUN_KEY_TAG: request.run_key} if request.run_key else {})
         return job.execute_in_process(
             instance=self.instance,
-            tags=dict(request.tags),
+            tags=tags,
             partition_key=request.partition_key,
-            run_config={"loggers": {"console": {"config": {"log_level": self.log_level}}}},
+            run_config={
+                **(run_config or {}),
+                "loggers": {"console": {"config": {"log_level": self.log_level}}},
+            },
             raise_on_error=False,
         )
 
     def tick(self) -> tuple[dg.SensorResult, list[dg.ExecuteInProcessResult]]:
-        """A whole tick: evaluate, apply, run every request, then save the cursor."""
+        """A whole tick: evaluate, report events, run every new run key, then save the cursor."""
         result = self.evaluate()
-        self.apply_events_and_partitions(result)
-        runs = [self.launch(request) for request in result.run_requests or []]
+        self.report_events(result)
+        runs = [
+            self.launch(request)
+            for request in result.run_requests or []
+            if not (request.run_key and self.has_run(request.run_key))
+        ]
         self.cursor = result.cursor
         return result, runs

@@ -1,4 +1,13 @@
+"""``images_daily``: one partition per UTC day of the objects' LastModified, today included.
+
+Object keys never become partition keys, so ten years are ~3,650 partitions however many
+objects the bucket holds.
+"""
+
 import dagster as dg
 
-#: One partition per S3 object, keyed by the escaped key relative to the prefix (ai_assets.keys).
-images_partitions = dg.DynamicPartitionsDefinition(name="images")
+from ai_assets.settings import start_date
+
+images_daily = dg.DailyPartitionsDefinition(
+    start_date=start_date().isoformat(), timezone="UTC", end_offset=1
+)

@@ -1,7 +1,8 @@
-"""The configuration contract of DESIGN.md: environment variables and their embedded defaults."""
+"""The configuration contract of the README: environment variables and their embedded defaults."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import dagster as dg
 
 DEFAULT_BUCKET = "images"
 DEFAULT_WEBSERVER_URL = "http://localhost:3000"
+#: First daily partition; older objects belong to it (AI_ASSETS_START_DATE).
+DEFAULT_START_DATE = "2020-01-01"
+#: Objects per sensor run: ~20 s of inference on 2 CPU cores, so Dagster's fixed cost per run
+#: stays a few percent (bench/throughput.py measures it; AI_ASSETS_MAX_OBJECTS_PER_RUN).
+DEFAULT_MAX_OBJECTS_PER_RUN = 2_000
+#: Listing budget of one sensor tick; the diff and upsert of the slice come on top
+#: (bench/sensor_scale.py measures both; AI_ASSETS_LIST_SECONDS_PER_TICK).
+DEFAULT_LIST_SECONDS_PER_TICK = 10.0
+#: Minutes between Slack digests of successful runs; 0 = one message per run.
+DEFAULT_SLACK_DIGEST_MINUTES = 15
 
 
 def setting(name: str, default: str) -> str | dg.EnvVar:
@@ -18,6 +29,42 @@ def setting(name: str, default: str) -> str | dg.EnvVar:
 
 def int_setting(name: str, default: int) -> int | dg.EnvVar:
     return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
+def _number(name: str, default: float, kind: type[int] | type[float], minimum: float) -> float:
+    """A numeric variable read now (sensors read theirs each tick); a bad value says which."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def start_date() -> dt.date:
+    raw = os.environ.get("AI_ASSETS_START_DATE", "").strip() or DEFAULT_START_DATE
+    try:
+        return dt.date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(
+            f"AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got {raw!r}"
+        ) from None
+
+
+def max_objects_per_run() -> int:
+    return int(_number("AI_ASSETS_MAX_OBJECTS_PER_RUN", DEFAULT_MAX_OBJECTS_PER_RUN, int, 1))
+
+
+def list_seconds_per_tick() -> float:
+    return _number("AI_ASSETS_LIST_SECONDS_PER_TICK", DEFAULT_LIST_SECONDS_PER_TICK, float, 0.1)
+
+
+def slack_digest_minutes() -> float:
+    return _number("AI_ASSETS_SLACK_DIGEST_MINUTES", DEFAULT_SLACK_DIGEST_MINUTES, float, 0)
 
 
 def dagster_home() -> Path:

@@ -1,4 +1,4 @@
-"""S3 access and the sensor's planning logic: list, fetch, diff a listing against what is known.
+"""S3 access: list a prefix in bounded, resumable slices; fetch one object.
 
 Pure logic over a boto3 S3 client; nothing here knows about Dagster.
 """
@@ -9,17 +9,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
-import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 
-from ai_assets.keys import is_image_key, object_key_for, partition_key_for
-
-#: Data version recorded for an object that disappeared from the bucket.
-DELETED = "deleted"
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
@@ -67,17 +63,74 @@ def normalize_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+def _objects(page: dict[str, Any]) -> list[S3Object]:
+    return [
+        S3Object(
+            key=item["Key"],
+            etag=normalize_etag(item["ETag"]),
+            size=int(item["Size"]),
+            last_modified=item["LastModified"],
+        )
+        for item in page.get("Contents", ())
+    ]
+
+
 def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[S3Object]:
     """Every object under ``prefix``, in key order (paginated ListObjectsV2)."""
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", ()):
-            yield S3Object(
-                key=item["Key"],
-                etag=normalize_etag(item["ETag"]),
-                size=int(item["Size"]),
-                last_modified=item["LastModified"],
-            )
+        yield from _objects(page)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+    """One bounded stretch of a listing: every key in ``(after, last]`` under the prefix.
+
+    ``last`` is None when the listing reached the end of the prefix (``complete``).
+    """
+
+    objects: list[S3Object]
+    after: str
+    last: str | None
+    pages: int
+
+    @property
+    def complete(self) -> bool:
+        return self.last is None
+
+
+def list_slice(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    after: str,
+    *,
+    max_objects: int,
+    seconds: float,
+    page_size: int = 1000,
+    clock: Callable[[], float] = time.monotonic,
+) -> Slice:
+    """List keys after ``after`` until the listing ends, ``max_objects`` or ``seconds`` pass.
+
+    At least one page is listed, so every call makes progress. The next slice starts after
+    this one's ``last`` key; a complete slice means the next one starts a new pass.
+    """
+    deadline = clock() + seconds
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    if after:
+        request["StartAfter"] = after
+    objects: list[S3Object] = []
+    pages = 0
+    while True:
+        page = client.list_objects_v2(**request)
+        pages += 1
+        objects.extend(_objects(page))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return Slice(objects, after, None, pages)
+        if len(objects) >= max_objects or clock() >= deadline:
+            return Slice(objects, after, objects[-1].key if objects else after, pages)
+        request["ContinuationToken"] = token
 
 
 def fetch_object(client: Any, bucket: str, key: str, max_bytes: int) -> Fetched:
@@ -107,97 +160,3 @@ def fetch_object(client: Any, bucket: str, key: str, max_bytes: int) -> Fetched:
         )
     with body:
         return Fetched(key=key, data=body.read(), **version)
-
-
-@dataclasses.dataclass(frozen=True)
-class Change:
-    """An object version the sensor has not recorded yet (``etag == DELETED`` for deletions)."""
-
-    partition_key: str
-    object_key: str
-    etag: str
-    size: int | None = None
-    last_modified: dt.datetime | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What one sensor tick does: record changes, add partitions, request runs."""
-
-    changes: list[Change]
-    partitions_to_add: list[str]
-    skipped_keys: list[str]
-    deferred: int  # changes left for the next tick because of the per-tick cap
-
-
-def plan_changes(
-    listing: Iterable[S3Object],
-    prefix: str,
-    known_versions: Mapping[str, str],
-    existing_partitions: Iterable[str],
-    max_changes: int,
-) -> Plan:
-    """Diff a full listing against the recorded version of every partition.
-
-    ``known_versions`` maps partition key → last recorded ETag (or ``DELETED``). New and
-    changed objects come first in key order, deletions after; at most ``max_changes``.
-    """
-    existing = set(existing_partitions)
-    changes: list[Change] = []
-    to_add: list[str] = []
-    skipped: list[str] = []
-    seen: set[str] = set()
-    deferred = 0
-    for obj in listing:
-        if not is_image_key(obj.key):
-            skipped.append(obj.key)
-            continue
-        partition = partition_key_for(obj.key, prefix)
-        seen.add(partition)
-        if known_versions.get(partition) == obj.etag:
-            continue
-        if len(changes) >= max_changes:
-            deferred += 1
-            continue
-        changes.append(Change(partition, obj.key, obj.etag, obj.size, obj.last_modified))
-        if partition not in existing:
-            to_add.append(partition)
-    for partition in sorted(set(known_versions) - seen):
-        if known_versions[partition] == DELETED:
-            continue
-        if len(changes) >= max_changes:
-            deferred += 1
-            continue
-        changes.append(Change(partition, object_key_for(partition, prefix), DELETED))
-    return Plan(changes, to_add, skipped, deferred)
-
-
-def contiguous_batches(
-    partition_order: Sequence[str], selected: Iterable[str], max_size: int
-) -> list[list[str]]:
-    """Split ``selected`` into runs of neighbours in ``partition_order``, each ≤ ``max_size``.
-
-    A Dagster partition range is contiguous in the dynamic partitions' order, so each batch
-    can become one run with range tags.
-    """
-    wanted = set(selected)
-    batches: list[list[str]] = []
-    current: list[str] = []
-    for partition in partition_order:
-        if partition in wanted and len(current) < max_size:
-            current.append(partition)
-            continue
-        if current:
-            batches.append(current)
-        current = [partition] if partition in wanted else []
-    if current:
-        batches.append(current)
-    return batches
-
-
-def batch_key(versions: Iterable[tuple[str, str]]) -> str:
-    """A deterministic id for a batch of object versions (the run key; replay-safe)."""
-    digest = hashlib.sha256()
-    for partition, etag in sorted(versions):
-        digest.update(f"{partition}\0{etag}\n".encode("utf-8", "surrogatepass"))
-    return "batch-" + digest.hexdigest()[:24]

@@ -1,7 +1,9 @@
-"""The ``image_classifications`` results table: schema, idempotent DDL and batched upserts.
+"""The project's two tables: the sensor's inventory and the runs' results (SQLAlchemy Core).
 
-SQLAlchemy Core only, so the same code runs on PostgreSQL (production, tests) and SQLite
-(the embedded default). Nothing here knows about Dagster.
+The same code runs on PostgreSQL (production, tests) and SQLite (the embedded default). Keys
+compare in S3's order, the byte order of UTF-8: ``COLLATE "C"`` on PostgreSQL, SQLite's
+default BINARY. The schema itself is created and upgraded by Alembic (ai_assets.migrations).
+Nothing here knows about Dagster.
 """
 
 from __future__ import annotations
@@ -13,23 +15,42 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 Status = Literal["ok", "error", "deleted"]
 
+#: Object keys: byte order on every backend, as S3 lists them.
+S3Key = sa.Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+
 metadata = sa.MetaData()
+
+image_objects = sa.Table(
+    "image_objects",
+    metadata,
+    sa.Column("s3_key", S3Key, primary_key=True, comment="the original S3 object key"),
+    sa.Column("partition_key", sa.Text, nullable=False, comment="UTC day of LastModified"),
+    sa.Column("etag", sa.Text, nullable=False, comment="ETag of the current version"),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("last_modified", sa.DateTime(timezone=True)),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deleted_at", sa.DateTime(timezone=True), comment="NULL unless the key is gone"),
+    sa.Column("batch_id", sa.Text, comment="batch it was last requested in"),
+    sa.Index("ix_image_objects_partition_key", "partition_key", "s3_key"),
+    sa.Index("ix_image_objects_batch_id", "batch_id"),
+    comment="Inventory of the watched prefix, written only by s3_image_sensor.",
+)
 
 image_classifications = sa.Table(
     "image_classifications",
     metadata,
-    sa.Column("s3_key", sa.Text, primary_key=True, comment="the original S3 object key"),
-    sa.Column("partition_key", sa.Text, nullable=False, comment="Dagster partition key"),
+    sa.Column("s3_key", S3Key, primary_key=True, comment="the original S3 object key"),
+    sa.Column("partition_key", sa.Text, nullable=False, comment="UTC day of LastModified"),
     sa.Column("etag", sa.Text, comment="ETag of the object version classified"),
     sa.Column("size_bytes", sa.BigInteger),
     sa.Column(
         "last_modified",
         sa.DateTime(timezone=True),
-        comment="the object version's LastModified (for deleted rows: when the 404 was seen)",
+        comment="the object version's LastModified (for deleted rows: when the deletion was seen)",
     ),
     sa.Column("label", sa.Text, comment="top-1 label; NULL unless status is ok"),
     sa.Column("score", sa.Float, comment="top-1 probability"),
@@ -42,6 +63,7 @@ image_classifications = sa.Table(
     sa.Column("run_id", sa.Text),
     sa.CheckConstraint("status IN ('ok', 'error', 'deleted')", name="status_valid"),
     sa.Index("ix_image_classifications_label", "label"),
+    comment="Current classification of every object, written only by runs.",
 )
 
 
@@ -65,53 +87,66 @@ class ClassificationRow:
     run_id: str | None = None
 
 
-def create_schema(engine: Engine) -> None:
-    """Create the table and its index if missing; add columns that later versions introduced."""
-    metadata.create_all(engine, checkfirst=True)
-    t = image_classifications
-    existing = {c["name"] for c in sa.inspect(engine).get_columns(t.name)}
-    with engine.begin() as connection:
-        for column in t.columns:
-            if column.name not in existing and column.nullable:
-                kind = column.type.compile(dialect=engine.dialect)
-                connection.execute(
-                    sa.text(f'ALTER TABLE {t.name} ADD COLUMN "{column.name}" {kind}')
-                )
-
-
-def _insert(engine: Engine):
+def insert(engine: Engine | Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update``."""
     if engine.dialect.name == "postgresql":
-        return postgresql.insert(image_classifications)
+        return postgresql.insert(table)
     if engine.dialect.name == "sqlite":
-        return sqlite.insert(image_classifications)
+        return sqlite.insert(table)
     raise ValueError(f"unsupported database dialect {engine.dialect.name!r}")
 
 
-def upsert_rows(engine: Engine, rows: Sequence[ClassificationRow]) -> int:
-    """Insert or replace ``rows`` by ``s3_key`` in one transaction; returns the row count.
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """What an upsert left in the table: the rows it wrote, and those a newer version kept."""
+
+    rows: int = 0
+    stale: int = 0
+    bad_scores: int = 0
+    errors: int = 0
+
+    def __add__(self, other: Written) -> Written:
+        return Written(*(a + b for a, b in zip(_astuple(self), _astuple(other), strict=True)))
+
+
+def _astuple(written: Written) -> tuple[int, ...]:
+    return (written.rows, written.stale, written.bad_scores, written.errors)
+
+
+def upsert_rows(engine: Engine, rows: Sequence[ClassificationRow]) -> Written:
+    """Insert or replace ``rows`` by ``s3_key`` in one transaction.
 
     A row never replaces one about a newer object version: a run that read an object before
-    it was overwritten may finish after the run that classified the new version.
+    it was overwritten may finish after the run that classified the new version. The result
+    counts what the table holds afterwards (RETURNING), for the run's asset checks.
     """
     if not rows:
-        return 0
+        return Written()
     t = image_classifications
-    insert = _insert(engine)
-    updated = {c.name: insert.excluded[c.name] for c in t.columns}
+    statement = insert(engine, t)
+    updated = {c.name: statement.excluded[c.name] for c in t.columns}
     del updated["s3_key"]
-    statement = insert.on_conflict_do_update(
+    statement = statement.on_conflict_do_update(
         index_elements=["s3_key"],
         set_=updated,
         where=sa.or_(
             t.c.last_modified.is_(None),
-            insert.excluded.last_modified.is_(None),
-            insert.excluded.last_modified >= t.c.last_modified,
+            statement.excluded.last_modified.is_(None),
+            statement.excluded.last_modified >= t.c.last_modified,
         ),
-    ).returning(t.c.s3_key)  # RETURNING lets SQLAlchemy send one multi-row INSERT, not N
+    ).returning(t.c.status, t.c.score)  # RETURNING lets SQLAlchemy send one multi-row INSERT
     by_key = {row.s3_key: _values(row) for row in rows}  # last write wins in a batch
     with engine.begin() as connection:
-        connection.execute(statement, list(by_key.values())).close()
-    return len(by_key)
+        returned = connection.execute(statement, list(by_key.values())).all()
+    return Written(
+        rows=len(returned),
+        stale=len(by_key) - len(returned),
+        bad_scores=sum(
+            status == "ok" and (score is None or not 0.0 <= score <= 1.0)
+            for status, score in returned
+        ),
+        errors=sum(status == "error" for status, _ in returned),
+    )
 
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(ClassificationRow))
@@ -172,32 +207,3 @@ def recent_rows(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
     query = sa.select(t).order_by(t.c.classified_at.desc(), t.c.s3_key).limit(limit)
     with engine.connect() as connection:
         return [dict(row._mapping) for row in connection.execute(query)]
-
-
-@dataclasses.dataclass(frozen=True)
-class PartitionAudit:
-    """What the table holds for a set of objects, for the asset checks."""
-
-    expected: int
-    present: int
-    bad_scores: int
-    errors: int
-
-
-def audit(engine: Engine, s3_keys: Sequence[str]) -> PartitionAudit:
-    """Count rows, out-of-range scores and errors among ``s3_keys``, in SQL."""
-    t = image_classifications
-    present = bad_scores = errors = 0
-    chunk = 5_000  # keep IN lists well below every driver's parameter limit
-    with engine.connect() as connection:
-        for start in range(0, len(s3_keys), chunk):
-            keys = list(s3_keys[start : start + chunk])
-            bad = sa.or_(t.c.score < 0, t.c.score > 1, t.c.score.is_(None))
-            query = sa.select(
-                sa.func.count(),
-                sa.func.count().filter(sa.and_(t.c.status == "ok", bad)),
-                sa.func.count().filter(t.c.status == "error"),
-            ).where(t.c.s3_key.in_(keys))
-            n, b, e = connection.execute(query).one()
-            present, bad_scores, errors = present + n, bad_scores + b, errors + e
-    return PartitionAudit(len(set(s3_keys)), present, bad_scores, errors)

@@ -1,15 +1,22 @@
-"""s3_image_sensor against a real S3 server (SeaweedFS) and a real Dagster instance."""
+"""s3_image_sensor against a real S3 server (SeaweedFS), a real database and Dagster instance."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
+from ai_assets import table
 from ai_assets.inprocess import InProcessDaemon
-from ai_assets.sensors.s3 import BATCH_TAG, RANGE_END_TAG, RANGE_START_TAG
+from ai_assets.sensors.s3 import BATCH_TAG
+from ai_assets_tests.util import database, rows_by_key
+
+TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 
 
 @pytest.fixture
@@ -19,17 +26,22 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture
+def db(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'results.sqlite'}"
+
+
+@pytest.fixture
 def daemon(
     instance: dg.DagsterInstance,
     bucket: str,
+    db: str,
     monkeypatch: pytest.MonkeyPatch,
     tiny_model_dir: str,
-    tmp_path,
 ) -> InProcessDaemon:
     monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
     monkeypatch.setenv("AI_ASSETS_S3_PREFIX", "in/")
     monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
-    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", f"sqlite:///{tmp_path / 'results.sqlite'}")
+    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", db)
     return InProcessDaemon(instance)
 
 
@@ -37,137 +49,213 @@ def put(s3_client: Any, bucket: str, key: str, body: bytes = b"img") -> None:
     s3_client.put_object(Bucket=bucket, Key=key, Body=body)
 
 
-def requested(result: dg.SensorResult) -> list[tuple[str | None, str | None, str | None]]:
-    return [
-        (r.partition_key, r.tags.get(RANGE_START_TAG), r.tags.get(RANGE_END_TAG))
-        for r in result.run_requests or []
-    ]
+def inventory(db: str) -> dict[str, dict[str, Any]]:
+    engine = sa.create_engine(db)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(table.image_objects)).all()
+    engine.dispose()
+    return {row.s3_key: dict(row._mapping) for row in rows}
 
 
-def test_new_objects_become_partitions_events_and_one_batched_run(
-    daemon: InProcessDaemon, s3_client: Any, bucket: str
+def batches(result: dg.SensorResult) -> list[tuple[str | None, str | None]]:
+    return [(r.partition_key, r.tags.get(BATCH_TAG)) for r in result.run_requests or []]
+
+
+def test_new_objects_become_inventory_rows_one_event_per_day_and_one_batch(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, db: str
 ) -> None:
-    for name in ("b.jpg", "a.jpg", "c d/é.png", "x...y.jpg"):
+    for name in ("b.jpg", "a.jpg", "c d/é.png", "x...y.jpg", "new\nline.jpg"):
         put(s3_client, bucket, f"in/{name}")
     put(s3_client, bucket, "in/readme.txt")
     put(s3_client, bucket, "outside/z.jpg")
 
     result = daemon.evaluate()
-    [add] = result.dynamic_partitions_requests or []
-    assert add.partition_keys == ["a.jpg", "b.jpg", "c d/é.png", "x..%2Ey.jpg"]
-    assert requested(result) == [(None, "a.jpg", "x..%2Ey.jpg")]
+    rows = inventory(db)
+    assert sorted(rows) == sorted(
+        f"in/{n}" for n in ("a.jpg", "b.jpg", "c d/é.png", "x...y.jpg", "new\nline.jpg")
+    )
     [request] = result.run_requests or []
-    assert request.run_key and request.tags[BATCH_TAG] == request.run_key
-    events = result.asset_events or []
-    assert [e.partition for e in events] == add.partition_keys
-    metadata = events[0].metadata
-    assert metadata["s3_uri"].value == f"s3://{bucket}/in/a.jpg"
-    assert {"etag", "size", "last_modified"} <= metadata.keys()
+    assert request.partition_key == TODAY
+    assert request.run_key == request.tags[BATCH_TAG]
+    assert {row["batch_id"] for row in rows.values()} == {request.run_key}
+    assert {row["partition_key"] for row in rows.values()} == {TODAY}
+    [event] = result.asset_events or []
+    assert event.partition == TODAY
+    assert event.metadata["new"].value == 5
+    assert event.metadata["changed"].value == event.metadata["deleted"].value == 0
+    assert event.metadata["bytes"].value == 15
+    assert not result.dynamic_partitions_requests
 
 
-def test_nothing_is_requested_twice_across_ticks(
-    daemon: InProcessDaemon, s3_client: Any, bucket: str
+def test_nothing_is_requested_twice_and_the_cursor_stays_small(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, db: str
 ) -> None:
     put(s3_client, bucket, "in/a.jpg")
-    first, _ = daemon.tick()
+    first, [run] = daemon.tick()
+    assert run.success
     assert len(first.run_requests or []) == 1
     second, _ = daemon.tick()
     assert not second.run_requests
     assert not second.asset_events
-    assert len(daemon.cursor or "") < 32
+    assert len((daemon.cursor or "").encode()) < 100
+    assert rows_by_key(db)["in/a.jpg"]["status"] == "error"  # b"img" is no image: one row
 
 
-def test_late_keys_sorting_first_same_second_and_multipart_are_found(
-    daemon: InProcessDaemon, s3_client: Any, bucket: str
-) -> None:
-    put(s3_client, bucket, "in/m.jpg")
-    upload = s3_client.create_multipart_upload(Bucket=bucket, Key="in/big.jpg")
-    daemon.tick()
-
-    # same second as the first tick, sorting before the last key seen
-    put(s3_client, bucket, "in/a.jpg")
-    put(s3_client, bucket, "in/n.jpg")
-    part = s3_client.upload_part(
-        Bucket=bucket, Key="in/big.jpg", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 10
-    )
-    second, _ = daemon.tick()
-    assert [e.partition for e in second.asset_events or []] == ["a.jpg", "n.jpg"]
-
-    s3_client.complete_multipart_upload(
-        Bucket=bucket,
-        Key="in/big.jpg",
-        UploadId=upload["UploadId"],
-        MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
-    )
-    third, _ = daemon.tick()
-    assert [e.partition for e in third.asset_events or []] == ["big.jpg"]
-    assert requested(third) == [("big.jpg", None, None)]
-
-
-def test_changed_and_deleted_objects_are_requested_again(
-    daemon: InProcessDaemon, s3_client: Any, bucket: str
-) -> None:
-    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
-        put(s3_client, bucket, f"in/{name}")
-    daemon.tick()
-
-    put(s3_client, bucket, "in/b.jpg", b"new content")
-    s3_client.delete_object(Bucket=bucket, Key="in/c.jpg")
-    put(s3_client, bucket, "in/e.jpg")
-    result, _ = daemon.tick()
-    tags = {e.partition: e.tags for e in result.asset_events or []}
-    assert set(tags) == {"b.jpg", "c.jpg", "e.jpg"}
-    assert tags["c.jpg"]["dagster/data_version"] == "deleted"
-    # b and c are neighbours in partition order; e was just added at the end
-    assert requested(result) == [(None, "b.jpg", "c.jpg"), ("e.jpg", None, None)]
-    assert (result.dynamic_partitions_requests or [])[0].partition_keys == ["e.jpg"]
-
-    again, _ = daemon.tick()
-    assert not again.run_requests
-
-
-def test_runs_are_capped_per_batch(
+def test_batches_hold_at_most_max_objects_per_run(
     daemon: InProcessDaemon, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ai_assets.sensors.s3.MAX_BATCH_SIZE", 3)
+    monkeypatch.setenv("AI_ASSETS_MAX_OBJECTS_PER_RUN", "3")
     for i in range(7):
         put(s3_client, bucket, f"in/{i}.jpg")
     result = daemon.evaluate()
-    assert requested(result) == [
-        (None, "0.jpg", "2.jpg"),
-        (None, "3.jpg", "5.jpg"),
-        ("6.jpg", None, None),
-    ]
-    assert len({r.run_key for r in result.run_requests or []}) == 3
+    requests = result.run_requests or []
+    assert [r.partition_key for r in requests] == [TODAY] * 3
+    assert len({r.run_key for r in requests}) == 3
+    assert len(result.asset_events or []) == 1  # one day, however many batches
+
+
+def test_changed_deleted_and_new_objects_are_classified_and_marked(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, db: str, jpegs: dict[str, bytes]
+) -> None:
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        put(s3_client, bucket, f"in/{name}", jpegs["coffee"])
+    _, runs = daemon.tick()
+    assert [run.success for run in runs] == [True]
+    before = rows_by_key(db)
+
+    put(s3_client, bucket, "in/b.jpg", jpegs["chelsea"])
+    s3_client.delete_object(Bucket=bucket, Key="in/c.jpg")
+    put(s3_client, bucket, "in/e.jpg", jpegs["chelsea"])
+    result, runs = daemon.tick()
+    assert [run.success for run in runs] == [True]
+    [event] = result.asset_events or []
+    counts = {k: event.metadata[k].value for k in ("new", "changed", "deleted")}
+    assert counts == {"new": 1, "changed": 1, "deleted": 1}
+    after = rows_by_key(db)
+    assert after["in/b.jpg"]["etag"] != before["in/b.jpg"]["etag"]
+    assert after["in/c.jpg"]["status"] == "deleted"
+    assert after["in/e.jpg"]["status"] == "ok"
+    assert after["in/a.jpg"]["run_id"] == before["in/a.jpg"]["run_id"]  # untouched
+    assert inventory(db)["in/c.jpg"]["deleted_at"] is not None
+
+    again, _ = daemon.tick()
+    assert not again.run_requests and not again.asset_events
+
+
+def test_a_large_prefix_is_listed_in_slices_and_a_pass_catches_everything(
+    daemon: InProcessDaemon,
+    s3_client: Any,
+    bucket: str,
+    db: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("ai_assets.sensors.s3.PAGE_SIZE", 2)
+    monkeypatch.setattr("ai_assets.sensors.s3.MAX_OBJECTS_PER_TICK", 4)
+    for i in range(10):
+        put(s3_client, bucket, f"in/{i:02}.jpg")
+
+    def one_tick() -> tuple[dg.SensorResult, dict[str, Any]]:
+        result, runs = daemon.tick()
+        assert all(run.success for run in runs)
+        return result, json.loads(daemon.cursor or "{}")
+
+    seen = []
+    for _ in range(3):
+        result, cursor = one_tick()
+        seen.append(sum(e.metadata["new"].value for e in result.asset_events or []))
+    assert seen == [4, 4, 2]
+    assert cursor["after"] == "" and cursor["passes"] == 1
+
+    # during the next pass: a late key sorting before the cursor, a deletion in a later slice
+    put(s3_client, bucket, "in/00a.jpg")
+    result, cursor = one_tick()  # 00, 00a, 01, 02
+    assert cursor["after"] == "in/02.jpg"
+    s3_client.delete_object(Bucket=bucket, Key="in/07.jpg")
+    put(s3_client, bucket, "in/000.jpg")  # before the cursor: found by the next pass
+    one_tick()  # 03..06
+    result, cursor = one_tick()  # 08, 09 and the deletion of 07 between them
+    assert [e.metadata["deleted"].value for e in result.asset_events or []] == [1]
+    assert cursor["passes"] == 2
+    result, _ = one_tick()
+    assert [e.metadata["new"].value for e in result.asset_events or []] == [1]
+    rows = rows_by_key(db)
+    assert len(rows) == 12
+    assert rows["in/07.jpg"]["status"] == "deleted"
+    assert sum(row["status"] != "deleted" for row in rows.values()) == 11
+
+
+def test_objects_already_current_are_inventoried_not_reclassified(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, db: str, jpegs: dict[str, bytes]
+) -> None:
+    """Rows written by v1 (or another deployment) with the listed ETag stay as they are."""
+    put(s3_client, bucket, "in/old.jpg", jpegs["coffee"])
+    put(s3_client, bucket, "in/other.jpg", jpegs["coffee"])
+    head = s3_client.head_object(Bucket=bucket, Key="in/old.jpg")
+    with database(db) as engine:
+        table.upsert_rows(
+            engine,
+            [
+                table.ClassificationRow(
+                    s3_key="in/old.jpg",
+                    partition_key="old.jpg",
+                    status="ok",
+                    etag=head["ETag"].strip('"'),
+                    label="espresso",
+                    score=0.9,
+                    run_id="v1-run",
+                )
+            ],
+        )
+    result, runs = daemon.tick()
+    assert inventory(db).keys() == {"in/old.jpg", "in/other.jpg"}
+    assert inventory(db)["in/old.jpg"]["batch_id"] is None
+    [run] = runs
+    assert run.asset_materializations_for_node("image_classifications")[0].metadata[
+        "images"
+    ].value == 1
+    assert rows_by_key(db)["in/old.jpg"]["run_id"] == "v1-run"
 
 
 @pytest.mark.reliability
 def test_a_tick_interrupted_before_its_runs_is_recovered_exactly_once(
-    daemon: InProcessDaemon, s3_client: Any, bucket: str, reliability_report
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, db: str, reliability_report
 ) -> None:
     for name in ("a.jpg", "b.jpg"):
         put(s3_client, bucket, f"in/{name}")
-    crashed = daemon.evaluate()
-    daemon.apply_events_and_partitions(crashed)  # the daemon dies here: no run, no cursor
+    crashed = daemon.evaluate()  # inventory committed; the daemon dies before its runs
+    daemon.report_events(crashed)
+    [lost] = crashed.run_requests or []
 
     put(s3_client, bucket, "in/c.jpg")
-    replay = daemon.evaluate()  # a fresh daemon replays the tick with the old cursor
-    assert [e.partition for e in replay.asset_events or []] == ["c.jpg"]
-    [lost] = crashed.run_requests or []
-    keys = {
-        r.run_key: requested_one
-        for r, requested_one in zip(replay.run_requests or [], requested(replay), strict=True)
-    }
-    assert keys[lost.run_key] == (None, "a.jpg", "b.jpg")
-    assert len(keys) == 2
+    replay, runs = daemon.tick()  # a fresh daemon replays the tick with the old cursor
+    assert [e.metadata["new"].value for e in replay.asset_events or []] == [1]
+    keys = [r.run_key for r in replay.run_requests or []]
+    assert lost.run_key in keys and len(keys) == 2
+    assert all(run.success for run in runs) and len(runs) == 2
 
-    daemon.apply_events_and_partitions(replay)
-    for request in replay.run_requests or []:
-        assert daemon.launch(request).success
-    daemon.cursor = replay.cursor
     after, _ = daemon.tick()
     assert not after.run_requests
-    requested_keys = [r.run_key for r in replay.run_requests or []] + [
-        r.run_key for r in after.run_requests or []
+    rows = rows_by_key(db)
+    reliability_report("sensor crash after inventory commit, before runs", "ok", 3, len(rows))
+    assert sorted(rows) == ["in/a.jpg", "in/b.jpg", "in/c.jpg"]
+    runs_per_batch = [
+        len(daemon.instance.get_run_ids(dg.RunsFilter(tags={BATCH_TAG: key}))) for key in keys
     ]
-    reliability_report("sensor crash before its runs, restart", "ok", 2, len(requested_keys))
+    assert runs_per_batch == [1, 1]
+
+
+@pytest.mark.reliability
+def test_a_queued_batch_is_not_requested_again_by_a_later_pass(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, reliability_report
+) -> None:
+    put(s3_client, bucket, "in/a.jpg")
+    first = daemon.evaluate()
+    [request] = first.run_requests or []
+    daemon.instance.create_run_for_job(  # the daemon queued it; it has not run yet
+        daemon.defs.resolve_job_def("classify_images_job"),
+        tags={**request.tags, "dagster/partition": request.partition_key or ""},
+    )
+    daemon.cursor = first.cursor
+    second = daemon.evaluate()
+    assert not second.run_requests
+    reliability_report("batch queued, next pass", "ok", 0, len(second.run_requests or []))

@@ -10,7 +10,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ai_assets import table
+from ai_assets import migrations, table
+
+
+@contextlib.contextmanager
+def database(db_url: str) -> Iterator[sa.Engine]:
+    """An engine on ``db_url`` with the project's schema applied (as a resource would)."""
+    engine = sa.create_engine(db_url)
+    try:
+        migrations.upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def rows_by_key(db_url: str) -> dict[str, dict[str, Any]]:

@@ -1,8 +1,17 @@
 from ai_assets.assets.images import (
+    BATCH_TAG,
     classify_images_job,
     image_classifications,
     label_summary,
+    label_summary_automation,
     s3_images,
 )
 
-__all__ = ["classify_images_job", "image_classifications", "label_summary", "s3_images"]
+__all__ = [
+    "BATCH_TAG",
+    "classify_images_job",
+    "image_classifications",
+    "label_summary",
+    "label_summary_automation",
+    "s3_images",
+]

@@ -1,37 +1,45 @@
-"""The asset graph: S3 objects → classifications in the results table → a label summary."""
+"""The asset graph: S3 objects (by day) → classifications in the results table → a label summary.
+
+Per-object state lives in the project's database; Dagster sees days and batches, so a run
+writes O(1) events however many images it classifies.
+"""
 
 import collections
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
-from ai_assets import table
+from ai_assets import inventory, table
 from ai_assets.classify import Job, classify_objects
 from ai_assets.k8s import classification_run_tags
-from ai_assets.keys import object_key_for
-from ai_assets.partitions import images_partitions
+from ai_assets.partitions import images_daily
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
 from ai_assets.store import fetch_object
 
 GROUP = "images"
 OWNERS = ["team:ml-platform"]
 TAGS = {"domain": "vision"}
-#: Runs of at most this many partitions also get label/score metadata on each partition.
-#: Dagster re-reads the whole dynamic partition list for every per-partition call, so large
-#: runs rely on the run-level metadata and the table instead.
-PARTITION_METADATA_LIMIT = 25
+#: Set by s3_image_sensor on each run it requests: the run classifies exactly that batch.
+BATCH_TAG = "ai_assets/batch"
 #: Above this share of error rows the error-rate check warns.
 MAX_ERROR_RATE = 0.05
+#: Rows in the Markdown sample of a run's results.
+SAMPLE_ROWS = 10
+#: label_summary is recomputed at most this often while runs keep finishing.
+SUMMARY_CRON = "*/5 * * * *"
 
 s3_images = dg.AssetSpec(
     "s3_images",
     description=(
-        "Images under the watched S3 prefix, one partition per object. s3_image_sensor records "
-        "each new object version (its ETag is the partition's data version)."
+        "Images under the watched S3 prefix, partitioned by the UTC day of their LastModified. "
+        "s3_image_sensor keeps the per-object inventory (table image_objects) and reports one "
+        "materialization per day it found new, changed or deleted objects in."
     ),
-    partitions_def=images_partitions,
+    partitions_def=images_daily,
     group_name=GROUP,
     kinds={"s3"},
     owners=OWNERS,
@@ -57,14 +65,20 @@ def column_schema() -> dg.TableSchema:
 
 
 SCORES_ARE_PROBABILITIES = "scores_are_probabilities"
-ONE_ROW_PER_PARTITION = "one_row_per_partition"
+BATCH_FULLY_CLASSIFIED = "batch_fully_classified"
 ERROR_RATE_BELOW_THRESHOLD = "error_rate_below_threshold"
+
+
+class ClassifyConfig(dg.Config):
+    reclassify: bool = Field(
+        default=False,
+        description="Without a batch: redo every object of the day, not only those not current.",
+    )
 
 
 @dg.asset(
     deps=[s3_images],
-    partitions_def=images_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    partitions_def=images_daily,
     owners=OWNERS,
     tags=TAGS,
     metadata={
@@ -80,12 +94,12 @@ ERROR_RATE_BELOW_THRESHOLD = "error_rate_below_threshold"
         dg.AssetCheckSpec(
             SCORES_ARE_PROBABILITIES,
             asset="image_classifications",
-            description="Every top-1 score of a classified image lies in [0, 1].",
+            description="Every top-1 score the run wrote lies in [0, 1].",
         ),
         dg.AssetCheckSpec(
-            ONE_ROW_PER_PARTITION,
+            BATCH_FULLY_CLASSIFIED,
             asset="image_classifications",
-            description="Every partition of the run has exactly one current row.",
+            description="Every object the run was asked for has a current row afterwards.",
         ),
         dg.AssetCheckSpec(
             ERROR_RATE_BELOW_THRESHOLD,
@@ -96,26 +110,39 @@ ERROR_RATE_BELOW_THRESHOLD = "error_rate_below_threshold"
 )
 def image_classifications(
     context: dg.AssetExecutionContext,
+    config: ClassifyConfig,
     s3: ImageBucket,
     classifier: ClassifierResource,
     results_db: ResultsDatabase,
 ) -> dg.MaterializeResult:
     """One row per object in the `image_classifications` table: top-k ImageNet labels.
 
-    A run handles a whole range of partitions: objects are fetched concurrently, decoded and
-    classified in batches, and upserted one transaction per batch.
+    A sensor run (tag `ai_assets/batch`) classifies exactly its batch; any other run of a day
+    (Materialize, a backfill) makes the day current. Objects stream in key order: fetched
+    concurrently, decoded, classified in batches, upserted one transaction per batch.
     """
+    day = context.partition_key
+    batch = context.run.tags.get(BATCH_TAG)
     engine = results_db.get_engine()
     model = classifier.load()  # once per process; not part of the images/s figure
     client = s3.get_client()
-    started = time.perf_counter()
-    jobs = [Job(key, object_key_for(key, s3.prefix)) for key in context.partition_keys]
-    context.log.info(f"classifying {len(jobs)} objects with {model.model_id} on {model.device}")
+    if batch:
+        targets = inventory.batch_targets(engine, batch)
+        context.log.info(f"classifying batch {batch} of {day} with {model.model_id}")
+    else:
+        targets = inventory.stale_targets(
+            engine, day, model.model_id, model.model_revision, config.reclassify
+        )
+        what = "every object" if config.reclassify else "the objects not current"
+        context.log.info(f"classifying {what} of {day} with {model.model_id} on {model.device}")
 
     statuses: collections.Counter[str] = collections.Counter()
     labels: collections.Counter[str] = collections.Counter()
+    written = table.Written()
+    sample: list[table.ClassificationRow] = []
+    started = time.perf_counter()
     batches = classify_objects(
-        jobs,
+        _jobs(targets),
         lambda key: fetch_object(client, s3.bucket, key, classifier.max_image_bytes),
         model,
         batch_size=classifier.batch_size,
@@ -125,62 +152,72 @@ def image_classifications(
         run_id=context.run.run_id,
     )
     for rows in batches:
-        table.upsert_rows(engine, rows)
+        written += table.upsert_rows(engine, rows)
         statuses.update(row.status for row in rows)
         labels.update(row.label for row in rows if row.label)
+        sample.extend(rows[: SAMPLE_ROWS - len(sample)])
         for row in rows:
-            if len(jobs) <= PARTITION_METADATA_LIMIT:
-                context.add_asset_metadata(partition_metadata(row), partition_key=row.partition_key)
             if row.status == "error":
                 context.log.warning(f"{row.s3_key!r}: {row.error}")
     elapsed = time.perf_counter() - started
 
-    audit = table.audit(engine, [job.object_key for job in jobs])
+    asked = sum(statuses.values())
     classified = statuses["ok"] + statuses["error"]
     error_rate = statuses["error"] / classified if classified else 0.0
+    metadata: dict[str, Any] = {
+        "images": dg.MetadataValue.int(asked),
+        "classified": dg.MetadataValue.int(statuses["ok"]),
+        "errors": dg.MetadataValue.int(statuses["error"]),
+        "deleted": dg.MetadataValue.int(statuses["deleted"]),
+        "images_per_second": dg.MetadataValue.float(round(asked / elapsed, 2) if asked else 0.0),
+        "top_labels": dg.MetadataValue.json(dict(labels.most_common(10))),
+        "model_id": dg.MetadataValue.text(model.model_id),
+        "model_revision": dg.MetadataValue.text(model.model_revision),
+        "device": dg.MetadataValue.text(model.device),
+        "precision": dg.MetadataValue.text(model.precision),
+        "batchnorms_folded": dg.MetadataValue.int(model.folded),
+        "sample": dg.MetadataValue.md(_sample_table(sample)),
+    }
+    if batch:
+        metadata["batch"] = dg.MetadataValue.text(batch)
     return dg.MaterializeResult(
-        metadata={
-            "images": dg.MetadataValue.int(len(jobs)),
-            "classified": dg.MetadataValue.int(statuses["ok"]),
-            "errors": dg.MetadataValue.int(statuses["error"]),
-            "deleted": dg.MetadataValue.int(statuses["deleted"]),
-            "images_per_second": dg.MetadataValue.float(round(len(jobs) / elapsed, 2)),
-            "top_labels": dg.MetadataValue.json(dict(labels.most_common(10))),
-            "model_id": dg.MetadataValue.text(model.model_id),
-            "model_revision": dg.MetadataValue.text(model.model_revision),
-            "device": dg.MetadataValue.text(model.device),
-            "precision": dg.MetadataValue.text(model.precision),
-            "batchnorms_folded": dg.MetadataValue.int(model.folded),
-        },
+        metadata=metadata,
         check_results=[
             dg.AssetCheckResult(
                 check_name=SCORES_ARE_PROBABILITIES,
-                passed=audit.bad_scores == 0,
-                metadata={"rows_with_bad_scores": audit.bad_scores},
+                passed=written.bad_scores == 0,
+                metadata={"rows_with_bad_scores": written.bad_scores},
             ),
             dg.AssetCheckResult(
-                check_name=ONE_ROW_PER_PARTITION,
-                passed=audit.present == audit.expected,
-                metadata={"expected": audit.expected, "present": audit.present},
+                check_name=BATCH_FULLY_CLASSIFIED,
+                passed=written.rows + written.stale == asked,
+                metadata={
+                    "asked": asked,
+                    "written": written.rows,
+                    "kept_newer_version": written.stale,
+                },
             ),
             dg.AssetCheckResult(
                 check_name=ERROR_RATE_BELOW_THRESHOLD,
                 passed=error_rate <= MAX_ERROR_RATE,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"error_rate": round(error_rate, 4), "errors": audit.errors},
+                metadata={"error_rate": round(error_rate, 4), "errors": written.errors},
             ),
         ],
     )
 
 
-def partition_metadata(row: table.ClassificationRow) -> dict[str, Any]:
-    """What one partition's materialization shows in the UI."""
-    metadata: dict[str, Any] = {"status": row.status, "etag": row.etag or ""}
-    if row.label is not None and row.score is not None:
-        metadata |= {"label": row.label, "score": dg.MetadataValue.float(round(row.score, 4))}
-    if row.error:
-        metadata["error"] = row.error
-    return metadata
+def _jobs(targets: Iterator[inventory.Target]) -> Iterator[Job]:
+    return (Job(target.partition_key, target.s3_key) for target in targets)
+
+
+def _sample_table(rows: list[table.ClassificationRow]) -> str:
+    lines = "\n".join(
+        f"| `{_md(row.s3_key)}` | {_md(row.label or row.status)} | "
+        f"{'' if row.score is None else f'{row.score:.3f}'} |"
+        for row in rows
+    )
+    return f"| object | label | score |\n|---|---|---|\n{lines}"
 
 
 @dg.asset(
@@ -189,9 +226,14 @@ def partition_metadata(row: table.ClassificationRow) -> dict[str, Any]:
     tags=TAGS,
     group_name=GROUP,
     kinds={"postgres"},
+    automation_condition=dg.AutomationCondition.on_cron(SUMMARY_CRON),
 )
 def label_summary(results_db: ResultsDatabase) -> dg.MaterializeResult:
-    """Label counts, error counts and model versions over the whole table, computed in SQL."""
+    """Label counts, error counts and model versions over the whole table, computed in SQL.
+
+    Refreshed by label_summary_automation at most every five minutes while runs finish,
+    not once per batch.
+    """
     engine = results_db.get_engine()
     labels = table.label_counts(engine)
     statuses = table.status_counts(engine)
@@ -228,8 +270,18 @@ def _md(text: str) -> str:
 
 classify_images_job = dg.define_asset_job(
     "classify_images_job",
-    # label_summary runs once per run, after the partitions: the summary is always current
-    selection=[image_classifications, label_summary],
-    description="Classify a range of image partitions into the results table, then summarise.",
+    selection=[image_classifications],
+    description=(
+        "Classify one day's images into the results table: the sensor's batch when the run has "
+        "the ai_assets/batch tag, else every object of the day that is not current."
+    ),
     tags=classification_run_tags(os.environ),
+)
+
+label_summary_automation = dg.AutomationConditionSensorDefinition(
+    "label_summary_automation",
+    target=[label_summary],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Refreshes label_summary within minutes of new results, not once per batch.",
 )

@@ -7,20 +7,20 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
-from ai_assets import table
+from ai_assets import migrations
 
 
 @functools.lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
-    """One engine (and connection pool) per URL per process; the schema is ensured once."""
+    """One engine (and connection pool) per URL per process; migrations run on first use."""
     connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
     engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-    table.create_schema(engine)
+    migrations.upgrade(engine)
     return engine
 
 
 class ResultsDatabase(dg.ConfigurableResource):
-    """The results table's database (Postgres in production, SQLite as the embedded default)."""
+    """The project's database: the inventory and the results table (Postgres or SQLite)."""
 
     url: str = Field(description="SQLAlchemy URL (AI_ASSETS_DATABASE_URL), postgresql+psycopg2://…")
 

@@ -10,7 +10,7 @@ from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from ai_assets.store import S3Object, list_objects, parse_timestamp
+from ai_assets.store import S3Object, Slice, list_objects, list_slice, parse_timestamp
 
 
 @functools.lru_cache(maxsize=8)
@@ -87,3 +87,15 @@ class ImageBucket(S3Resource):
 
     def list_objects(self) -> Iterator[S3Object]:
         return list_objects(self.get_client(), self.bucket, self.prefix)
+
+    def list_slice(self, after: str, *, max_objects: int, seconds: float, page_size: int) -> Slice:
+        """The next bounded stretch of the prefix's listing, after key ``after``."""
+        return list_slice(
+            self.get_client(),
+            self.bucket,
+            self.prefix,
+            after,
+            max_objects=max_objects,
+            seconds=seconds,
+            page_size=page_size,
+        )

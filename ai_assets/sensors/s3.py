@@ -1,168 +1,146 @@
-"""s3_image_sensor: turn new, changed and deleted S3 objects into partitions and batched runs.
+"""s3_image_sensor: keep the inventory current slice by slice and request one run per batch.
 
-Each tick diffs a full listing against the version recorded for every partition (the
-``dagster/data_version`` tag of the latest ``s3_images`` materialization, one indexed query).
-The daemon reports a tick's asset events, then adds its partitions, launches its runs and
-saves its cursor; a crash in between replays the tick. So every step is replay-safe:
+Each tick lists the next bounded slice of the prefix (after the cursor's key), diffs it against
+the inventory and results rows of the same key range, upserts the inventory in one
+transaction, and requests a run per new batch of at most AI_ASSETS_MAX_OBJECTS_PER_RUN objects
+of one day. The daemon then reports the tick's events, launches its runs and saves its cursor;
+a crash in between replays the tick from the old cursor. So every step is replay-safe:
 
-* a recorded version is never diffed again, so it is never requested twice;
-* each recorded version carries its batch's run key; a later tick re-requests a batch whose
-  events were recorded but whose run never started (the cursor is only the storage id up to
-  which that was checked, so it stays a few bytes however large the bucket);
-* run keys are deterministic, so the daemon's run-key check drops any duplicate.
+* batches are committed with the inventory, so a replay finds the same objects already
+  batched and asks Dagster whether each batch's run exists; a batch whose run never started
+  is requested again, under the same run key, so the daemon never launches it twice;
+* a later listing pass does the same for any object that is still not current.
 """
 
-import collections
-from collections.abc import Mapping, Sequence
-from typing import Any
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Collection, Iterable
 
 import dagster as dg
 
-from ai_assets.assets import classify_images_job, s3_images
-from ai_assets.partitions import images_partitions
-from ai_assets.resources import ImageBucket
-from ai_assets.store import Change, Plan, batch_key, contiguous_batches, plan_changes
+from ai_assets import inventory
+from ai_assets.assets import BATCH_TAG, classify_images_job, s3_images
+from ai_assets.resources import ImageBucket, ResultsDatabase
+from ai_assets.settings import list_seconds_per_tick, max_objects_per_run, start_date
 
-DATA_VERSION_TAG = "dagster/data_version"  # Dagster indexes this tag per partition
-BATCH_TAG = "ai_assets/batch"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-#: Partitions per run: bounds a run's duration and memory.
-MAX_BATCH_SIZE = 500
-#: Changes recorded per tick: bounds the daemon's work after the tick; the rest waits a tick.
-MAX_CHANGES_PER_TICK = 10_000
-_RECOVERY_PAGE = 1_000
+#: Objects listed per tick at most: a bucket of up to this many is one tick's listing.
+MAX_OBJECTS_PER_TICK = 100_000
+#: Keys per ListObjectsV2 page (S3's maximum).
+PAGE_SIZE = 1_000
+_RUN_LOOKUP_CHUNK = 500
 
 
-def known_versions(instance: dg.DagsterInstance) -> dict[str, str]:
-    """Partition key → the object version (ETag or ``deleted``) recorded last."""
-    tags = instance.event_log_storage.get_latest_tags_by_partition(
-        s3_images.key, dg.DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG]
-    )
-    return {partition: t[DATA_VERSION_TAG] for partition, t in tags.items()}
+@dataclasses.dataclass(frozen=True)
+class Cursor:
+    """Where the listing stands: a key and a few counters, a few hundred bytes at most."""
+
+    prefix: str = ""
+    after: str = ""  # the last key of the previous slice; "" = a new pass starts
+    passes: int = 0  # complete listing passes so far
+    listed: int = 0  # objects listed in the pass under way
+
+    @classmethod
+    def parse(cls, raw: str | None, prefix: str) -> Cursor:
+        """The saved cursor, or a fresh one (first tick, v1's cursor, or another prefix)."""
+        try:
+            fields = json.loads(raw or "")
+            cursor = cls(**fields) if isinstance(fields, dict) else cls(prefix)
+        except (ValueError, TypeError):
+            cursor = cls(prefix)
+        return cursor if cursor.prefix == prefix else cls(prefix)
+
+    def advance(self, listing_last: str | None, listed: int) -> Cursor:
+        if listing_last is None:
+            return Cursor(self.prefix, "", self.passes + 1, 0)
+        return Cursor(self.prefix, listing_last, self.passes, self.listed + listed)
+
+    def dumps(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
 
 
-def run_request(batch: Sequence[str], run_key: str) -> dg.RunRequest:
-    """One run for a contiguous batch of partitions (range tags when it has several)."""
-    tags = {BATCH_TAG: run_key}
-    if len(batch) == 1:
-        return dg.RunRequest(run_key=run_key, partition_key=batch[0], tags=tags)
-    tags |= {RANGE_START_TAG: batch[0], RANGE_END_TAG: batch[-1]}
-    return dg.RunRequest(run_key=run_key, tags=tags)
+def launched(instance: dg.DagsterInstance, batches: Collection[str]) -> set[str]:
+    """The batches among ``batches`` that have a run (queued, running or finished)."""
+    found: set[str] = set()
+    ids = sorted(batches)
+    for i in range(0, len(ids), _RUN_LOOKUP_CHUNK):
+        runs = instance.get_runs(dg.RunsFilter(tags={BATCH_TAG: ids[i : i + _RUN_LOOKUP_CHUNK]}))
+        found.update(run.tags[BATCH_TAG] for run in runs)
+    return found
 
 
-def materialization(change: Change, run_key: str, bucket: ImageBucket) -> dg.AssetMaterialization:
-    metadata: dict[str, Any] = {
-        "s3_uri": dg.MetadataValue.path(bucket.s3_uri(change.object_key)),
-        "etag": change.etag,
-    }
-    if change.size is not None:
-        metadata["size"] = dg.MetadataValue.int(change.size)
-    if change.last_modified is not None:
-        metadata["last_modified"] = dg.MetadataValue.timestamp(change.last_modified)
-    return dg.AssetMaterialization(
-        asset_key=s3_images.key,
-        partition=change.partition_key,
-        metadata=metadata,
-        tags={DATA_VERSION_TAG: change.etag, BATCH_TAG: run_key},
-    )
+def run_request(batch: str, day: str) -> dg.RunRequest:
+    return dg.RunRequest(run_key=batch, partition_key=day, tags={BATCH_TAG: batch})
 
 
-def unlaunched_batches(
-    instance: dg.DagsterInstance, after_storage_id: int
-) -> tuple[dict[str, list[str]], int]:
-    """Batches recorded after the cursor whose run never started, and the new cursor.
-
-    Reads the s3_images history after the cursor in pages, with one run query per page.
-    """
-    orphans: dict[str, list[str]] = {}
-    cursor, last = None, after_storage_id
-    while True:
-        result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=s3_images.key, after_storage_id=after_storage_id),
-            limit=_RECOVERY_PAGE,
-            cursor=cursor,
-            ascending=True,
+def day_events(
+    days: dict[str, inventory.DayCounts], bucket: ImageBucket
+) -> Iterable[dg.AssetMaterialization]:
+    """One s3_images materialization per day the tick found changes in, never one per object."""
+    for day in sorted(days):
+        counts = days[day]
+        yield dg.AssetMaterialization(
+            asset_key=s3_images.key,
+            partition=day,
+            metadata={
+                "new": dg.MetadataValue.int(counts.new),
+                "changed": dg.MetadataValue.int(counts.changed),
+                "deleted": dg.MetadataValue.int(counts.deleted),
+                "bytes": dg.MetadataValue.int(counts.bytes),
+                "prefix": dg.MetadataValue.path(bucket.s3_uri(bucket.prefix)),
+            },
         )
-        batches: dict[str, list[str]] = collections.defaultdict(list)
-        for record in result.records:
-            event = record.asset_materialization
-            run_key = (event.tags or {}).get(BATCH_TAG) if event else None
-            if event and run_key and event.partition:
-                batches[run_key].append(event.partition)
-            last = max(last, record.storage_id)
-        if batches:
-            launched = {
-                run.dagster_run.tags.get(BATCH_TAG)
-                for run in instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: list(batches)}))
-            }
-            for run_key, partitions in batches.items():
-                if run_key not in launched:
-                    orphans.setdefault(run_key, []).extend(partitions)
-        if not result.has_more:
-            return orphans, last
-        cursor = result.cursor
-
-
-def evaluate(
-    plan: Plan,
-    existing_partitions: Sequence[str],
-    orphans: Mapping[str, Sequence[str]],
-    bucket: ImageBucket,
-) -> tuple[list[dg.RunRequest], list[dg.AssetMaterialization]]:
-    """Run requests and asset events for a tick's plan, plus recovered batches."""
-    order = [*existing_partitions, *plan.partitions_to_add]
-    by_partition = {change.partition_key: change for change in plan.changes}
-    requests, events = [], []
-    for batch in contiguous_batches(order, by_partition, MAX_BATCH_SIZE):
-        run_key = batch_key((p, by_partition[p].etag) for p in batch)
-        requests.append(run_request(batch, run_key))
-        events.extend(materialization(by_partition[p], run_key, bucket) for p in batch)
-    position = {partition: i for i, partition in enumerate(order)}
-    for run_key, partitions in orphans.items():
-        ordered = sorted(set(partitions) & position.keys(), key=position.__getitem__)
-        if ordered:
-            requests.append(
-                run_request(order[position[ordered[0]] : position[ordered[-1]] + 1], run_key)
-            )
-    return requests, events
 
 
 @dg.sensor(
     job=classify_images_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Finds new, changed and deleted images under the S3 prefix and classifies them.",
+    description=(
+        "Lists the S3 prefix in bounded slices, keeps the image_objects inventory current and "
+        "requests one classification run per batch of new, changed or deleted images."
+    ),
 )
-def s3_image_sensor(context: dg.SensorEvaluationContext, s3: ImageBucket) -> dg.SensorResult:
-    instance = context.instance
-    existing = instance.get_dynamic_partitions(images_partitions.name)
-    plan = plan_changes(
-        s3.list_objects(), s3.prefix, known_versions(instance), existing, MAX_CHANGES_PER_TICK
+def s3_image_sensor(
+    context: dg.SensorEvaluationContext, s3: ImageBucket, results_db: ResultsDatabase
+) -> dg.SensorResult:
+    cursor = Cursor.parse(context.cursor, s3.prefix)
+    engine = results_db.get_engine()
+    listing = s3.list_slice(
+        cursor.after,
+        max_objects=MAX_OBJECTS_PER_TICK,
+        seconds=list_seconds_per_tick(),
+        page_size=PAGE_SIZE,
     )
-    orphans, cursor = unlaunched_batches(instance, int(context.cursor or 0))
-    requests, events = evaluate(plan, existing, orphans, s3)
+    known = inventory.read_known(engine, listing, s3.prefix)
+    plan = inventory.plan_slice(
+        listing,
+        known,
+        start=start_date(),
+        now=dt.datetime.now(dt.UTC),
+        max_per_batch=max_objects_per_run(),
+    )
+    inventory.write_rows(engine, plan.rows)  # committed before any run is requested
+    have_runs = launched(context.instance, plan.pending) if plan.pending else set()
+    lost = {batch: day for batch, day in plan.pending.items() if batch not in have_runs}
+    requests = [run_request(b.batch_id, b.day) for b in plan.batches]
+    requests += [run_request(batch, day) for batch, day in sorted(lost.items())]
 
-    if plan.skipped_keys:
-        context.log.info(
-            f"ignoring {len(plan.skipped_keys)} non-image keys, e.g. {plan.skipped_keys[:3]!r}"
-        )
-    if orphans:
-        context.log.warning(f"re-requesting {len(orphans)} batches whose runs never started")
-    if plan.deferred:
-        context.log.info(f"{plan.deferred} more changes left for the next tick")
-    if requests:
-        context.log.info(
-            f"{len(plan.changes)} new/changed/deleted objects, "
-            f"{len(plan.partitions_to_add)} new partitions, {len(requests)} runs"
-        )
+    if plan.skipped:
+        context.log.info(f"ignoring {len(plan.skipped)} non-image keys, e.g. {plan.skipped[:3]!r}")
+    if lost:
+        context.log.warning(f"re-requesting {len(lost)} batches whose runs never started")
+    counts = plan.days.values()
+    context.log.info(
+        f"listed {plan.listed:,} objects after {cursor.after!r} in {listing.pages} pages"
+        f"{' (end of pass)' if listing.complete else ''}: "
+        f"{sum(c.new for c in counts):,} new, {sum(c.changed for c in counts):,} changed, "
+        f"{sum(c.deleted for c in counts):,} deleted; {len(plan.batches)} new batches"
+    )
     return dg.SensorResult(
         run_requests=requests,
-        asset_events=events,
-        dynamic_partitions_requests=(
-            [images_partitions.build_add_request(plan.partitions_to_add)]
-            if plan.partitions_to_add
-            else []
-        ),
-        cursor=str(cursor),
+        asset_events=list(day_events(plan.days, s3)),
+        cursor=cursor.advance(listing.last, plan.listed).dumps(),
     )

@@ -1,0 +1,345 @@
+"""The inventory (``image_objects``): diff a listing slice against it, batch what is not current.
+
+Pure planning (:func:`plan_slice`) plus the SQLAlchemy Core queries around it; nothing here
+knows about Dagster. An object is *current* when its results row has the inventory's ETag
+(``ok`` or ``error``), or, for a deleted key, when its row says ``deleted`` or it has none.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ai_assets.keys import is_image_key, prefix_end
+from ai_assets.store import S3Object, Slice
+from ai_assets.table import image_classifications, image_objects, insert
+
+#: Rows per statement: below SQLite's 32,766 bound parameters at 8 columns a row.
+WRITE_CHUNK = 2_000
+#: Rows a run reads from the inventory at a time (keyset pagination: bounded memory).
+READ_PAGE = 1_000
+
+
+def day_of(moment: dt.datetime, start: dt.date, today: dt.date) -> str:
+    """The daily partition of an object version: its UTC date, clamped into [start, today]."""
+    day = moment.astimezone(dt.UTC).date() if moment.tzinfo else moment.date()
+    return min(max(day, start), max(start, today)).isoformat()
+
+
+def clamp_day(day: str, start: dt.date, today: dt.date) -> str:
+    try:
+        parsed = dt.date.fromisoformat(day)
+    except ValueError:  # not a day (e.g. a v1 key): the first partition
+        parsed = start
+    return min(max(parsed, start), max(start, today)).isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """What the two tables hold about one key: its inventory row (if any) and its result."""
+
+    s3_key: str
+    inventoried: bool
+    partition_key: str
+    etag: str
+    size_bytes: int | None = None
+    last_modified: dt.datetime | None = None
+    first_seen: dt.datetime | None = None
+    deleted_at: dt.datetime | None = None
+    batch_id: str | None = None
+    result_etag: str | None = None
+    result_status: str | None = None
+
+
+def is_current(
+    etag: str, deleted: bool, result_etag: str | None, result_status: str | None
+) -> bool:
+    if deleted:
+        return result_status in (None, "deleted")
+    return result_status in ("ok", "error") and result_etag == etag
+
+
+@dataclasses.dataclass
+class DayCounts:
+    """What one tick found new, changed and deleted in one daily partition."""
+
+    new: int = 0
+    changed: int = 0
+    deleted: int = 0
+    bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Objects of one day to classify in one run; ``batch_id`` is the run key."""
+
+    batch_id: str
+    day: str
+    size: int
+
+
+@dataclasses.dataclass
+class SlicePlan:
+    """What one tick writes and requests for one listing slice."""
+
+    rows: list[dict[str, Any]]  # inventory rows to upsert (changed, or newly batched)
+    batches: list[Batch]  # new batches
+    pending: dict[str, str]  # earlier batch id → day, for objects still not current
+    days: dict[str, DayCounts]
+    skipped: list[str]  # non-image keys
+    listed: int
+
+
+def batch_id(day: str, versions: Iterable[tuple[str, str]]) -> str:
+    """Deterministic id of a batch: a hash of its day and sorted (key, version) pairs."""
+    digest = hashlib.sha256(day.encode())
+    for key, version in sorted(versions):
+        digest.update(f"\0{key}\0{version}".encode("utf-8", "surrogatepass"))
+    return "batch-" + digest.hexdigest()[:32]
+
+
+def _version(row: dict[str, Any]) -> str:
+    """An object version's identity in a batch id: a re-upload or re-deletion is a new one."""
+    if row["deleted_at"] is not None:
+        return f"deleted@{row['deleted_at'].isoformat()}"
+    stamp = row["last_modified"].isoformat() if row["last_modified"] else ""
+    return f"{row['etag']}@{stamp}"
+
+
+def plan_slice(
+    listing: Slice,
+    known: dict[str, Known],
+    *,
+    start: dt.date,
+    now: dt.datetime,
+    max_per_batch: int,
+) -> SlicePlan:
+    """Diff a slice against the inventory and results of its key range; batch what is stale.
+
+    ``known`` holds every inventory and results row in the slice's key range. Objects that are
+    listed, or gone, and not current join a new batch unless an earlier batch still covers them
+    (``pending``: its run may be queued, running, or lost in a daemon crash).
+    """
+    today = now.astimezone(dt.UTC).date()
+    rows: dict[str, dict[str, Any]] = {}
+    days: dict[str, DayCounts] = collections.defaultdict(DayCounts)
+    todo: dict[str, list[str]] = collections.defaultdict(list)
+    pending: dict[str, str] = {}
+    skipped: list[str] = []
+    listed: set[str] = set()
+
+    def settle(key: str, row: dict[str, Any], k: Known | None, changed: bool) -> None:
+        deleted = row["deleted_at"] is not None
+        result = (k.result_etag, k.result_status) if k else (None, None)
+        if is_current(row["etag"], deleted, *result):
+            if changed:
+                rows[key] = row
+            return
+        if not changed and k is not None and k.batch_id:
+            pending[k.batch_id] = row["partition_key"]
+            return
+        rows[key] = row
+        todo[row["partition_key"]].append(key)
+
+    for obj in listing.objects:
+        if not is_image_key(obj.key):
+            skipped.append(obj.key)
+            continue
+        listed.add(obj.key)
+        k = known.get(obj.key)
+        live = k is not None and k.inventoried and k.deleted_at is None
+        if live and k is not None and k.etag == obj.etag:
+            settle(obj.key, _row(k), k, changed=False)
+            continue
+        day = day_of(obj.last_modified, start, today)
+        counts = days[day]
+        counts.bytes += obj.size
+        if live:
+            counts.changed += 1
+        else:
+            counts.new += 1
+        first_seen = k.first_seen if k is not None and k.inventoried and k.first_seen else now
+        settle(obj.key, _listed_row(obj, day, first_seen), k, changed=True)
+
+    for key, k in known.items():
+        if key in listed or not is_image_key(key):
+            continue
+        if k.inventoried and k.deleted_at is not None:
+            settle(key, _row(k), k, changed=False)
+            continue
+        if not k.inventoried and k.result_status in (None, "deleted"):
+            continue  # a result for a key gone before the inventory existed: nothing to do
+        row = _row(k) | {"deleted_at": now, "batch_id": None}
+        row["partition_key"] = clamp_day(row["partition_key"], start, today)
+        row["first_seen"] = row["first_seen"] or now
+        days[row["partition_key"]].deleted += 1
+        settle(key, row, k, changed=True)
+
+    batches = []
+    for day in sorted(todo):
+        keys = sorted(todo[day])
+        for i in range(0, len(keys), max_per_batch):
+            chunk = keys[i : i + max_per_batch]
+            batch = batch_id(day, ((key, _version(rows[key])) for key in chunk))
+            for key in chunk:
+                rows[key]["batch_id"] = batch
+            batches.append(Batch(batch, day, len(chunk)))
+    return SlicePlan(
+        rows=[rows[key] for key in sorted(rows)],
+        batches=batches,
+        pending=pending,
+        days=dict(days),
+        skipped=skipped,
+        listed=len(listing.objects),
+    )
+
+
+def _row(k: Known) -> dict[str, Any]:
+    return {
+        "s3_key": k.s3_key,
+        "partition_key": k.partition_key,
+        "etag": k.etag,
+        "size_bytes": k.size_bytes,
+        "last_modified": k.last_modified,
+        "first_seen": k.first_seen,
+        "deleted_at": k.deleted_at,
+        "batch_id": k.batch_id,
+    }
+
+
+def _listed_row(obj: S3Object, day: str, first_seen: dt.datetime) -> dict[str, Any]:
+    return {
+        "s3_key": obj.key,
+        "partition_key": day,
+        "etag": obj.etag,
+        "size_bytes": obj.size,
+        "last_modified": obj.last_modified,
+        "first_seen": first_seen,
+        "deleted_at": None,
+        "batch_id": None,
+    }
+
+
+def _key_range(column: sa.ColumnElement[str], listing: Slice, prefix: str) -> sa.ColumnElement:
+    """The slice's key range: ``(after, last]``, or to the prefix's end for the last slice."""
+    lower = column > listing.after if listing.after else column >= prefix
+    if listing.last is not None:
+        return sa.and_(lower, column >= prefix, column <= listing.last)
+    end = prefix_end(prefix)
+    return sa.and_(lower, column >= prefix, column < end) if end is not None else lower
+
+
+def read_known(engine: Engine, listing: Slice, prefix: str) -> dict[str, Known]:
+    """Every inventory and results row in the slice's key range: two indexed range scans."""
+    o, c = image_objects, image_classifications
+    with engine.connect() as connection:
+        results = {
+            row.s3_key: row
+            for row in connection.execute(
+                sa.select(c.c.s3_key, c.c.etag, c.c.status, c.c.partition_key).where(
+                    _key_range(c.c.s3_key, listing, prefix)
+                )
+            )
+        }
+        inventory = connection.execute(
+            sa.select(o).where(_key_range(o.c.s3_key, listing, prefix))
+        ).all()
+    known: dict[str, Known] = {}
+    for row in inventory:
+        result = results.pop(row.s3_key, None)
+        known[row.s3_key] = Known(
+            inventoried=True,
+            result_etag=result.etag if result else None,
+            result_status=result.status if result else None,
+            **row._mapping,
+        )
+    for key, result in results.items():  # results without an inventory row (v1's rows)
+        known[key] = Known(
+            s3_key=key,
+            inventoried=False,
+            partition_key=result.partition_key,
+            etag=result.etag or "",
+            result_etag=result.etag,
+            result_status=result.status,
+        )
+    return known
+
+
+def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
+    """Upsert inventory rows in one transaction (``first_seen`` of existing rows is kept)."""
+    if not rows:
+        return
+    o = image_objects
+    statement = insert(engine, o)
+    statement = statement.on_conflict_do_update(
+        index_elements=["s3_key"],
+        set_={
+            c.name: statement.excluded[c.name]
+            for c in o.columns
+            if c.name not in ("s3_key", "first_seen")
+        },
+    ).returning(o.c.s3_key)  # RETURNING lets SQLAlchemy send multi-row INSERTs, not one per row
+    with engine.begin() as connection:
+        for i in range(0, len(rows), WRITE_CHUNK):
+            connection.execute(statement, list(rows[i : i + WRITE_CHUNK])).close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An object a run is asked to classify: its key and its day."""
+
+    s3_key: str
+    partition_key: str
+
+
+def _paged(engine: Engine, query: sa.Select, key: sa.ColumnElement[str]) -> Iterator[Target]:
+    """Stream ``query`` in key order, one page per round trip (keyset pagination)."""
+    after: str | None = None
+    while True:
+        page_query = query if after is None else query.where(key > after)
+        with engine.connect() as connection:
+            page = connection.execute(page_query.order_by(key).limit(READ_PAGE)).all()
+        yield from (Target(row.s3_key, row.partition_key) for row in page)
+        if len(page) < READ_PAGE:
+            return
+        after = page[-1].s3_key
+
+
+def batch_targets(engine: Engine, batch: str) -> Iterator[Target]:
+    """The objects the sensor put into ``batch`` (and has not moved to a later batch since)."""
+    o = image_objects
+    query = sa.select(o.c.s3_key, o.c.partition_key).where(o.c.batch_id == batch)
+    return _paged(engine, query, o.c.s3_key)
+
+
+def stale_targets(
+    engine: Engine, day: str, model_id: str, model_revision: str, reclassify: bool = False
+) -> Iterator[Target]:
+    """The day's objects that are not current, or come from another model (all: reclassify)."""
+    o, c = image_objects, image_classifications
+    query = (
+        sa.select(o.c.s3_key, o.c.partition_key)
+        .select_from(o.outerjoin(c, c.c.s3_key == o.c.s3_key))
+        .where(o.c.partition_key == day)
+    )
+    live = o.c.deleted_at.is_(None)
+    stale_deleted = c.c.s3_key.is_not(None) & (c.c.status != "deleted")
+    if reclassify:
+        query = query.where(sa.or_(live, stale_deleted))
+    else:
+        stale_live = sa.or_(
+            c.c.s3_key.is_(None),
+            c.c.status.not_in(["ok", "error"]),
+            c.c.etag.is_distinct_from(o.c.etag),
+            c.c.model_id.is_distinct_from(model_id),
+            c.c.model_revision.is_distinct_from(model_revision),
+        )
+        query = query.where(sa.or_(live & stale_live, ~live & stale_deleted))
+    return _paged(engine, query, o.c.s3_key)
