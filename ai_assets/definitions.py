@@ -1,4 +1,4 @@
-"""The code location: one Definitions object, configured by the environment (DESIGN.md)."""
+"""The code location: one Definitions object, configured by the environment (README)."""
 
 import os
 

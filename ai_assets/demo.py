@@ -59,7 +59,7 @@ def upload_samples() -> int:
 
 
 def run_once() -> bool:
-    """One sensor tick and the runs it requests (which also refresh label_summary)."""
+    """One sensor tick, the runs it requests, then label_summary (the daemon refreshes it later)."""
     import dagster as dg
 
     from ai_assets import table
@@ -69,13 +69,17 @@ def run_once() -> bool:
         daemon = InProcessDaemon(instance)
         started = time.perf_counter()
         result, runs = daemon.tick()
-        ok = all(run.success for run in runs)
+        summary = dg.materialize(
+            [daemon.defs.resolve_assets_def("label_summary")], instance=instance
+        )
+        ok = all(run.success for run in runs) and summary.success
         elapsed = time.perf_counter() - started
         engine = daemon.defs.resources["results_db"].get_engine()  # type: ignore[attr-defined]
         rows = table.fetch_rows(engine)
+    found = sum(e.metadata["new"].value for e in result.asset_events or [])  # type: ignore[misc]
     print(
-        f"\n{len(result.asset_events or [])} new object versions, {len(runs)} run(s), "
-        f"{elapsed:.1f} s; results table {engine.url.render_as_string(hide_password=True)}\n"
+        f"\n{found} new objects, {len(runs)} run(s), {elapsed:.1f} s; "
+        f"results table {engine.url.render_as_string(hide_password=True)}\n"
     )
     print(f"{'s3_key':<40} {'label':<36} {'score':>6}  status")
     for row in rows:

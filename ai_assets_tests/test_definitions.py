@@ -1,5 +1,6 @@
-"""The code location's contract: names of DESIGN.md, cheap to load, configured by env vars."""
+"""The code location's contract: the documented names, cheap to load, configured by env vars."""
 
+import os
 import subprocess
 import sys
 
@@ -17,12 +18,22 @@ def test_definitions_load_with_the_contract_names() -> None:
         "image_classifications",
         "label_summary",
     }
-    assert {s.name for s in repo.sensor_defs} >= {"s3_image_sensor"}
+    assert {s.name for s in repo.sensor_defs} == {
+        "s3_image_sensor",
+        "slack_on_run_failure",
+        "slack_success_digest",
+        "label_summary_automation",
+    }
     job = defs.resolve_job_def("classify_images_job")
-    assert job.partitions_def == dg.DynamicPartitionsDefinition(name="images")
-    assert set(defs.resources or {}) >= {"s3", "classifier", "results_db"}
+    assert job.partitions_def == dg.DailyPartitionsDefinition(
+        start_date="2020-01-01", timezone="UTC", end_offset=1
+    )
+    assert set(defs.resources or {}) >= {"s3", "classifier", "results_db", "slack"}
     classifications = defs.resolve_assets_def("image_classifications")
-    assert classifications.backfill_policy == dg.BackfillPolicy.single_run()
+    assert classifications.partitions_def == job.partitions_def
+    assert classifications.backfill_policy is None  # a backfill is one run per day
+    assert defs.resolve_assets_def("s3_images").partitions_def == job.partitions_def
+    assert defs.resolve_assets_def("label_summary").partitions_def is None
     spec = classifications.specs_by_key[classifications.key]
     columns = spec.metadata["dagster/column_schema"].columns
     assert [c.name for c in columns][:3] == ["s3_key", "partition_key", "etag"]
@@ -30,7 +41,7 @@ def test_definitions_load_with_the_contract_names() -> None:
     assert spec.kinds == {"pytorch", "postgres"}
     assert {c.name for c in classifications.check_specs} == {
         "scores_are_probabilities",
-        "one_row_per_partition",
+        "batch_fully_classified",
         "error_rate_below_threshold",
     }
 
@@ -57,3 +68,13 @@ def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch)
     assert (resolved.bucket, resolved.prefix) == ("my-bucket", "")
     classifier = resources["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
     assert classifier.batch_size == 7
+
+
+def test_the_start_date_is_configurable_and_validated() -> None:
+    code = "import ai_assets.partitions as p; print(p.images_daily.start.date())"
+    env = {**os.environ, "AI_ASSETS_START_DATE": "2023-06-01"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "2023-06-01"
+    env["AI_ASSETS_START_DATE"] = "June 2023"
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got 'June 2023'" in bad.stderr

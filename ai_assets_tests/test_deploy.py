@@ -220,13 +220,14 @@ def test_k8s_run_launcher_end_to_end(
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     for name in ("chelsea", "coffee", "china"):
         s3_client.put_object(Bucket=bucket, Key=f"{name}.jpg", Body=jpegs[name])
-    with dg.DagsterInstance.get() as instance:  # the sensor adds the partitions
-        result = InProcessDaemon(instance).evaluate()
-        InProcessDaemon(instance).apply_events_and_partitions(result)
+    with dg.DagsterInstance.get() as instance:  # the sensor inventories and batches them
+        daemon = InProcessDaemon(instance)
+        result = daemon.evaluate()
+        daemon.report_events(result)
+    [request] = result.run_requests or []
 
     dagster = str(Path(sys.executable).with_name("dagster"))
-    tags = {"dagster/asset_partition_range_start": "chelsea.jpg",
-            "dagster/asset_partition_range_end": "coffee.jpg"}  # fmt: skip
+    tags = {**request.tags, "dagster/partition": request.partition_key}
     launch = [dagster, "job", "launch", "-m", "ai_assets.definitions", "-j", "classify_images_job"]
     subprocess.run([*launch, "--tags", json.dumps(tags)], check=True, cwd=ROOT, env=os.environ)
 
@@ -279,11 +280,10 @@ def test_terminate_deletes_the_job(deployment) -> None:
     instance_yaml["run_coordinator"] = {"module": "dagster.core.run_coordinator",
                                         "class": "DefaultRunCoordinator"}  # fmt: skip
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
-    with dg.DagsterInstance.get() as instance:
-        instance.add_dynamic_partitions("images", ["a.jpg"])
     dagster = str(Path(sys.executable).with_name("dagster"))
     launch = [dagster, "job", "launch", "-m", "ai_assets.definitions", "-j", "classify_images_job"]
-    subprocess.run([*launch, "--tags", '{"dagster/partition": "a.jpg"}'], check=True, cwd=ROOT)
+    tags = '{"dagster/partition": "2026-01-01"}'
+    subprocess.run([*launch, "--tags", tags], check=True, cwd=ROOT)
     [job] = api.posted
     with dg.DagsterInstance.get() as instance:
         [run] = instance.get_runs()

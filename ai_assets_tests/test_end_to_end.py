@@ -52,27 +52,27 @@ def test_bucket_to_table_end_to_end(
     assert all(r["model_id"] and r["model_revision"] for r in current.values())
 
     [run] = runs
-    materialization = run.asset_materializations_for_node("image_classifications")[0]
+    [materialization] = run.asset_materializations_for_node("image_classifications")
+    assert materialization.partition == result.run_requests[0].partition_key  # the day
     metadata = materialization.metadata
     assert metadata["images"].value == len(objects)
     assert metadata["errors"].value == 1
     assert metadata["images_per_second"].value > 0
     assert metadata["batchnorms_folded"].value == 49  # the bundled model runs folded
+    assert metadata["batch"].value == result.run_requests[0].run_key
     assert "espresso" in metadata["top_labels"].value
-    per_partition = {
-        m.partition: m.metadata
-        for m in run.asset_materializations_for_node("image_classifications")
-    }
-    assert len(per_partition) == len(objects)
-    assert per_partition["coffee.jpg"]["label"].value == "espresso"
-    assert 0 < per_partition["coffee.jpg"]["score"].value <= 1
-    assert per_partition["broken.jpg"]["status"].value == "error"
-    assert per_partition["coffee.jpg"]["images"].value == len(objects)  # the run's figures too
+    assert "| `photos/coffee.jpg` | espresso |" in metadata["sample"].value
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
     assert checks["scores_are_probabilities"].passed
-    assert checks["one_row_per_partition"].passed
+    assert checks["batch_fully_classified"].passed
+    assert checks["batch_fully_classified"].metadata["asked"].value == len(objects)
     assert not checks["error_rate_below_threshold"].passed  # 1 of 9 is above 5 %: a WARN
     assert checks["error_rate_below_threshold"].severity == dg.AssetCheckSeverity.WARN
+    # O(1) Dagster events per run, however many images: one materialization and its checks
+    records = daemon.instance.get_records_for_run(run.run_id, limit=1000).records
+    kinds = [r.event_log_entry.dagster_event_type for r in records]
+    assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 1
+    assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 3
 
     # nothing changed: nothing to do, and re-running the same partitions is idempotent
     again, _ = daemon.tick()
@@ -97,13 +97,44 @@ def test_bucket_to_table_end_to_end(
     assert updated["photos/coffee.jpg"]["run_id"] == rerun["photos/coffee.jpg"]["run_id"]
 
 
+def test_a_day_run_without_a_batch_makes_the_day_current(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, pg_url: str, jpegs: dict[str, bytes]
+) -> None:
+    """The UI's Materialize (or a backfill) of a day: what is not current, or everything."""
+    for name in ("coffee", "chelsea"):
+        s3_client.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=jpegs[name])
+    result = daemon.evaluate()  # inventoried; its batch run is never launched
+    day = result.run_requests[0].partition_key
+    [materialized] = [daemon.launch(dg.RunRequest(partition_key=day))]
+    assert materialized.success
+    first = rows_by_key(pg_url)
+    assert set(first) == {"photos/coffee.jpg", "photos/chelsea.jpg"}
+
+    nothing = daemon.launch(dg.RunRequest(partition_key=day))  # already current
+    assert (
+        nothing.asset_materializations_for_node("image_classifications")[0].metadata["images"].value
+        == 0
+    )
+    config = {"ops": {"image_classifications": {"config": {"reclassify": True}}}}
+    redo = daemon.launch(dg.RunRequest(partition_key=day), run_config=config)
+    assert (
+        redo.asset_materializations_for_node("image_classifications")[0].metadata["images"].value
+        == 2
+    )
+    assert {r["run_id"] for r in rows_by_key(pg_url).values()} == {redo.run_id}
+
+
 def test_label_summary_is_computed_from_the_table(
     daemon: InProcessDaemon, s3_client: Any, bucket: str, jpegs: dict[str, bytes]
 ) -> None:
     for name in ("coffee", "chelsea"):
         s3_client.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=jpegs[name])
-    _, [run] = daemon.tick()  # classify_images_job refreshes the summary after each run
-    metadata = run.asset_materializations_for_node("label_summary")[0].metadata
+    _, [run] = daemon.tick()
+    assert not run.asset_materializations_for_node("label_summary")  # not once per batch
+    summary = dg.materialize(
+        [daemon.defs.resolve_assets_def("label_summary")], instance=daemon.instance
+    )
+    metadata = summary.asset_materializations_for_node("label_summary")[0].metadata
     assert metadata["objects"].value == 2
     assert metadata["errors"].value == 0
     assert "| espresso | 1 |" in metadata["labels"].value

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from ai_assets import table
+from ai_assets import migrations, table
 from ai_assets.inprocess import InProcessDaemon
 from ai_assets.keys import is_image_key
 from ai_assets.model_convert import build_config
@@ -72,7 +72,7 @@ def test_hostile_objects_become_clear_error_rows(
     assert label2id[rows["formats/exif-rotated.jpg"]["label"]] in CAT_CLASSES
     [run] = runs
     checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
-    assert checks["one_row_per_partition"].passed
+    assert checks["batch_fully_classified"].passed
     assert not checks["error_rate_below_threshold"].passed  # reported as a WARN
     assert run.asset_materializations_for_node("image_classifications")[0].metadata[
         "errors"
@@ -195,7 +195,7 @@ def test_persistent_s3_failure_fails_the_run_clearly_and_the_next_attempt_comple
     for key in ("a.jpg", "b.jpg", "c.jpg"):
         s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["chelsea"])
     result = daemon.evaluate()
-    daemon.apply_events_and_partitions(result)
+    daemon.report_events(result)
     [request] = result.run_requests or []
     proxy.add(Rule("500", path_contains="b.jpg", times=-1))
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
@@ -227,7 +227,7 @@ def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
     proxy, daemon, db_url = proxied
     s3_client.put_object(Bucket=bucket, Key="photo.jpg", Body=jpegs["chelsea"])
     first = daemon.evaluate()
-    daemon.apply_events_and_partitions(first)
+    daemon.report_events(first)
     daemon.cursor = first.cursor
     proxy.add(Rule("delay", path_contains="photo.jpg", delay_s=4))  # run A reads v1, late
     slow = threading.Thread(target=daemon.launch, args=((first.run_requests or [])[0],))
@@ -240,6 +240,9 @@ def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
     [row] = rows_by_key(db_url).values()
     reliability_report("overwrite during a run", "ok", 1, 1)
     assert row["etag"] == new["ETag"].strip('"')
+    proxy.clear()
+    settled, _ = daemon.tick()  # the newest version is current: nothing left to do
+    assert not settled.run_requests
 
 
 def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
@@ -265,7 +268,7 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
         for key in keys:
             s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
         engine = sa.create_engine(pg.url, pool_pre_ping=True)
-        table.create_schema(engine)
+        migrations.upgrade(engine)
 
         def restart_after_first_batch() -> None:
             deadline = time.monotonic() + 60
@@ -300,3 +303,152 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
             total = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
             assert total.scalar_one() == len(keys)
         engine.dispose()
+
+
+def test_two_batches_of_one_day_run_at_once(
+    s3_client: Any,
+    bucket: str,
+    pg_url: str,
+    jpegs: dict[str, bytes],
+    tiny_model_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,
+    reliability_report,
+) -> None:
+    """Each run in a process of its own, as the run launcher starts them, at the same time."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+    monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
+    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
+    monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+    monkeypatch.setenv("AI_ASSETS_MAX_OBJECTS_PER_RUN", "3")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    keys = [f"same-day/{i}.jpg" for i in range(6)]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
+    with dg.DagsterInstance.get() as instance:
+        requests = InProcessDaemon(instance).evaluate().run_requests or []
+    assert len(requests) == 2 and len({r.partition_key for r in requests}) == 1
+    launch = (
+        "import sys, dagster as dg; from ai_assets.inprocess import InProcessDaemon; "
+        "instance = dg.DagsterInstance.get(); "
+        "run = InProcessDaemon(instance).launch(dg.RunRequest(run_key=sys.argv[1], "
+        "partition_key=sys.argv[2], tags={'ai_assets/batch': sys.argv[1]})); "
+        "sys.exit(0 if run.success else 1)"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", launch, r.run_key or "", r.partition_key or ""])
+        for r in requests
+    ]
+    assert [process.wait(180) for process in processes] == [0, 0]
+    rows = rows_by_key(pg_url)
+    reliability_report("two batches of one day at once", "ok", len(keys), len(rows))
+    assert sorted(rows) == keys
+    assert len({row["run_id"] for row in rows.values()}) == 2
+    with dg.DagsterInstance.get() as instance:
+        for run_id in {row["run_id"] for row in rows.values()}:
+            records = instance.get_records_for_run(
+                run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            ).records
+            checks = {
+                e.check_name: e.passed
+                for r in records
+                if (e := r.event_log_entry.dagster_event.event_specific_data)  # type: ignore[union-attr]
+            }
+            assert checks["batch_fully_classified"] and checks["scores_are_probabilities"]
+
+
+def test_a_v1_table_is_upgraded_in_place_and_nothing_current_is_reclassified(
+    bucket: str,
+    s3_client: Any,
+    pg_url: str,
+    jpegs: dict[str, bytes],
+    tiny_model_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    reliability_report,
+) -> None:
+    from ai_assets_tests.test_migrations import V1_DDL
+
+    current = {"v1/a...b.jpg": "a..%2Eb.jpg", "v1/new\nline.jpg": "new%0Aline.jpg"}
+    for key in [*current, "v1/changed.jpg", "v1/added.jpg"]:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
+    etags = {o.key: o.etag for o in list_objects(s3_client, bucket, "")}
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as connection:  # the table as v1 left it, keyed by escaped keys
+        connection.execute(sa.text(V1_DDL))
+        for key, partition in [*current.items(), ("v1/changed.jpg", "changed.jpg")]:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO image_classifications (s3_key, partition_key, etag, label, "
+                    "score, status, classified_at, run_id) VALUES (:key, :partition, :etag, "
+                    "'espresso', 0.9, 'ok', now(), 'v1-run')"
+                ),
+                {"key": key, "partition": partition, "etag": etags.get(key, "")},
+            )
+        connection.execute(
+            sa.text("UPDATE image_classifications SET etag = 'v1-etag' WHERE s3_key = :k"),
+            {"k": "v1/changed.jpg"},
+        )
+    engine.dispose()
+    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+    monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
+    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
+    monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+    with dg.instance_for_test() as instance:
+        result, runs = InProcessDaemon(instance).tick()
+    assert [run.success for run in runs] == [True]
+    assert (
+        runs[0].asset_materializations_for_node("image_classifications")[0].metadata["images"].value
+        == 2
+    )  # the changed and the added object, not the current ones
+    rows = rows_by_key(pg_url)
+    reliability_report("v1 table upgraded in place", "ok", 4, len(rows))
+    assert {key: rows[key]["run_id"] for key in current} == dict.fromkeys(current, "v1-run")
+    assert rows["v1/changed.jpg"]["run_id"] == rows["v1/added.jpg"]["run_id"] != "v1-run"
+    assert len(result.run_requests or []) == 1
+
+
+def test_the_sensor_survives_outages_of_its_database_and_s3(
+    bucket: str,
+    s3_client: Any,
+    s3_endpoint: str,
+    jpegs: dict[str, bytes],
+    tiny_model_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    reliability_report,
+) -> None:
+    """A tick that cannot reach PostgreSQL or S3 fails (the daemon logs it and keeps its
+    cursor); the next tick after the outage does the work, exactly once."""
+    from ai_assets.localdev import postgres
+
+    s3_client.put_object(Bucket=bucket, Key="a.jpg", Body=jpegs["coffee"])
+    with postgres() as pg, dg.instance_for_test() as instance, faulty_s3(s3_endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+        monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
+        monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg.url)
+        monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+        daemon = InProcessDaemon(instance)
+        daemon.evaluate()  # connects once: the engine and schema exist
+        s3_client.put_object(Bucket=bucket, Key="b.jpg", Body=jpegs["coffee"])
+        proxy.add(Rule("503", method="GET", path_contains="list-type=2", times=-1))
+        with pytest.raises(Exception, match=r"SlowDown|ServiceUnavailable|503"):
+            daemon.evaluate()
+        proxy.clear()
+        pg.stop("immediate")
+        try:
+            with pytest.raises(sa.exc.OperationalError):
+                daemon.evaluate()
+        finally:
+            pg.start()
+        _, runs = daemon.tick()
+        assert [run.success for run in runs] == [True, True]  # the lost first batch, and b
+        again, _ = daemon.tick()
+        assert not again.run_requests
+        rows = rows_by_key(pg.url)
+        reliability_report("sensor tick during S3 and PostgreSQL outages", "ok", 2, len(rows))
+        assert sorted(rows) == ["a.jpg", "b.jpg"]

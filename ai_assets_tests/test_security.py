@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -12,7 +13,7 @@ from dagster._serdes import serialize_value
 
 from ai_assets.inprocess import InProcessDaemon
 from ai_assets.localdev import PostgresServer
-from ai_assets.sensors import slack_on_run_success
+from ai_assets.sensors import slack_success_digest
 from ai_assets_tests.conftest import SECRET_KEY
 
 pytestmark = pytest.mark.reliability
@@ -56,15 +57,14 @@ def test_no_secret_appears_in_logs_events_tags_or_messages(
         daemon = InProcessDaemon(instance, log_level="DEBUG")
         result, [run] = daemon.tick()
         assert run.success
-        context = dg.build_run_status_sensor_context(
-            sensor_name=slack_on_run_success.name,
-            dagster_event=run.get_run_success_event(),
-            dagster_instance=instance,
-            dagster_run=run.dagster_run,
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=json.dumps({"after": None, "sent": 0}),  # every success so far, none sent
+            repository_def=daemon.defs.get_repository_def(),
             resources={"slack": daemon.defs.resources["slack"]},
         )
         context.log.addHandler(caplog.handler)
-        slack_on_run_success(context)
+        slack_success_digest.evaluate_tick(context)
         stored = [
             serialize_value(r.event_log_entry)
             for r in instance.get_records_for_run(run.run_id).records
@@ -80,6 +80,7 @@ def test_no_secret_appears_in_logs_events_tags_or_messages(
         "event log": "\n".join(stored),
         "runs and tags": "\n".join(runs),
         "sensor result": serialize_value(result.run_requests) + repr(result.asset_events),
+        "cursor": result.cursor or "",
         "slack messages": repr(slack_api.messages),
     }
     leaks = [

@@ -206,13 +206,14 @@ def test_objects_already_current_are_inventoried_not_reclassified(
                 )
             ],
         )
-    result, runs = daemon.tick()
+    _, runs = daemon.tick()
     assert inventory(db).keys() == {"in/old.jpg", "in/other.jpg"}
     assert inventory(db)["in/old.jpg"]["batch_id"] is None
     [run] = runs
-    assert run.asset_materializations_for_node("image_classifications")[0].metadata[
-        "images"
-    ].value == 1
+    assert (
+        run.asset_materializations_for_node("image_classifications")[0].metadata["images"].value
+        == 1
+    )
     assert rows_by_key(db)["in/old.jpg"]["run_id"] == "v1-run"
 
 
@@ -259,3 +260,34 @@ def test_a_queued_batch_is_not_requested_again_by_a_later_pass(
     second = daemon.evaluate()
     assert not second.run_requests
     reliability_report("batch queued, next pass", "ok", 0, len(second.run_requests or []))
+
+
+def test_label_summary_refreshes_once_after_many_batches_then_waits_for_new_results(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AI_ASSETS_MAX_OBJECTS_PER_RUN", "1")
+    start = dt.datetime.now(dt.UTC)
+    summary = dg.AssetSelection.assets("label_summary")
+
+    def requested(minutes: int, cursor: Any) -> tuple[int, Any]:
+        result = dg.evaluate_automation_conditions(
+            defs=daemon.defs,
+            instance=daemon.instance,
+            asset_selection=summary,
+            evaluation_time=start + dt.timedelta(minutes=minutes),
+            cursor=cursor,
+        )
+        return result.total_requested, result.cursor
+
+    n, cursor = requested(0, None)
+    assert n == 0
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        put(s3_client, bucket, f"in/{name}")
+    _, runs = daemon.tick()
+    assert len(runs) == 3
+    n, cursor = requested(1, cursor)
+    assert n == 0  # results changed, but the five-minute tick has not passed
+    n, cursor = requested(6, cursor)
+    assert n == 1  # one refresh for three batches
+    n, cursor = requested(12, cursor)
+    assert n == 0  # nothing new since

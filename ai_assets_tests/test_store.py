@@ -1,70 +1,47 @@
+"""S3 access on a real S3 server (SeaweedFS): bounded slices, fetches, fast timestamps."""
+
 import datetime as dt
+import itertools
 
 import pytest
 
-from ai_assets.store import (
-    DELETED,
-    S3Object,
-    batch_key,
-    contiguous_batches,
-    fetch_object,
-    list_objects,
-    parse_timestamp,
-    plan_changes,
-)
-
-NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+from ai_assets.store import fetch_object, list_objects, list_slice, parse_timestamp
 
 
-def obj(key: str, etag: str = "e1") -> S3Object:
-    return S3Object(key=key, etag=etag, size=1, last_modified=NOW)
+def test_slices_resume_after_the_last_key_and_end_with_the_listing(s3_client, bucket: str) -> None:
+    keys = [*sorted(f"p/{i:02}.jpg" for i in range(9)), "p/z\nnewline.jpg"]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    s3_client.put_object(Bucket=bucket, Key="q/outside.jpg", Body=b"x")
+    slices, after = [], ""
+    while True:
+        piece = list_slice(s3_client, bucket, "p/", after, max_objects=4, seconds=60, page_size=3)
+        slices.append(piece)
+        if piece.complete:
+            break
+        after = piece.last or ""
+    assert [len(piece.objects) for piece in slices] == [6, 4]  # whole pages: 3 + 3, then the rest
+    assert [o.key for piece in slices for o in piece.objects] == keys
+    assert slices[0].last == keys[5] and slices[1].after == keys[5]
+    assert [piece.pages for piece in slices] == [2, 2]
 
 
-def test_plan_finds_new_changed_and_deleted_objects() -> None:
-    listing = [obj("p/a.jpg"), obj("p/b.jpg", "e2"), obj("p/c.jpg"), obj("p/notes.txt")]
-    known = {"a.jpg": "e1", "b.jpg": "e1", "gone.jpg": "e1", "old.jpg": DELETED}
-    plan = plan_changes(listing, "p/", known, ["a.jpg", "b.jpg", "gone.jpg", "old.jpg"], 100)
-    assert [(c.partition_key, c.etag) for c in plan.changes] == [
-        ("b.jpg", "e2"),
-        ("c.jpg", "e1"),
-        ("gone.jpg", DELETED),
-    ]
-    assert plan.changes[2].object_key == "p/gone.jpg"
-    assert plan.partitions_to_add == ["c.jpg"]
-    assert plan.skipped_keys == ["p/notes.txt"]
-    assert plan.deferred == 0
-
-
-def test_plan_caps_changes_per_tick() -> None:
-    listing = [obj(f"{i:03}.jpg") for i in range(10)]
-    plan = plan_changes(listing, "", {}, [], max_changes=4)
-    assert [c.partition_key for c in plan.changes] == ["000.jpg", "001.jpg", "002.jpg", "003.jpg"]
-    assert plan.partitions_to_add == [c.partition_key for c in plan.changes]
-    assert plan.deferred == 6
-
-
-def test_plan_adds_partitions_only_once_and_escapes_keys() -> None:
-    plan = plan_changes([obj("x...y.jpg"), obj("a.jpg")], "", {}, ["a.jpg"], 10)
-    assert plan.partitions_to_add == ["x..%2Ey.jpg"]
-    assert {c.partition_key for c in plan.changes} == {"a.jpg", "x..%2Ey.jpg"}
-
-
-@pytest.mark.parametrize(
-    ("selected", "max_size", "expected"),
-    [
-        ({"b", "c", "d"}, 10, [["b", "c", "d"]]),
-        ({"a", "c", "d", "f"}, 10, [["a"], ["c", "d"], ["f"]]),
-        ({"a", "b", "c", "d", "e"}, 2, [["a", "b"], ["c", "d"], ["e"]]),
-        (set(), 2, []),
-    ],
-)
-def test_contiguous_batches(selected: set[str], max_size: int, expected: list[list[str]]) -> None:
-    assert contiguous_batches(list("abcdef"), selected, max_size) == expected
-
-
-def test_batch_key_is_deterministic_and_version_sensitive() -> None:
-    assert batch_key([("a", "1"), ("b", "2")]) == batch_key([("b", "2"), ("a", "1")])
-    assert batch_key([("a", "1")]) != batch_key([("a", "2")])
+def test_a_slice_lists_at_least_one_page_whatever_its_time_budget(s3_client, bucket: str) -> None:
+    for i in range(5):
+        s3_client.put_object(Bucket=bucket, Key=f"k{i}.jpg", Body=b"x")
+    ticks = itertools.count(0, 100)  # every clock read is 100 s later
+    piece = list_slice(
+        s3_client,
+        bucket,
+        "",
+        "",
+        max_objects=100,
+        seconds=1,
+        page_size=2,
+        clock=lambda: next(ticks),
+    )
+    assert [o.key for o in piece.objects] == ["k0.jpg", "k1.jpg"]
+    assert piece.last == "k1.jpg" and not piece.complete
 
 
 def test_listing_is_paginated_and_keeps_odd_keys(s3_client, bucket: str) -> None:

@@ -4,7 +4,8 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import table
-from ai_assets.table import ClassificationRow
+from ai_assets.table import ClassificationRow, Written
+from ai_assets_tests.util import database
 
 
 def ok_row(key: str, label: str = "tabby", score: float = 0.9, **changes) -> ClassificationRow:
@@ -26,29 +27,14 @@ def ok_row(key: str, label: str = "tabby", score: float = 0.9, **changes) -> Cla
 
 @pytest.fixture
 def engine(db_url: str):
-    engine = sa.create_engine(db_url)
-    table.create_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-def test_schema_creation_is_idempotent(engine) -> None:
-    table.create_schema(engine)
-    table.create_schema(engine)
-    inspector = sa.inspect(engine)
-    assert {c["name"] for c in inspector.get_columns("image_classifications")} == {
-        "s3_key", "partition_key", "etag", "size_bytes", "last_modified", "label", "score",
-        "top_k", "model_id", "model_revision", "status", "error", "classified_at", "run_id",
-    }  # fmt: skip
-    assert any(
-        ix["column_names"] == ["label"] for ix in inspector.get_indexes("image_classifications")
-    )
+    with database(db_url) as engine:
+        yield engine
 
 
 def test_upsert_is_idempotent_and_replaces_rows(engine) -> None:
     rows = [ok_row("a.jpg"), ok_row("b.jpg", label="espresso")]
-    assert table.upsert_rows(engine, rows) == 2
-    assert table.upsert_rows(engine, rows) == 2
+    assert table.upsert_rows(engine, rows) == Written(rows=2)
+    assert table.upsert_rows(engine, rows) == Written(rows=2)
     table.upsert_rows(engine, [ok_row("a.jpg", label="tiger cat", etag="e2", run_id="run-2")])
     current = {row["s3_key"]: row for row in table.fetch_rows(engine)}
     assert len(current) == 2
@@ -97,8 +83,16 @@ def test_summaries_and_audit(engine) -> None:
     assert table.label_counts(engine) == [("tabby", 2), ("espresso", 1)]
     assert table.status_counts(engine) == {"ok": 3, "error": 1, "deleted": 1}
     assert table.model_versions(engine) == [("m", "r1", 5)]
-    audit = table.audit(engine, ["a.jpg", "d.jpg", "missing.jpg"])
-    assert audit == table.PartitionAudit(expected=3, present=2, bad_scores=0, errors=1)
+
+
+def test_upserts_report_what_the_table_holds_for_the_checks(engine) -> None:
+    rows = [
+        ok_row("a.jpg"),
+        ok_row("b.jpg", score=1.5),
+        ok_row("c.jpg", status="error", label=None, score=None, error="bad"),
+        ok_row("d.jpg", status="deleted", label=None, score=None),
+    ]
+    assert table.upsert_rows(engine, rows) == Written(rows=4, stale=0, bad_scores=1, errors=1)
 
 
 def test_a_row_about_an_older_object_version_never_wins(engine) -> None:
@@ -106,16 +100,9 @@ def test_a_row_about_an_older_object_version_never_wins(engine) -> None:
 
     old, new = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     table.upsert_rows(engine, [ok_row("a.jpg", label="new", etag="e2", last_modified=new)])
-    table.upsert_rows(engine, [ok_row("a.jpg", label="stale", etag="e1", last_modified=old)])
+    kept = table.upsert_rows(engine, [ok_row("a.jpg", label="stale", etag="e1", last_modified=old)])
+    assert kept == Written(rows=0, stale=1)
     [row] = table.fetch_rows(engine)
     assert (row["label"], row["etag"]) == ("new", "e2")
     table.upsert_rows(engine, [ok_row("a.jpg", label="newer", etag="e3", last_modified=new)])
     assert table.fetch_rows(engine)[0]["label"] == "newer"  # same version re-run: replaced
-
-
-def test_schema_upgrades_a_table_from_an_older_version(engine) -> None:
-    with engine.begin() as connection:
-        connection.execute(sa.text("ALTER TABLE image_classifications DROP COLUMN last_modified"))
-    table.create_schema(engine)
-    table.upsert_rows(engine, [ok_row("a.jpg")])
-    assert table.fetch_rows(engine)[0]["last_modified"] is None

@@ -1,10 +1,11 @@
 """The Dagster UI path with the real processes: `dagster dev` (webserver + daemon) on Dagster's
-Postgres storage, the S3 sensor, a partition backfill and a UI-style materialization through
-GraphQL, and the pages a user opens, in headless Chromium."""
+Postgres storage, the S3 sensor, a backfill of a date range and a UI-style materialization
+through GraphQL, and the pages a user opens (the daily partitions view), in headless Chromium."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
 T = TypeVar("T")
+TODAY = dt.datetime.now(dt.UTC).date().isoformat()
+YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 180) -> T:
@@ -204,15 +207,23 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     assert len(runs) == 1  # one batched run for six new images, not one per image
     assert sorted(rows) == sorted(keys)
 
-    # a partition backfill of a contiguous subset, launched the way the UI launches it
-    subset = sorted(keys)[:3]
+    assert {r["partition_key"] for r in rows.values()} == {TODAY}
+
+    # three rows go missing; a backfill of a date range (one run per day) makes the days current
+    missing = sorted(keys)[:3]
+    engine = sa.create_engine(dev.results_url)
+    with engine.begin() as connection:
+        t = table.image_classifications
+        connection.execute(t.delete().where(t.c.s3_key.in_(missing)))
+    engine.dispose()
     launched = dev.graphql(
         """mutation($params: LaunchBackfillParams!) {
              launchPartitionBackfill(backfillParams: $params) {
              __typename ... on LaunchBackfillSuccess { backfillId }
              ... on PythonError { message } } }""",
-        {"params": {"partitionNames": subset,
-                    "assetSelection": [{"path": ["image_classifications"]}],
+        {"params": {"partitionsByAssets": [{
+                        "assetKey": {"path": ["image_classifications"]},
+                        "partitions": {"range": {"start": YESTERDAY, "end": TODAY}}}],
                     "fromFailure": False}},
     )  # fmt: skip
     backfill_id = launched["launchPartitionBackfill"]["backfillId"]
@@ -231,17 +242,19 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         for run in dev.runs("__ASSET_JOB")
         if {"key": "dagster/backfill", "value": backfill_id} in run["tags"]
     ]
-    assert len(backfill_runs) == 1  # BackfillPolicy.single_run()
-    [backfill_run] = backfill_runs
-    assert backfill_run["status"] == "SUCCESS"
+    assert len(backfill_runs) == 2  # one run per day
+    assert {run["status"] for run in backfill_runs} == {"SUCCESS"}
+    [today_run] = [
+        r for r in backfill_runs if {"key": "dagster/partition", "value": TODAY} in r["tags"]
+    ]
     rewritten = dev.rows()
-    for key in subset:
-        assert rewritten[key]["run_id"] == backfill_run["runId"] != rows[key]["run_id"]
+    assert sorted(rewritten) == sorted(keys)
+    for key in missing:
+        assert rewritten[key]["run_id"] == today_run["runId"]
     untouched = sorted(keys)[3]
     assert rewritten[untouched]["run_id"] == rows[untouched]["run_id"]
 
-    # one partition, the way the asset page's Materialize button does it
-    partition = sorted(keys)[-1]
+    # the asset page's Materialize with the launchpad's config: redo every object of the day
     launched = dev.graphql(
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
              __typename ... on LaunchRunSuccess { run { runId } }
@@ -249,7 +262,9 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         {"params": {"selector": {**LOCATION, "pipelineName": "__ASSET_JOB",
                                  "assetSelection": [{"path": ["image_classifications"]}]},
                     "executionMetadata": {"tags": [{"key": "dagster/partition",
-                                                    "value": partition}]},
+                                                    "value": TODAY}]},
+                    "runConfigData": {"ops": {"image_classifications": {
+                        "config": {"reclassify": True}}}},
                     "mode": "default"}},
     )  # fmt: skip
     run_id = launched["launchRun"]["run"]["runId"]
@@ -264,17 +279,17 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         """query($partition: String!) { assetOrError(assetKey: {path: ["image_classifications"]}) {
              ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
                runId partition metadataEntries { label
-                 ... on TextMetadataEntry { text } ... on FloatMetadataEntry { floatValue }
+                 ... on MarkdownMetadataEntry { mdStr } ... on FloatMetadataEntry { floatValue }
                  ... on IntMetadataEntry { intValue } } } } } }""",
-        {"partition": partition},
+        {"partition": TODAY},
     )
     [materialization] = data["assetOrError"]["assetMaterializations"]
     assert materialization["runId"] == run_id
     entries = {e["label"]: e for e in materialization["metadataEntries"]}
-    assert entries["images"]["intValue"] == 1
-    assert entries["status"]["text"] == "ok"
-    assert 0 <= entries["score"]["floatValue"] <= 1
-    assert entries["label"]["text"] == dev.rows()[partition]["label"]
+    assert entries["images"]["intValue"] == len(keys)
+    assert entries["images_per_second"]["floatValue"] > 0
+    assert dev.rows()["coffee-0.jpg"]["label"] in entries["sample"]["mdStr"]
+    assert {row["run_id"] for row in dev.rows().values()} == {run_id}
 
 
 def dismiss_community_dialog(driver: Any) -> None:
@@ -328,11 +343,6 @@ def test_the_pages_a_user_opens_render_without_errors(dagster_dev: DagsterDev) -
                     text.lower() in d.find_element(By.TAG_NAME, "body").text.lower()
                 )
             )
-            if name == "partitions":  # open one partition: its label and score
-                driver.find_element(By.XPATH, "//*[text()='coffee-0.jpg']").click()
-                WebDriverWait(driver, 30).until(
-                    lambda d: "score" in d.find_element(By.TAG_NAME, "body").text
-                )
             with contextlib.suppress(TimeoutException):  # live data still loading is no error
                 WebDriverWait(driver, 30).until(
                     lambda d: "Loading" not in d.find_element(By.TAG_NAME, "body").text

@@ -1,70 +1,147 @@
-"""s3_image_sensor on a large bucket: tick time with nothing new, and with 1,000 new objects.
+"""s3_image_sensor on a large bucket: the first listing pass, an idle pass, and late arrivals.
 
-Fills a local SeaweedFS bucket with N objects (default 100,000), records all but the newest
-1,000 as known (the state after earlier ticks), then times two evaluations of the real sensor:
-one where nothing changed and one where 1,000 objects are new. Ends with one line:
-RESULT objects=… idle_tick_s=… busy_tick_s=… runs=… cursor_bytes=… new=… record_events_s=…
+Fills a local SeaweedFS bucket with N tiny objects (default 100,000; ``--full`` 1,000,000),
+uploaded by several processes at once, then drives the real sensor tick after tick the way the
+daemon does: evaluate, report its asset events, create its runs (queued, not executed), save the
+cursor. Dagster's storage and the project's database are both on PostgreSQL. Measured:
+
+* first pass: objects recorded per second, tick + bookkeeping (the sensor's own time plus the
+  daemon's event and run writes), seconds per tick, ticks for the pass, runs requested;
+* idle pass: a full reconciliation with nothing new (objects listed and diffed per second);
+* late arrivals: 1,000 objects spread over the key space, found by the next pass;
+* asset events per tick (= days touched), cursor bytes, peak RSS of this (the sensor's) process.
+
+Ends with one line: RESULT objects=… objects_per_s=… max_tick_s=… ticks_per_pass=… …
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ACCESS, SECRET = "bench", "bench-secret"
+BUCKET = "scale"
 
 
-def record_in_batches(instance, events, size: int = 1000) -> None:
-    """Seed the event log fast: what instance.report_runless_asset_event stores, in batches.
+def put_many(endpoint: str, keys: list[str]) -> int:
+    """Upload tiny objects from one process with 32 threads (SeaweedFS takes ~430/s so)."""
+    import boto3
 
-    Bench set-up only (Dagster internals): one event at a time takes minutes for 100k objects.
-    """
-    from dagster._core.events import (
-        DagsterEvent,
-        DagsterEventBatchMetadata,
-        DagsterEventType,
-        StepMaterializationData,
-        generate_event_batch_id,
-    )
-    from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )  # fmt: skip
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=b"x"), keys))
+    return len(keys)
 
-    for start in range(0, len(events), size):
-        chunk, batch_id = events[start : start + size], generate_event_batch_id()
-        for i, event in enumerate(chunk):
-            instance.report_dagster_event(
-                DagsterEvent(
-                    event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
-                    event_specific_data=StepMaterializationData(event),
-                    job_name=RUNLESS_JOB_NAME,
-                ),
-                run_id=RUNLESS_RUN_ID,
-                batch_metadata=DagsterEventBatchMetadata(batch_id, i == len(chunk) - 1),
-            )
+
+def upload(endpoint: str, keys: list[str], processes: int) -> float:
+    started = time.perf_counter()
+    chunks = [keys[i : i + 5_000] for i in range(0, len(keys), 5_000)]
+    with ProcessPoolExecutor(processes) as pool:
+        done = 0
+        for n in pool.map(put_many, [endpoint] * len(chunks), chunks):
+            done += n
+            if done % 100_000 < 5_000:
+                print(f"  uploaded {done:,} / {len(keys):,}", flush=True)
+    rate = len(keys) / (time.perf_counter() - started)
+    print(f"uploaded {len(keys):,} objects at {rate:,.0f}/s with {processes} processes")
+    return rate
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Driver:
+    """The daemon's side of a tick: evaluate, report events, create the runs, keep the cursor."""
+
+    def __init__(self, instance) -> None:
+        from ai_assets.inprocess import InProcessDaemon
+
+        self.daemon = InProcessDaemon(instance, log_level="WARNING")
+        self.job = self.daemon.defs.resolve_job_def("classify_images_job")
+        self.ticks: list[dict] = []
+
+    def tick(self) -> dict:
+        started = time.perf_counter()
+        result = self.daemon.evaluate()
+        evaluated = time.perf_counter()
+        self.daemon.report_events(result)
+        for request in result.run_requests or []:
+            if not self.daemon.has_run(request.run_key or ""):
+                self.daemon.instance.create_run_for_job(
+                    self.job,
+                    tags={**request.tags, "dagster/run_key": request.run_key or "",
+                          "dagster/partition": request.partition_key or ""},
+                )  # fmt: skip
+        self.daemon.cursor = result.cursor
+        cursor = json.loads(result.cursor or "{}")
+        tick = {
+            "tick_s": evaluated - started,
+            "total_s": time.perf_counter() - started,
+            "events": len(result.asset_events or []),
+            "runs": len(result.run_requests or []),
+            "new": sum(e.metadata["new"].value for e in result.asset_events or []),  # type: ignore[misc]
+            "cursor_bytes": len((result.cursor or "").encode()),
+            "pass_done": cursor.get("after") == "",
+        }
+        self.ticks.append(tick)
+        print(
+            f"  tick {len(self.ticks):>3}: {tick['tick_s']:6.2f} s sensor + "
+            f"{tick['total_s'] - tick['tick_s']:5.2f} s daemon; {tick['new']:>7,} new, "
+            f"{tick['runs']:>4} runs, {tick['events']} events",
+            flush=True,
+        )
+        return tick
+
+    def one_pass(self) -> list[dict]:
+        ticks = []
+        while True:
+            ticks.append(self.tick())
+            if ticks[-1]["pass_done"]:
+                return ticks
+
+
+def summary(name: str, ticks: list[dict], objects: int) -> dict[str, float]:
+    total = sum(t["total_s"] for t in ticks)
+    return {
+        f"{name}_objects_per_s": objects / total,
+        f"{name}_ticks": len(ticks),
+        f"{name}_max_tick_s": max(t["tick_s"] for t in ticks),
+        f"{name}_mean_tick_s": statistics.mean(t["tick_s"] for t in ticks),
+        f"{name}_s": total,
+    }
 
 
 def main() -> None:
-    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")  # lets record_in_batches batch
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 objects")
+    parser.add_argument("--full", action="store_true", help="1,000,000 objects")
     parser.add_argument("--objects", type=int, help="bucket size (default 100,000)")
-    parser.add_argument("--new", type=int, default=1000, help="new objects in the busy tick")
+    parser.add_argument("--late", type=int, default=1000, help="objects added after a pass")
+    parser.add_argument("--upload-processes", type=int, default=4)
     args = parser.parse_args()
-    total = args.objects or (10_000 if args.quick else 100_000)
+    total = args.objects or (10_000 if args.quick else 1_000_000 if args.full else 100_000)
 
     import boto3
     import dagster as dg
 
-    from ai_assets.inprocess import InProcessDaemon
     from ai_assets.localdev import postgres, seaweedfs
-    from ai_assets.sensors import s3
-    from ai_assets.store import batch_key, plan_changes
+    from ai_assets.settings import list_seconds_per_tick, max_objects_per_run
 
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sensor-bench-") as tmp,
@@ -74,65 +151,60 @@ def main() -> None:
         os.environ.update(
             {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
              "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-             "AI_ASSETS_S3_BUCKET": "scale", "AI_ASSETS_S3_PREFIX": ""}
+             "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": "",
+             "AI_ASSETS_DATABASE_URL": pg.create_database("results")}
         )  # fmt: skip
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="scale")
-        keys = [f"photos/{i // 1000:03}/{i:07}.jpg" for i in range(total)]
-        known, new = keys[: total - args.new], keys[total - args.new :]
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        keys = [f"photos/{i % 997:03}/{i:08}.jpg" for i in range(total)]
+        upload_rate = upload(endpoint, keys, args.upload_processes)
 
-        def upload(batch: list[str]) -> None:
-            started = time.perf_counter()
-            with ThreadPoolExecutor(32) as pool:
-                list(pool.map(lambda k: client.put_object(Bucket="scale", Key=k, Body=b"x"), batch))
-            print(f"uploaded {len(batch):,} objects in {time.perf_counter() - started:.0f} s")
-
-        upload(known)
-
-        # Dagster's own storage on PostgreSQL, as in production (dagster-postgres)
-        storage = {"postgres": {"postgres_url": pg.url.replace("+psycopg2", "")}}
+        storage = {
+            "postgres": {"postgres_url": pg.create_database("dagster").replace("+psycopg2", "")}
+        }
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
-            daemon = InProcessDaemon(instance)
-            started = time.perf_counter()
-            # the state after earlier ticks: partitions and recorded versions for the known keys
-            bucket = daemon.defs.resources["s3"].process_config_and_initialize()  # type: ignore[attr-defined]
-            listing = list(bucket.list_objects())  # type: ignore[attr-defined]
-            plan = plan_changes(listing, "", {}, [], max_changes=total)
-            instance.add_dynamic_partitions("images", plan.partitions_to_add)
-            events = [
-                s3.materialization(change, batch_key([(change.partition_key, change.etag)]), bucket)
-                for change in plan.changes
-            ]
-            record_in_batches(instance, events)
-            print(f"recorded {len(known):,} known objects in {time.perf_counter() - started:.0f} s")
-            # the cursor those earlier ticks left: their runs were launched
-            latest = instance.fetch_materializations(s3.s3_images.key, limit=1).records[0]
-            daemon.cursor = str(latest.storage_id)
+            driver = Driver(instance)
+            print(f"first pass over {total:,} objects:")
+            first = driver.one_pass()
+            print("idle pass (nothing new):")
+            idle = driver.one_pass()
+            late = [f"photos/{i % 997:03}/{i:08}.jpg" for i in range(total, total + args.late)]
+            put_many(endpoint, late)
+            print(f"pass after {args.late:,} late objects:")
+            found = driver.one_pass()
+            runs = len(instance.get_run_ids(dg.RunsFilter(job_name="classify_images_job")))
 
-            started = time.perf_counter()
-            idle = daemon.evaluate()
-            idle_s = time.perf_counter() - started
-            assert not idle.run_requests, "an idle tick requested runs"
+    assert sum(t["new"] for t in first) == total, "the first pass missed objects"
+    assert sum(t["new"] for t in idle) == 0, "the idle pass found changes"
+    assert sum(t["new"] for t in found) == args.late, "the late objects were not all found"
+    ticks = first + idle + found
+    figures = {
+        "objects": total,
+        **summary("first_pass", first, total),
+        **summary("idle_pass", idle, total),
+        **summary("late_pass", found, total + args.late),
+        "late_found": sum(t["new"] for t in found),
+        "runs": runs,
+        "max_events_per_tick": max(t["events"] for t in ticks),
+        "max_cursor_bytes": max(t["cursor_bytes"] for t in ticks),
+        "peak_rss_mb": peak_rss_mb(),
+        "upload_per_s": upload_rate,
+        "max_objects_per_run": max_objects_per_run(),
+        "list_seconds_per_tick": list_seconds_per_tick(),
+    }
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        print(f"{name:<{width}}  {_format(value):>12}")
+    order = ["objects", "first_pass_objects_per_s", "first_pass_max_tick_s", "first_pass_ticks",
+             "idle_pass_objects_per_s", "runs", "max_events_per_tick", "max_cursor_bytes",
+             "peak_rss_mb"]  # fmt: skip
+    names = order + [n for n in figures if n not in order]
+    print("RESULT " + " ".join(f"{n}={_format(figures[n])}" for n in names))
 
-            upload(new)
-            started = time.perf_counter()
-            busy = daemon.evaluate()
-            busy_s = time.perf_counter() - started
-            runs = len(busy.run_requests or [])
-            cursor_bytes = len((busy.cursor or "").encode())
-            # what the daemon does next, in Dagster's code: one event write per new version
-            started = time.perf_counter()
-            daemon.apply_events_and_partitions(busy)
-            apply_s = time.perf_counter() - started
 
-    print(f"bucket: {total:,} objects; new in the busy tick: {args.new:,}")
-    print(f"idle tick: {idle_s:.2f} s   busy tick: {busy_s:.2f} s   runs requested: {runs}")
-    print(f"cursor: {cursor_bytes} bytes")
-    print(f"then Dagster records the {args.new:,} versions and partitions: {apply_s:.2f} s")
-    print(
-        f"RESULT objects={total} idle_tick_s={idle_s:.2f} busy_tick_s={busy_s:.2f} runs={runs} "
-        f"cursor_bytes={cursor_bytes} new={args.new} record_events_s={apply_s:.2f}"
-    )
+def _format(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
 
 
 if __name__ == "__main__":

@@ -226,13 +226,17 @@ def _sample_table(rows: list[table.ClassificationRow]) -> str:
     tags=TAGS,
     group_name=GROUP,
     kinds={"postgres"},
-    automation_condition=dg.AutomationCondition.on_cron(SUMMARY_CRON),
+    automation_condition=(
+        dg.AutomationCondition.cron_tick_passed(SUMMARY_CRON).since_last_handled()
+        & dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label(f"results changed, at most once per {SUMMARY_CRON!r}"),
 )
 def label_summary(results_db: ResultsDatabase) -> dg.MaterializeResult:
     """Label counts, error counts and model versions over the whole table, computed in SQL.
 
-    Refreshed by label_summary_automation at most every five minutes while runs finish,
-    not once per batch.
+    Refreshed by label_summary_automation at most once per five minutes, and only when runs
+    wrote results since the last refresh: never once per batch, never left stale.
     """
     engine = results_db.get_engine()
     labels = table.label_counts(engine)

@@ -140,7 +140,7 @@ def _configured(log: Any, slack: SlackNotifier, sensor_name: str) -> bool:
     description="Posts a Slack message, with the error, for every failed classify_images_job run.",
 )
 def slack_on_run_failure(context: dg.RunFailureSensorContext, slack: SlackNotifier) -> None:
-    if not _configured(context.log, slack, context.sensor_name):
+    if not _configured(context.log, slack, "slack_on_run_failure"):
         return
     run = context.dagster_run
     digest = failure_digest(context.instance, run, slack.webserver_url)
@@ -163,10 +163,12 @@ def _succeeded_since(
         cursor=cursor,
         ascending=True,
     )
+    if not result.records:
+        return [], cursor
     runs = instance.get_runs(dg.RunsFilter(run_ids=[r.run_id for r in result.records]))
     order = {record.run_id: i for i, record in enumerate(result.records)}
     runs = sorted((run for run in runs if run.run_id in order), key=lambda r: order[r.run_id])
-    return runs, (result.cursor if result.records else cursor)
+    return runs, result.cursor
 
 
 @dg.sensor(
@@ -196,7 +198,7 @@ def slack_success_digest(
     runs, after = _succeeded_since(context.instance, state["after"])
     if not runs:
         return dg.SkipReason("no run succeeded since the last digest")
-    if _configured(context.log, slack, context.sensor_name):
+    if _configured(context.log, slack, "slack_success_digest"):
         summaries = [run_summary(context.instance, run, slack.webserver_url) for run in runs]
         digests = (
             [SuccessDigest([s]) for s in summaries] if minutes == 0 else [SuccessDigest(summaries)]
