@@ -266,7 +266,8 @@ def test_label_summary_refreshes_once_after_many_batches_then_waits_for_new_resu
     daemon: InProcessDaemon, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AI_ASSETS_MAX_OBJECTS_PER_RUN", "1")
-    start = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC)  # just after the next five-minute cron tick
+    start = now.replace(second=10, microsecond=0) + dt.timedelta(minutes=5 - now.minute % 5)
     summary = dg.AssetSelection.assets("label_summary")
 
     def requested(minutes: int, cursor: Any) -> tuple[int, Any]:

@@ -1,0 +1,88 @@
+"""The model and the in-process run loop alone, per device, precision and batch size.
+
+No S3 and no database: the corpus of bench/throughput.py (real-photo JPEGs of ~512 px) is held
+in memory, so this runs wherever torch runs, a GPU machine without Dagster included. Measures
+
+* ceiling – forward passes on model-ready batches (the folded model, as runs use it);
+* loop    – classify_objects over the in-memory JPEGs: fetch threads decode and preprocess
+            while the model classifies, exactly the run's pipeline minus S3 and the upserts.
+
+Ends with one line: RESULT device=… <precision>_b<batch>_ceiling_img_s=… loop_img_s=… …
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import corpus, measure_ceiling, prepared
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (default: the bundled, converted one)")
+    parser.add_argument("--device", help="torch device (default: CUDA when available)")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--batch-sizes", default="32")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, help="decode threads (default cores + 1)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from ai_assets.classify import (
+        DEFAULT_DOWNLOAD_CONCURRENCY,
+        ImageClassifier,
+        Job,
+        classify_objects,
+    )
+    from ai_assets.store import Fetched
+
+    model = args.model
+    if not model:
+        from ai_assets.model_convert import ensure_default_model
+
+        model = str(ensure_default_model())
+    images = corpus(args.images)
+    concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
+    figures: dict[str, object] = {}
+    for precision in args.precisions.split(","):
+        classifier = ImageClassifier(model, args.device, precision)
+        figures["device"] = classifier.device
+        pixels = prepared(classifier, list(images.values()))
+        for batch_size in map(int, args.batch_sizes.split(",")):
+            ceiling = measure_ceiling(classifier, pixels, batch_size, args.seconds)
+            classifier.warm_up(batch_size)
+            keys = list(images)  # enough images for the loop to run about as long as the ceiling
+            n = max(len(keys), int(ceiling * args.seconds))
+            jobs = [Job("bench", keys[i % len(keys)]) for i in range(n)]
+            started = time.perf_counter()
+            done = sum(
+                len(rows)
+                for rows in classify_objects(
+                    jobs,
+                    lambda key: Fetched(key=key, etag="e", size=len(images[key]), data=images[key]),
+                    classifier,
+                    batch_size=batch_size,
+                    top_k=5,
+                    concurrency=concurrency,
+                )
+            )
+            loop = done / (time.perf_counter() - started)
+            name = f"{precision}_b{batch_size}"
+            figures[f"{name}_ceiling_img_s"] = round(ceiling, 1)
+            figures[f"{name}_loop_img_s"] = round(loop, 1)
+            print(f"{name}: ceiling {ceiling:,.1f} images/s; loop {loop:,.1f} images/s", flush=True)
+    figures["decode_threads"] = concurrency
+    figures["cpus"] = os.cpu_count()
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
