@@ -343,6 +343,11 @@ def test_the_pages_a_user_opens_render_without_errors(dagster_dev: DagsterDev) -
                     text.lower() in d.find_element(By.TAG_NAME, "body").text.lower()
                 )
             )
+            if name == "partitions":  # open today's partition: the run's figures and sample
+                driver.find_element(By.XPATH, f"//*[text()='{TODAY}']").click()
+                WebDriverWait(driver, 30).until(
+                    lambda d: "images_per_second" in d.find_element(By.TAG_NAME, "body").text
+                )
             with contextlib.suppress(TimeoutException):  # live data still loading is no error
                 WebDriverWait(driver, 30).until(
                     lambda d: "Loading" not in d.find_element(By.TAG_NAME, "body").text
