@@ -8,7 +8,12 @@ _SURROGATES = range(0xD800, 0xE000)
 
 
 def is_image_key(object_key: str) -> bool:
-    """Whether a key names an image by its extension; ``x.jpg/`` counts, ``folder/`` does not."""
+    """Whether a key names an image by its extension; ``x.jpg/`` counts, ``folder/`` does not.
+
+    A key with a NUL character is never one: no PostgreSQL text column can hold it.
+    """
+    if "\x00" in object_key:
+        return False
     name = object_key.rstrip("/").rsplit("/", 1)[-1].lower()
     dot = name.rfind(".")
     return dot > 0 and name[dot:] in IMAGE_EXTENSIONS

@@ -41,6 +41,7 @@ def test_prefix_end_examples(prefix: str, end: str | None) -> None:
         (".jpg", False),
         ("noextension", False),
         ("a.jpg.txt", False),
+        ("nul\x00.jpg", False),
     ],
 )
 def test_image_keys_are_recognised_by_extension(key: str, expected: bool) -> None:

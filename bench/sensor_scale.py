@@ -9,7 +9,8 @@ cursor. Dagster's storage and the project's database are both on PostgreSQL. Mea
   daemon's event and run writes), seconds per tick, ticks for the pass, runs requested;
 * idle pass: a full reconciliation with nothing new (objects listed and diffed per second);
 * late arrivals: 1,000 objects spread over the key space, found by the next pass;
-* asset events per tick (= days touched), cursor bytes, peak RSS of this (the sensor's) process.
+* asset events per tick (= days touched), cursor bytes, peak RSS of this (the sensor's) process,
+  and the inventory's size in PostgreSQL per object (table, indexes and TOAST).
 
 Ends with one line: RESULT objects=… objects_per_s=… max_tick_s=… ticks_per_pass=… …
 """
@@ -116,6 +117,18 @@ class Driver:
                 return ticks
 
 
+def table_bytes(url: str, name: str) -> int:
+    """PostgreSQL's size of a table with its indexes and TOAST."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        size = connection.execute(sa.text("SELECT pg_total_relation_size(:t)"), {"t": name})
+        value = int(size.scalar_one())
+    engine.dispose()
+    return value
+
+
 def summary(name: str, ticks: list[dict], objects: int) -> dict[str, float]:
     total = sum(t["total_s"] for t in ticks)
     return {
@@ -172,6 +185,7 @@ def main() -> None:
             print(f"pass after {args.late:,} late objects:")
             found = driver.one_pass()
             runs = len(instance.get_run_ids(dg.RunsFilter(job_name="classify_images_job")))
+        inventory_bytes = table_bytes(os.environ["AI_ASSETS_DATABASE_URL"], "image_objects")
 
     assert sum(t["new"] for t in first) == total, "the first pass missed objects"
     assert sum(t["new"] for t in idle) == 0, "the idle pass found changes"
@@ -187,6 +201,7 @@ def main() -> None:
         "max_events_per_tick": max(t["events"] for t in ticks),
         "max_cursor_bytes": max(t["cursor_bytes"] for t in ticks),
         "peak_rss_mb": peak_rss_mb(),
+        "inventory_bytes_per_object": inventory_bytes / (total + args.late),
         "upload_per_s": upload_rate,
         "max_objects_per_run": max_objects_per_run(),
         "list_seconds_per_tick": list_seconds_per_tick(),
