@@ -59,7 +59,7 @@ class RunDigest:
 
     def text(self) -> str:
         """Plain-text fallback (notifications, clients without Block Kit)."""
-        parts = [self.title, *(f"{name}: {value}" for name, value in self.facts())]
+        parts = [self.title, *_fact_lines(self.facts())]
         if self.top_labels:
             parts.append(f"Top labels: {self.labels_line()}")
         if self.error:
@@ -68,16 +68,7 @@ class RunDigest:
         return "\n".join(parts)
 
     def blocks(self) -> list[dict[str, Any]]:
-        blocks: list[dict[str, Any]] = [
-            {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}},
-            {
-                "type": "section",
-                "fields": [
-                    {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
-                    for name, value in self.facts()
-                ],
-            },
-        ]
+        blocks = _heading(self.title, self.facts())
         if self.top_labels:
             text = f"*Top labels*\n{_escape(self.labels_line())}"
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
@@ -152,29 +143,37 @@ class SuccessDigest:
         return shown
 
     def text(self) -> str:
-        parts = [self.title, *(f"{name}: {value}" for name, value in self.facts())]
+        parts = [self.title, *_fact_lines(self.facts())]
         if labels := self.top_labels():
             parts.append(f"Top labels: {labels}")
         parts.extend(f"Run: {run.url}" for run in self.runs[:MAX_RUN_LINKS])
         return "\n".join(parts)
 
     def blocks(self) -> list[dict[str, Any]]:
-        blocks: list[dict[str, Any]] = [
-            {"type": "header", "text": {"type": "plain_text", "text": self.title[:150]}},
-            {
-                "type": "section",
-                "fields": [
-                    {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
-                    for name, value in self.facts()
-                ],
-            },
-        ]
+        blocks = _heading(self.title, self.facts())
         if labels := self.top_labels():
             text = f"*Top labels*\n{_escape(labels)}"
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
         runs = "\n".join(self.run_lines())[:2900]
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": runs}})
         return blocks
+
+
+def _heading(title: str, facts: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The header and the fields every message starts with."""
+    return [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"} for name, value in facts
+            ],
+        },
+    ]
+
+
+def _fact_lines(facts: list[tuple[str, str]]) -> list[str]:
+    return [f"{name}: {value}" for name, value in facts]
 
 
 def format_duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ from ai_assets.samples import sample_images
 from ai_assets.store import list_objects
 from ai_assets_tests.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.hostile import hostile_keys, hostile_objects
-from ai_assets_tests.util import rows_by_key
+from ai_assets_tests.util import configure, rows_by_key
 
 pytestmark = pytest.mark.reliability
 MAX_BYTES = 1 << 20
@@ -29,12 +29,10 @@ CAT_CLASSES = set(range(281, 286))
 def daemon(
     bucket: str, pg_url: str, lite0_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[InProcessDaemon]:
-    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
-    monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
-    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
-    monkeypatch.setenv("AI_ASSETS_MODEL", lite0_dir)
-    monkeypatch.setenv("AI_ASSETS_BATCH_SIZE", "8")
-    monkeypatch.setenv("AI_ASSETS_MAX_IMAGE_BYTES", str(MAX_BYTES))
+    configure(
+        monkeypatch, bucket, pg_url, lite0_dir,
+        AI_ASSETS_BATCH_SIZE="8", AI_ASSETS_MAX_IMAGE_BYTES=str(MAX_BYTES),
+    )  # fmt: skip
     with dg.instance_for_test() as instance:
         yield InProcessDaemon(instance)
 
@@ -319,12 +317,10 @@ def test_two_batches_of_one_day_run_at_once(
     import subprocess
     import sys
 
-    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
-    monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
-    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
-    monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
-    monkeypatch.setenv("AI_ASSETS_MAX_OBJECTS_PER_RUN", "3")
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    configure(
+        monkeypatch, bucket, pg_url, tiny_model_dir,
+        AI_ASSETS_MAX_OBJECTS_PER_RUN="3", DAGSTER_HOME=str(tmp_path),
+    )  # fmt: skip
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     keys = [f"same-day/{i}.jpg" for i in range(6)]
     for key in keys:
@@ -393,10 +389,7 @@ def test_a_v1_table_is_upgraded_in_place_and_nothing_current_is_reclassified(
             {"k": "v1/changed.jpg"},
         )
     engine.dispose()
-    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
-    monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
-    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
-    monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+    configure(monkeypatch, bucket, pg_url, tiny_model_dir)
     with dg.instance_for_test() as instance:
         result, runs = InProcessDaemon(instance).tick()
     assert [run.success for run in runs] == [True]
@@ -426,12 +419,10 @@ def test_the_sensor_survives_outages_of_its_database_and_s3(
 
     s3_client.put_object(Bucket=bucket, Key="a.jpg", Body=jpegs["coffee"])
     with postgres() as pg, dg.instance_for_test() as instance, faulty_s3(s3_endpoint) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
-        monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
-        monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
-        monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg.url)
-        monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
+        configure(
+            monkeypatch, bucket, pg.url, tiny_model_dir,
+            AWS_ENDPOINT_URL=proxy.url, AWS_MAX_ATTEMPTS="2",
+        )  # fmt: skip
         daemon = InProcessDaemon(instance)
         daemon.evaluate()  # connects once: the engine and schema exist
         s3_client.put_object(Bucket=bucket, Key="b.jpg", Body=jpegs["coffee"])

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from ai_assets import table
 from ai_assets.inprocess import InProcessDaemon
 from ai_assets.sensors.s3 import BATCH_TAG
-from ai_assets_tests.util import database, rows_by_key
+from ai_assets_tests.util import configure, database, rows_by_key
 
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 
@@ -38,10 +38,7 @@ def daemon(
     monkeypatch: pytest.MonkeyPatch,
     tiny_model_dir: str,
 ) -> InProcessDaemon:
-    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
-    monkeypatch.setenv("AI_ASSETS_S3_PREFIX", "in/")
-    monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
-    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", db)
+    configure(monkeypatch, bucket, db, tiny_model_dir, prefix="in/")
     return InProcessDaemon(instance)
 
 

@@ -24,6 +24,18 @@ def database(db_url: str) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
+def configure(
+    monkeypatch: Any, bucket: str, database: str, model: str, prefix: str = "", **settings: str
+) -> None:
+    """Point the code location at a bucket, a database and a model, as its environment does."""
+    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+    monkeypatch.setenv("AI_ASSETS_S3_PREFIX", prefix)
+    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", database)
+    monkeypatch.setenv("AI_ASSETS_MODEL", model)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+
+
 def rows_by_key(db_url: str) -> dict[str, dict[str, Any]]:
     """The current results table, keyed by S3 key."""
     engine = sa.create_engine(db_url)

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from report import print_figures
 from throughput import corpus, measure_ceiling, prepared
 
 
@@ -81,7 +82,7 @@ def main() -> None:
             print(f"{name}: ceiling {ceiling:,.1f} images/s; loop {loop:,.1f} images/s", flush=True)
     figures["decode_threads"] = concurrency
     figures["cpus"] = os.cpu_count()
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    print_figures(figures, ["device"])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import print_figures
 
 ACCESS, SECRET = "bench", "bench-secret"
 BUCKET = "scale"
@@ -206,20 +209,12 @@ def main() -> None:
         "max_objects_per_run": max_objects_per_run(),
         "list_seconds_per_tick": list_seconds_per_tick(),
     }
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {_format(value):>12}")
-    order = ["objects", "first_pass_objects_per_s", "first_pass_max_tick_s", "first_pass_ticks",
-             "idle_pass_objects_per_s", "runs", "max_events_per_tick", "max_cursor_bytes",
-             "peak_rss_mb"]  # fmt: skip
-    names = order + [n for n in figures if n not in order]
-    print("RESULT " + " ".join(f"{n}={_format(figures[n])}" for n in names))
-
-
-def _format(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    print_figures(
+        figures,
+        ["objects", "first_pass_objects_per_s", "first_pass_max_tick_s", "first_pass_ticks",
+         "idle_pass_objects_per_s", "runs", "max_events_per_tick", "max_cursor_bytes",
+         "peak_rss_mb"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ from typing import Any
 
 from PIL import Image, ImageEnhance
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import print_figures
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ACCESS, SECRET = "bench", "bench-secret"
@@ -399,19 +402,11 @@ def report(figures: dict[str, float], *notes: str) -> None:
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {threads} threads")
     for note in notes:
         print(note)
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {_format(value):>10}")
-    order = ["e2e_img_s", "ceiling_img_s", "ratio", "e2e_dagster_img_s", "dagster_over_e2e",
-             "dagster_over_ceiling", "seed_style_img_s", "speedup", "peak_rss_mb"]  # fmt: skip
-    names = order + [name for name in figures if name not in order]
-    print("RESULT " + " ".join(f"{name}={_format(figures[name])}" for name in names))
-
-
-def _format(value: float) -> str:
-    if isinstance(value, int) or float(value).is_integer():
-        return str(int(value))
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    print_figures(
+        figures,
+        ["e2e_img_s", "ceiling_img_s", "ratio", "e2e_dagster_img_s", "dagster_over_e2e",
+         "dagster_over_ceiling", "seed_style_img_s", "speedup", "peak_rss_mb"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
