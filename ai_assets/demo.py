@@ -70,7 +70,9 @@ def run_once() -> bool:
         started = time.perf_counter()
         result, runs = daemon.tick()
         summary = dg.materialize(
-            [daemon.defs.resolve_assets_def("label_summary")], instance=instance
+            [daemon.defs.resolve_assets_def("label_summary")],
+            instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         ok = all(run.success for run in runs) and summary.success
         elapsed = time.perf_counter() - started
