@@ -35,7 +35,7 @@ _RUN_LOOKUP_CHUNK = 500
 
 @dataclasses.dataclass(frozen=True)
 class Cursor:
-    """Where the listing stands: a key and a few counters, a few hundred bytes at most."""
+    """Where the listing stands: the prefix, a key and two counters (S3 keys are ≤ 1 KiB)."""
 
     prefix: str = ""
     after: str = ""  # the last key of the previous slice; "" = a new pass starts
