@@ -7,19 +7,26 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install demo demo-once test lint model browser reliability bench clean
+.PHONY: install install-demo demo demo-once test lint model browser reliability bench clean
 
-$(VENV)/.installed: pyproject.toml
+# the demo needs only the package and its demo extra; make test adds the dev tooling
+$(VENV)/.installed-demo: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: a looser spec resolves to a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-demo
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+install-demo: $(VENV)/.installed-demo
+
 install: $(VENV)/.installed
 
-model: install
+model: install-demo
 	$(PY) -m ai_assets.model_convert
 
 demo: model
@@ -42,13 +49,13 @@ browser:
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium-driver is missing: the browser test will be skipped"; fi; }
 
-test: lint model browser
+test: install lint model browser
 	$(PY) -m pytest
 
-reliability: model
+reliability: install model
 	$(PY) -m pytest -m reliability -q
 
-bench: model
+bench: install model
 	$(PY) bench/throughput.py
 
 clean:

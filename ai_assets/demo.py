@@ -1,6 +1,8 @@
 """``make demo``: a local S3 server with sample photos, one end-to-end pass, then the Dagster UI.
 
 ``--once`` stops after printing the results table (non-interactive, exits 0 on success).
+SIGTERM or SIGINT stops everything it started, foreground or background, within seconds; its
+environment is written to ``.demo/env.sh`` for the AWS CLI, ``sqlite3`` and the dagster CLI.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ import boto3
 
 from ai_assets.localdev import free_port, seaweedfs, stop_process
 
-ROOT = Path.cwd() / ".demo"
+ROOT = Path(os.environ.get("AI_ASSETS_DEMO_DIR") or Path.cwd() / ".demo")
 DEMO_KEYS = {
     "AWS_ACCESS_KEY_ID": "ai-assets-demo",
     "AWS_SECRET_ACCESS_KEY": "ai-assets-demo-secret",
@@ -39,8 +42,35 @@ def configure(endpoint: str) -> None:
             "AWS_ENDPOINT_URL": endpoint,
             "AWS_REGION": "us-east-1",
             "AI_ASSETS_S3_BUCKET": os.environ.get("AI_ASSETS_S3_BUCKET", "images"),
+            "AI_ASSETS_S3_PREFIX": os.environ.get("AI_ASSETS_S3_PREFIX", ""),
+            "AI_ASSETS_DATABASE_URL": os.environ.get("AI_ASSETS_DATABASE_URL")
+            or f"sqlite:///{dagster_home / 'ai_assets.sqlite'}",
             "HF_HUB_OFFLINE": "1",
         }
+    )
+    write_env_file(ROOT / "env.sh")
+
+
+#: What a standard client needs to reach the demo's services (written to .demo/env.sh).
+ENV_FILE_VARIABLES = (
+    "DAGSTER_HOME",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "AI_ASSETS_S3_BUCKET",
+    "AI_ASSETS_S3_PREFIX",
+    "AI_ASSETS_DATABASE_URL",
+    "HF_HUB_OFFLINE",
+)
+
+
+def write_env_file(path: Path) -> None:
+    lines = [f"export {name}={shlex.quote(os.environ[name])}" for name in ENV_FILE_VARIABLES]
+    path.write_text(
+        "# the running demo's environment: source it, then use your own tools\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
@@ -76,7 +106,8 @@ def run_once() -> bool:
         )
         ok = all(run.success for run in runs) and summary.success
         elapsed = time.perf_counter() - started
-        engine = daemon.defs.resources["results_db"].get_engine()  # type: ignore[attr-defined]
+        database = daemon.defs.resources["results_db"].process_config_and_initialize()  # type: ignore[attr-defined]
+        engine = database.get_engine()
         rows = table.fetch_rows(engine)
     found = sum(e.metadata["new"].value for e in result.asset_events or [])  # type: ignore[misc]
     print(
@@ -90,41 +121,60 @@ def run_once() -> bool:
     return ok and bool(rows)
 
 
-def serve_ui() -> int:
-    """``dagster dev`` with the S3 sensor running, until Ctrl+C."""
-    print(f"\nDagster UI: http://{UI_HOST}:{UI_PORT}  (Ctrl+C stops the UI and the S3 server)")
+def serve_ui(port: int) -> int:
+    """``dagster dev`` with the sensors running, until SIGINT or SIGTERM."""
+    print(f"\nDagster UI: http://{UI_HOST}:{port}  (Ctrl+C or SIGTERM stops it and the S3 server)")
     print(
-        f"Drop images into the bucket, e.g.:\n  AWS_ACCESS_KEY_ID={DEMO_KEYS['AWS_ACCESS_KEY_ID']} "
-        f"AWS_SECRET_ACCESS_KEY={DEMO_KEYS['AWS_SECRET_ACCESS_KEY']} aws --endpoint-url "
-        f"{os.environ['AWS_ENDPOINT_URL']} s3 cp photo.jpg s3://{os.environ['AI_ASSETS_S3_BUCKET']}/\n"
+        f"Use the demo with your own tools:  source {ROOT / 'env.sh'}\n"
+        f"  aws s3 cp photo.jpg s3://$AI_ASSETS_S3_BUCKET/   # the sensor picks it up\n"
+        f"  sqlite3 {ROOT / 'dagster_home' / 'ai_assets.sqlite'} "
+        "'SELECT s3_key, label, score FROM image_classifications'\n"
     )
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(  # [tool.dagster] in pyproject.toml: the code location "ai_assets"
-        [str(dagster), "dev", "-h", UI_HOST, "-p", str(UI_PORT)],
+        [str(dagster), "dev", "-h", UI_HOST, "-p", str(port)],
         cwd=Path.cwd(),
         start_new_session=True,
+        preexec_fn=_default_signals,  # a background job's ignored SIGINT must not be inherited
     )
     try:
         return process.wait()
-    except KeyboardInterrupt:
-        return 0
     finally:
         stop_process(process, timeout=30)
+
+
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="exit after the first pass")
+    parser.add_argument("--ui-port", type=int, default=UI_PORT, help="Dagster UI port")
+    parser.add_argument("--s3-port", type=int, help="SeaweedFS S3 port (default 8333 if free)")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    port = DEMO_S3_PORT if _port_free(DEMO_S3_PORT) else free_port()
-    with seaweedfs(ROOT / "s3", port=port, **_keys()) as endpoint:
-        configure(endpoint)
-        print(f"S3 (SeaweedFS) at {endpoint}; uploaded {upload_samples()} sample photos")
-        if not run_once():
-            print("the first pass failed; see the logs above", file=sys.stderr)
-            return 1
-        return 0 if args.once else serve_ui()
+    # Both signals stop the demo, whatever its parent ignored (a background job ignores
+    # SIGINT). Dagster maps SIGTERM onto the SIGINT handler it finds, so this also holds after
+    # the in-process first pass, whose runs defer interrupts until they finish.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    port = args.s3_port or (DEMO_S3_PORT if _port_free(DEMO_S3_PORT) else free_port())
+    try:
+        with seaweedfs(ROOT / "s3", port=port, **_keys()) as endpoint:
+            configure(endpoint)
+            print(f"S3 (SeaweedFS) at {endpoint}; uploaded {upload_samples()} sample photos")
+            if not run_once():
+                print("the first pass failed; see the logs above", file=sys.stderr)
+                return 1
+            return 0 if args.once else serve_ui(args.ui_port)
+    except SystemExit as stop:
+        print("demo stopped; its servers are down", file=sys.stderr)
+        return 0 if stop.code in (128 + signal.SIGINT, 128 + signal.SIGTERM) else 1
 
 
 def _keys() -> dict[str, str]:

@@ -67,6 +67,12 @@ def slack_digest_minutes() -> float:
     return _number("AI_ASSETS_SLACK_DIGEST_MINUTES", DEFAULT_SLACK_DIGEST_MINUTES, float, 0)
 
 
+def database_kind() -> str:
+    """The Dagster kind of the configured database, for the assets that live in it."""
+    url = os.environ.get("AI_ASSETS_DATABASE_URL", "")
+    return "postgres" if url.startswith("postgresql") else "sqlite"
+
+
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home")
 

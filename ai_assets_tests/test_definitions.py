@@ -38,7 +38,7 @@ def test_definitions_load_with_the_contract_names() -> None:
     columns = spec.metadata["dagster/column_schema"].columns
     assert [c.name for c in columns][:3] == ["s3_key", "partition_key", "etag"]
     assert spec.owners == ["team:ml-platform"]
-    assert spec.kinds == {"pytorch", "postgres"}
+    assert spec.kinds == {"pytorch", "sqlite"}  # the embedded default database
     assert {c.name for c in classifications.check_specs} == {
         "scores_are_probabilities",
         "batch_fully_classified",
@@ -78,3 +78,14 @@ def test_the_start_date_is_configurable_and_validated() -> None:
     env["AI_ASSETS_START_DATE"] = "June 2023"
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got 'June 2023'" in bad.stderr
+
+
+def test_kinds_name_the_configured_database() -> None:
+    code = (
+        "import ai_assets.definitions as d; "
+        "print(sorted(d.defs.resolve_assets_def('image_classifications').specs_by_key["
+        "d.defs.resolve_assets_def('image_classifications').key].kinds))"
+    )
+    env = {**os.environ, "AI_ASSETS_DATABASE_URL": "postgresql+psycopg2://u@db/x"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "['postgres', 'pytorch']"

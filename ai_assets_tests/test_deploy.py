@@ -139,7 +139,7 @@ def test_invalid_values_are_rejected_with_a_clear_message(values: dict, message:
 def test_the_instance_config_is_the_repository_dagster_yaml() -> None:
     configmap = by_kind(render(), "ConfigMap")["ai-ai-assets-instance"]
     instance = yaml.safe_load(configmap["data"]["dagster.yaml"])
-    assert instance == yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert instance == yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     assert instance["run_launcher"]["class"] == "K8sRunLauncher"
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert "postgres" in instance["storage"]

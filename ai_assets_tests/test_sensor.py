@@ -289,3 +289,14 @@ def test_label_summary_refreshes_once_after_many_batches_then_waits_for_new_resu
     assert n == 1  # one refresh for three batches
     n, cursor = requested(12, cursor)
     assert n == 0  # nothing new since
+
+
+def test_non_image_keys_are_reported_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ai_assets.sensors import s3
+
+    monkeypatch.setattr(s3, "_REPORTED", {})
+    monkeypatch.setattr(s3, "_MAX_REPORTED", 3)
+    assert s3.not_yet_reported(["a.txt", "b.txt"]) == ["a.txt", "b.txt"]
+    assert s3.not_yet_reported(["a.txt", "b.txt", "c.txt"]) == ["c.txt"]
+    assert s3.not_yet_reported(["d.txt"]) == ["d.txt"]  # the bound forgets a.txt
+    assert s3.not_yet_reported(["a.txt", "d.txt"]) == ["a.txt"]

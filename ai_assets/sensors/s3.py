@@ -31,6 +31,18 @@ MAX_OBJECTS_PER_TICK = 100_000
 #: Keys per ListObjectsV2 page (S3's maximum).
 PAGE_SIZE = 1_000
 _RUN_LOOKUP_CHUNK = 500
+#: Non-image keys this process has reported, each once rather than on every pass (bounded).
+_REPORTED: dict[str, None] = {}
+_MAX_REPORTED = 100_000
+
+
+def not_yet_reported(keys: Iterable[str]) -> list[str]:
+    """The keys not reported before; remembers them (forgetting the oldest beyond the bound)."""
+    new = [key for key in keys if key not in _REPORTED]
+    _REPORTED.update(dict.fromkeys(new))
+    while len(_REPORTED) > _MAX_REPORTED:
+        del _REPORTED[next(iter(_REPORTED))]
+    return new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +140,8 @@ def s3_image_sensor(
     requests = [run_request(b.batch_id, b.day) for b in plan.batches]
     requests += [run_request(batch, day) for batch, day in sorted(lost.items())]
 
-    if plan.skipped:
-        context.log.info(f"ignoring {len(plan.skipped)} non-image keys, e.g. {plan.skipped[:3]!r}")
+    if skipped := not_yet_reported(plan.skipped):
+        context.log.info(f"ignoring {len(skipped)} non-image keys, e.g. {skipped[:3]!r}")
     if lost:
         context.log.warning(f"re-requesting {len(lost)} batches whose runs never started")
     counts = plan.days.values()
