@@ -132,7 +132,8 @@ def serve_ui(port: int) -> int:
     )
     dagster = Path(sys.executable).with_name("dagster")
     process = subprocess.Popen(  # [tool.dagster] in pyproject.toml: the code location "ai_assets"
-        [str(dagster), "dev", "-h", UI_HOST, "-p", str(port)],
+        # warnings and errors only: the UI shows every tick and run; the console stays quiet
+        [str(dagster), "dev", "-h", UI_HOST, "-p", str(port), "--log-level", "warning"],
         cwd=Path.cwd(),
         start_new_session=True,
         preexec_fn=_default_signals,  # a background job's ignored SIGINT must not be inherited

@@ -116,3 +116,18 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         for pid in _started_by(f"AI_ASSETS_DEMO_DIR={demo_dir}"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cli_run_in_the_repository_without_the_demo_environment_works(tmp_path: Path) -> None:
+    """No DAGSTER_HOME: a temporary local instance, never the production deploy/dagster.yaml."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
+    env["AI_ASSETS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'nested' / 'results.sqlite'}"
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    done = subprocess.run(
+        [dagster, "asset", "materialize", "-m", "ai_assets.definitions", "--select",
+         "label_summary"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DAGSTER_PG" not in done.stderr
+    assert (tmp_path / "nested" / "results.sqlite").exists()  # its directory was created
