@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import boto3
@@ -17,17 +16,10 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets.localdev import free_port
+from ai_assets_tests.util import answers
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _listening(port: int) -> bool:
@@ -83,7 +75,7 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while not _answers(f"http://127.0.0.1:{ui_port}/server_info"):
+        while not answers(f"http://127.0.0.1:{ui_port}/server_info"):
             assert demo.poll() is None, "the demo exited before serving the UI"
             assert time.monotonic() < deadline, "the UI never answered"
             time.sleep(1)

@@ -27,6 +27,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 from ai_assets import table
 from ai_assets.localdev import PostgresServer, free_port, stop_process
+from ai_assets_tests.util import answers
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,21 +137,13 @@ def dagster_dev(
         )  # fmt: skip
     dev = DagsterDev(f"http://127.0.0.1:{port}", port, results_url, log)
     try:
-        wait_for("the webserver", lambda: _answers(f"{dev.url}/server_info"))
+        wait_for("the webserver", lambda: answers(f"{dev.url}/server_info"))
         wait_for("the code location", lambda: _location_loaded(dev))
         yield dev
     finally:
         stop_process(process, timeout=30)
         shutil.copy(log, Path(tempfile.gettempdir()) / "ai-assets-e2e-dagster-dev.log")
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _location_loaded(dev: DagsterDev) -> bool:

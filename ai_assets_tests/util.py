@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -43,6 +44,15 @@ def rows_by_key(db_url: str) -> dict[str, dict[str, Any]]:
         return {row["s3_key"]: row for row in table.fetch_rows(engine)}
     finally:
         engine.dispose()
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a server that is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
