@@ -59,7 +59,7 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
     stop_with: signal.Signals,
 ) -> None:
     ui_port, s3_port = free_port(), free_port()
-    demo_dir = tmp_path / "demo"
+    demo_dir, log = tmp_path / "demo", tmp_path / "demo.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "AWS_"))}
     env |= {"AI_ASSETS_DEMO_DIR": str(demo_dir), "AI_ASSETS_MODEL": lite0_dir}
     demo = subprocess.Popen(
@@ -70,8 +70,8 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         start_new_session=True,
         # a background job of a non-interactive shell starts with SIGINT ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, inherited_sigint),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
@@ -104,6 +104,10 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         while _started_by(marker) or _listening(ui_port) or _listening(s3_port):
             assert time.monotonic() < deadline, "processes or ports outlived the signal by 30 s"
             time.sleep(0.5)
+        output = log.read_text()
+        assert "demo stopped; its servers are down" in output
+        for noise in ("SupersessionWarning", "will not be used", "BetaWarning", "Traceback"):
+            assert noise not in output
     finally:
         for pid in _started_by(f"AI_ASSETS_DEMO_DIR={demo_dir}"):
             with contextlib.suppress(ProcessLookupError):
