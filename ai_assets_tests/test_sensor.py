@@ -300,3 +300,36 @@ def test_non_image_keys_are_reported_once_per_key(monkeypatch: pytest.MonkeyPatc
     assert s3.not_yet_reported(["a.txt", "b.txt", "c.txt"]) == ["c.txt"]
     assert s3.not_yet_reported(["d.txt"]) == ["d.txt"]  # the bound forgets a.txt
     assert s3.not_yet_reported(["a.txt", "d.txt"]) == ["a.txt"]
+
+
+@pytest.mark.reliability
+def test_hostile_keys_as_slice_boundaries_resume_exactly(
+    daemon: InProcessDaemon,
+    s3_client: Any,
+    bucket: str,
+    db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    reliability_report,
+) -> None:
+    """Every key ends a slice, so each becomes the cursor and the next StartAfter."""
+    from ai_assets_tests.hostile import hostile_keys
+
+    monkeypatch.setattr("ai_assets.sensors.s3.PAGE_SIZE", 1)
+    monkeypatch.setattr("ai_assets.sensors.s3.MAX_OBJECTS_PER_TICK", 1)
+    keys = [f"in/{key}" for key in hostile_keys()]
+    for key in keys:
+        put(s3_client, bucket, key)
+    cursors = []
+    for _ in range(len(keys) + 1):
+        _, runs = daemon.tick()
+        assert all(run.success for run in runs)
+        cursors.append(json.loads(daemon.cursor or "{}"))
+        if cursors[-1]["after"] == "":
+            break
+    assert [c["after"] for c in cursors[:-1]] == sorted(keys)[: len(cursors) - 1]
+    assert cursors[-1]["passes"] == 1
+    rows = rows_by_key(db)
+    reliability_report("hostile keys as slice boundaries", "ok", len(keys), len(rows))
+    assert sorted(rows) == sorted(keys)
+    again, _ = daemon.tick()  # a second pass: nothing new, nothing deleted
+    assert not again.asset_events
