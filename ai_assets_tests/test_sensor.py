@@ -333,3 +333,27 @@ def test_hostile_keys_as_slice_boundaries_resume_exactly(
     assert sorted(rows) == sorted(keys)
     again, _ = daemon.tick()  # a second pass: nothing new, nothing deleted
     assert not again.asset_events
+
+
+def test_a_run_logs_a_bounded_number_of_error_lines(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each log line is a Dagster event: a batch of broken files must not write one per file."""
+    import logging
+
+    monkeypatch.setattr("ai_assets.assets.images.MAX_ERROR_LOGS", 2)
+    for i in range(5):
+        put(s3_client, bucket, f"in/broken-{i}.jpg")  # b"img": not an image
+    _, [run] = daemon.tick()
+    records = daemon.instance.get_records_for_run(run.run_id, limit=1000).records
+    warnings = [
+        r.event_log_entry.user_message
+        for r in records
+        if r.event_log_entry.dagster_event is None and r.event_log_entry.level == logging.WARNING
+    ]
+    assert len(warnings) == 3
+    assert "3 more objects failed to classify" in warnings[-1]
+    assert (
+        run.asset_materializations_for_node("image_classifications")[0].metadata["errors"].value
+        == 5
+    )

@@ -28,6 +28,8 @@ TAGS = {"domain": "vision"}
 BATCH_TAG = "ai_assets/batch"
 #: Above this share of error rows the error-rate check warns.
 MAX_ERROR_RATE = 0.05
+#: Error rows logged one by one per run (each log line is a Dagster event); the rest are counted.
+MAX_ERROR_LOGS = 20
 #: Rows in the Markdown sample of a run's results.
 SAMPLE_ROWS = 10
 #: label_summary is recomputed at most this often while runs keep finishing.
@@ -143,6 +145,7 @@ def image_classifications(
     labels: collections.Counter[str] = collections.Counter()
     written = table.Written()
     sample: list[table.ClassificationRow] = []
+    logged = 0
     started = time.perf_counter()
     batches = classify_objects(
         _jobs(targets),
@@ -160,9 +163,15 @@ def image_classifications(
         labels.update(row.label for row in rows if row.label)
         sample.extend(rows[: SAMPLE_ROWS - len(sample)])
         for row in rows:
-            if row.status == "error":
+            if row.status == "error" and logged < MAX_ERROR_LOGS:
                 context.log.warning(f"{row.s3_key!r}: {row.error}")
+                logged += 1
     elapsed = time.perf_counter() - started
+    if statuses["error"] > logged:
+        context.log.warning(
+            f"{statuses['error'] - logged:,} more objects failed to classify; "
+            "the table's error column says why"
+        )
 
     asked = sum(statuses.values())
     classified = statuses["ok"] + statuses["error"]
