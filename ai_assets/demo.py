@@ -127,7 +127,7 @@ def serve_ui(port: int) -> int:
     print(
         f"Use the demo with your own tools:  source {ROOT / 'env.sh'}\n"
         f"  aws s3 cp photo.jpg s3://$AI_ASSETS_S3_BUCKET/   # the sensor picks it up\n"
-        f"  sqlite3 {ROOT / 'dagster_home' / 'ai_assets.sqlite'} "
+        '  sqlite3 "${AI_ASSETS_DATABASE_URL#sqlite:///}" '
         "'SELECT s3_key, label, score FROM image_classifications'\n"
     )
     dagster = Path(sys.executable).with_name("dagster")

@@ -7,6 +7,7 @@ into one :class:`SuccessDigest`. Pure formatting; the sensors gather the facts f
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,8 +52,7 @@ class RunDigest:
         return facts
 
     def labels_line(self) -> str:
-        top = sorted(self.top_labels.items(), key=lambda item: (-item[1], item[0]))[:MAX_LABELS]
-        return ", ".join(f"{label} ({count})" for label, count in top)
+        return _labels_line(self.top_labels)
 
     def error_excerpt(self) -> str:
         return "\n".join((self.error or "").strip().splitlines()[:MAX_ERROR_LINES])
@@ -116,12 +116,7 @@ class SuccessDigest:
         return f":white_check_mark: {n} classify_images_job run{'s' if n != 1 else ''} succeeded"
 
     def top_labels(self) -> str:
-        counts: dict[str, int] = {}
-        for run in self.runs:
-            for label, count in run.top_labels.items():
-                counts[label] = counts.get(label, 0) + count
-        top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_LABELS]
-        return ", ".join(f"{label} ({count})" for label, count in top)
+        return _labels_line(sum((Counter(run.top_labels) for run in self.runs), Counter()))
 
     def facts(self) -> list[tuple[str, str]]:
         days = sorted({run.partition.split(" ")[0] for run in self.runs if run.partition})
@@ -157,6 +152,12 @@ class SuccessDigest:
         runs = "\n".join(self.run_lines())[:2900]
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": runs}})
         return blocks
+
+
+def _labels_line(counts: Mapping[str, int]) -> str:
+    """The most frequent labels, most first (ties by name), as ``label (count), …``."""
+    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:MAX_LABELS]
+    return ", ".join(f"{label} ({count})" for label, count in top)
 
 
 def _heading(title: str, facts: list[tuple[str, str]]) -> list[dict[str, Any]]:

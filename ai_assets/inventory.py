@@ -27,10 +27,15 @@ WRITE_CHUNK = 2_000
 READ_PAGE = 1_000
 
 
+def _partition(day: dt.date, start: dt.date, today: dt.date) -> str:
+    """A date clamped into the partitions [start, today], as a partition key."""
+    return min(max(day, start), max(start, today)).isoformat()
+
+
 def day_of(moment: dt.datetime, start: dt.date, today: dt.date) -> str:
     """The daily partition of an object version: its UTC date, clamped into [start, today]."""
     day = moment.astimezone(dt.UTC).date() if moment.tzinfo else moment.date()
-    return min(max(day, start), max(start, today)).isoformat()
+    return _partition(day, start, today)
 
 
 def clamp_day(day: str, start: dt.date, today: dt.date) -> str:
@@ -38,7 +43,7 @@ def clamp_day(day: str, start: dt.date, today: dt.date) -> str:
         parsed = dt.date.fromisoformat(day)
     except ValueError:  # not a day (e.g. a v1 key): the first partition
         parsed = start
-    return min(max(parsed, start), max(start, today)).isoformat()
+    return _partition(parsed, start, today)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,11 +234,14 @@ def _listed_row(obj: S3Object, day: str, first_seen: dt.datetime) -> dict[str, A
 
 def _key_range(column: sa.ColumnElement[str], listing: Slice, prefix: str) -> sa.ColumnElement:
     """The slice's key range: ``(after, last]``, or to the prefix's end for the last slice."""
-    lower = column > listing.after if listing.after else column >= prefix
+    bounds = [column >= prefix]
+    if listing.after:
+        bounds.append(column > listing.after)
     if listing.last is not None:
-        return sa.and_(lower, column >= prefix, column <= listing.last)
-    end = prefix_end(prefix)
-    return sa.and_(lower, column >= prefix, column < end) if end is not None else lower
+        bounds.append(column <= listing.last)
+    elif (end := prefix_end(prefix)) is not None:
+        bounds.append(column < end)
+    return sa.and_(*bounds)
 
 
 def read_known(engine: Engine, listing: Slice, prefix: str) -> dict[str, Known]:

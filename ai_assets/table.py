@@ -106,11 +106,8 @@ class Written:
     errors: int = 0
 
     def __add__(self, other: Written) -> Written:
-        return Written(*(a + b for a, b in zip(_astuple(self), _astuple(other), strict=True)))
-
-
-def _astuple(written: Written) -> tuple[int, ...]:
-    return (written.rows, written.stale, written.bad_scores, written.errors)
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return Written(*(a + b for a, b in pairs))
 
 
 def upsert_rows(engine: Engine, rows: Sequence[ClassificationRow]) -> Written:
