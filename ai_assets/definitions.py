@@ -44,6 +44,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             prefix=setting("AI_ASSETS_S3_PREFIX", ""),
             max_attempts=int_setting("AWS_MAX_ATTEMPTS", 5),
             retry_mode=setting("AWS_RETRY_MODE", "standard"),
+            queue_url=setting("AI_ASSETS_SQS_QUEUE_URL", ""),
             **optional,
         ),
         "classifier": ClassifierResource(

@@ -11,14 +11,15 @@ import collections
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ai_assets.keys import is_image_key, prefix_end
-from ai_assets.store import S3Object, Slice
+from ai_assets.notifications import ObjectEvent, is_later
+from ai_assets.store import Slice
 from ai_assets.table import image_classifications, image_objects, insert
 
 #: Rows per statement: below SQLite's 32,766 bound parameters at 8 columns a row.
@@ -59,6 +60,7 @@ class Known:
     first_seen: dt.datetime | None = None
     deleted_at: dt.datetime | None = None
     batch_id: str | None = None
+    sequencer: str | None = None
     result_etag: str | None = None
     result_status: str | None = None
 
@@ -118,6 +120,101 @@ def _version(row: dict[str, Any]) -> str:
     return f"{row['etag']}@{stamp}"
 
 
+def merge(plans: Sequence[SlicePlan]) -> SlicePlan:
+    """One tick's plans (events, then a listing slice) as one: batches, pending, day counts."""
+    days: dict[str, DayCounts] = collections.defaultdict(DayCounts)
+    merged = SlicePlan(rows=[], batches=[], pending={}, days={}, skipped=[], listed=0)
+    for plan in plans:
+        merged.rows += plan.rows
+        merged.batches += plan.batches
+        merged.pending |= plan.pending
+        merged.skipped += plan.skipped
+        merged.listed += plan.listed
+        for day, counts in plan.days.items():
+            total = days[day]
+            for field in dataclasses.fields(DayCounts):
+                setattr(total, field.name, getattr(total, field.name) + getattr(counts, field.name))
+    merged.days = dict(days)
+    return merged
+
+
+class _Planner:
+    """Collects the rows to write and the objects to batch while a slice or events are diffed."""
+
+    def __init__(self, start: dt.date, now: dt.datetime) -> None:
+        self.start = start
+        self.now = now
+        self.today = now.astimezone(dt.UTC).date()
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.days: dict[str, DayCounts] = collections.defaultdict(DayCounts)
+        self.todo: dict[str, list[str]] = collections.defaultdict(list)
+        self.pending: dict[str, str] = {}
+        self.skipped: list[str] = []
+
+    def settle(self, key: str, row: dict[str, Any], k: Known | None, changed: bool) -> None:
+        """Write ``row`` if it changed; batch the object unless it is current or still pending."""
+        deleted = row["deleted_at"] is not None
+        result = (k.result_etag, k.result_status) if k else (None, None)
+        if is_current(row["etag"], deleted, *result):
+            if changed:
+                self.rows[key] = row
+            return
+        if not changed and k is not None and k.batch_id:
+            self.pending[k.batch_id] = row["partition_key"]
+            return
+        self.rows[key] = row
+        self.todo[row["partition_key"]].append(key)
+
+    def live(self, key: str, k: Known | None, version: dict[str, Any], day: str) -> None:
+        """A version seen live: new or changed unless the inventory already has its ETag."""
+        inventoried = k is not None and k.inventoried
+        known_live = inventoried and k is not None and k.deleted_at is None
+        if known_live and k is not None and k.etag == version["etag"]:
+            self.settle(key, _row(k), k, changed=False)
+            return
+        counts = self.days[day]
+        counts.bytes += version["size_bytes"] or 0
+        if known_live:
+            counts.changed += 1
+        else:
+            counts.new += 1
+        first_seen = k.first_seen if k is not None and inventoried and k.first_seen else self.now
+        row = {"s3_key": key, "partition_key": day, "first_seen": first_seen}
+        self.settle(key, row | version | {"deleted_at": None, "batch_id": None}, k, changed=True)
+
+    def gone(self, key: str, k: Known, deleted_at: dt.datetime, sequencer: str | None) -> None:
+        """A key seen gone that the inventory or results know: deleted unless it already is."""
+        if k.inventoried and k.deleted_at is not None:
+            self.settle(key, _row(k), k, changed=False)
+            return
+        if not k.inventoried and k.result_status in (None, "deleted"):
+            return  # a result for a key gone before the inventory existed: nothing to do
+        row = _row(k) | {"deleted_at": deleted_at, "batch_id": None, "sequencer": sequencer}
+        row["partition_key"] = clamp_day(row["partition_key"], self.start, self.today)
+        row["first_seen"] = row["first_seen"] or self.now
+        self.days[row["partition_key"]].deleted += 1
+        self.settle(key, row, k, changed=True)
+
+    def plan(self, max_per_batch: int, listed: int) -> SlicePlan:
+        batches = []
+        for day in sorted(self.todo):
+            keys = sorted(self.todo[day])
+            for i in range(0, len(keys), max_per_batch):
+                chunk = keys[i : i + max_per_batch]
+                batch = batch_id(day, ((key, _version(self.rows[key])) for key in chunk))
+                for key in chunk:
+                    self.rows[key]["batch_id"] = batch
+                batches.append(Batch(batch, day, len(chunk)))
+        return SlicePlan(
+            rows=[self.rows[key] for key in sorted(self.rows)],
+            batches=batches,
+            pending=self.pending,
+            days=dict(self.days),
+            skipped=self.skipped,
+            listed=listed,
+        )
+
+
 def plan_slice(
     listing: Slice,
     known: dict[str, Known],
@@ -130,80 +227,84 @@ def plan_slice(
 
     ``known`` holds every inventory and results row in the slice's key range. Objects that are
     listed, or gone, and not current join a new batch unless an earlier batch still covers them
-    (``pending``: its run may be queued, running, or lost in a daemon crash).
+    (``pending``: its run may be queued, running, or lost in a daemon crash). ``now`` is when
+    the listing started: it stamps deletions, so an event after the listing is later.
     """
-    today = now.astimezone(dt.UTC).date()
-    rows: dict[str, dict[str, Any]] = {}
-    days: dict[str, DayCounts] = collections.defaultdict(DayCounts)
-    todo: dict[str, list[str]] = collections.defaultdict(list)
-    pending: dict[str, str] = {}
-    skipped: list[str] = []
+    planner = _Planner(start, now)
     listed: set[str] = set()
-
-    def settle(key: str, row: dict[str, Any], k: Known | None, changed: bool) -> None:
-        deleted = row["deleted_at"] is not None
-        result = (k.result_etag, k.result_status) if k else (None, None)
-        if is_current(row["etag"], deleted, *result):
-            if changed:
-                rows[key] = row
-            return
-        if not changed and k is not None and k.batch_id:
-            pending[k.batch_id] = row["partition_key"]
-            return
-        rows[key] = row
-        todo[row["partition_key"]].append(key)
-
     for obj in listing.objects:
         if not is_image_key(obj.key):
-            skipped.append(obj.key)
+            planner.skipped.append(obj.key)
             continue
         listed.add(obj.key)
-        k = known.get(obj.key)
-        live = k is not None and k.inventoried and k.deleted_at is None
-        if live and k is not None and k.etag == obj.etag:
-            settle(obj.key, _row(k), k, changed=False)
-            continue
-        day = day_of(obj.last_modified, start, today)
-        counts = days[day]
-        counts.bytes += obj.size
-        if live:
-            counts.changed += 1
-        else:
-            counts.new += 1
-        first_seen = k.first_seen if k is not None and k.inventoried and k.first_seen else now
-        settle(obj.key, _listed_row(obj, day, first_seen), k, changed=True)
-
+        version = {
+            "etag": obj.etag,
+            "size_bytes": obj.size,
+            "last_modified": obj.last_modified,
+            "sequencer": None,  # a listing knows no sequencer; events compare by time with it
+        }
+        planner.live(
+            obj.key, known.get(obj.key), version, day_of(obj.last_modified, start, planner.today)
+        )
     for key, k in known.items():
-        if key in listed or not is_image_key(key):
-            continue
-        if k.inventoried and k.deleted_at is not None:
-            settle(key, _row(k), k, changed=False)
-            continue
-        if not k.inventoried and k.result_status in (None, "deleted"):
-            continue  # a result for a key gone before the inventory existed: nothing to do
-        row = _row(k) | {"deleted_at": now, "batch_id": None}
-        row["partition_key"] = clamp_day(row["partition_key"], start, today)
-        row["first_seen"] = row["first_seen"] or now
-        days[row["partition_key"]].deleted += 1
-        settle(key, row, k, changed=True)
+        if key not in listed and is_image_key(key):
+            planner.gone(key, k, now, None)
+    return planner.plan(max_per_batch, len(listing.objects))
 
-    batches = []
-    for day in sorted(todo):
-        keys = sorted(todo[day])
-        for i in range(0, len(keys), max_per_batch):
-            chunk = keys[i : i + max_per_batch]
-            batch = batch_id(day, ((key, _version(rows[key])) for key in chunk))
-            for key in chunk:
-                rows[key]["batch_id"] = batch
-            batches.append(Batch(batch, day, len(chunk)))
-    return SlicePlan(
-        rows=[rows[key] for key in sorted(rows)],
-        batches=batches,
-        pending=pending,
-        days=dict(days),
-        skipped=skipped,
-        listed=len(listing.objects),
-    )
+
+def plan_events(
+    events: Iterable[ObjectEvent],
+    known: dict[str, Known],
+    *,
+    start: dt.date,
+    now: dt.datetime,
+    max_per_batch: int,
+) -> SlicePlan:
+    """Apply S3 events (the latest per key) to the inventory; batch what is stale.
+
+    An event older than what the inventory holds, or the same version again, changes nothing;
+    if that object is still not current, its earlier batch is ``pending`` as in a listing.
+    A removal of a key nobody knew is recorded (a tombstone), so a late creation event loses.
+    """
+    planner = _Planner(start, now)
+    events = list(events)
+    for event in events:
+        k = known.get(event.key)
+        if k is not None and k.inventoried:
+            held = k.deleted_at if k.deleted_at is not None else k.last_modified
+            same = (
+                (k.deleted_at is not None)
+                if event.removed
+                else k.deleted_at is None and k.etag == event.etag
+            )
+            if same or not is_later(event.sequencer, event.time, k.sequencer, held):
+                planner.settle(event.key, _row(k), k, changed=False)
+                continue
+        if not event.removed:
+            version = {
+                "etag": event.etag,
+                "size_bytes": event.size,
+                "last_modified": event.time,
+                "sequencer": event.sequencer or None,
+            }
+            planner.live(event.key, k, version, day_of(event.time, start, planner.today))
+        elif k is not None:
+            planner.gone(event.key, k, event.time, event.sequencer or None)
+        else:
+            day = day_of(event.time, start, planner.today)
+            tombstone = {
+                "s3_key": event.key,
+                "partition_key": day,
+                "etag": event.etag,
+                "size_bytes": None,
+                "last_modified": None,
+                "first_seen": now,
+                "deleted_at": event.time,
+                "batch_id": None,
+                "sequencer": event.sequencer or None,
+            }
+            planner.settle(event.key, tombstone, None, changed=True)
+    return planner.plan(max_per_batch, len(events))
 
 
 def _row(k: Known) -> dict[str, Any]:
@@ -216,19 +317,7 @@ def _row(k: Known) -> dict[str, Any]:
         "first_seen": k.first_seen,
         "deleted_at": k.deleted_at,
         "batch_id": k.batch_id,
-    }
-
-
-def _listed_row(obj: S3Object, day: str, first_seen: dt.datetime) -> dict[str, Any]:
-    return {
-        "s3_key": obj.key,
-        "partition_key": day,
-        "etag": obj.etag,
-        "size_bytes": obj.size,
-        "last_modified": obj.last_modified,
-        "first_seen": first_seen,
-        "deleted_at": None,
-        "batch_id": None,
+        "sequencer": k.sequencer,
     }
 
 
@@ -244,21 +333,8 @@ def _key_range(column: sa.ColumnElement[str], listing: Slice, prefix: str) -> sa
     return sa.and_(*bounds)
 
 
-def read_known(engine: Engine, listing: Slice, prefix: str) -> dict[str, Known]:
-    """Every inventory and results row in the slice's key range: two indexed range scans."""
-    o, c = image_objects, image_classifications
-    with engine.connect() as connection:
-        results = {
-            row.s3_key: row
-            for row in connection.execute(
-                sa.select(c.c.s3_key, c.c.etag, c.c.status, c.c.partition_key).where(
-                    _key_range(c.c.s3_key, listing, prefix)
-                )
-            )
-        }
-        inventory = connection.execute(
-            sa.select(o).where(_key_range(o.c.s3_key, listing, prefix))
-        ).all()
+def _known(inventory: Iterable[sa.Row], results: dict[str, sa.Row]) -> dict[str, Known]:
+    """Merge inventory rows with the results rows of the same keys (``results`` is consumed)."""
     known: dict[str, Known] = {}
     for row in inventory:
         result = results.pop(row.s3_key, None)
@@ -277,6 +353,36 @@ def read_known(engine: Engine, listing: Slice, prefix: str) -> dict[str, Known]:
             result_etag=result.etag,
             result_status=result.status,
         )
+    return known
+
+
+def _read(
+    connection: sa.Connection, where: Callable[[sa.ColumnElement[str]], sa.ColumnElement]
+) -> dict[str, Known]:
+    o, c = image_objects, image_classifications
+    result_columns = (c.c.s3_key, c.c.etag, c.c.status, c.c.partition_key)
+    results = {
+        row.s3_key: row
+        for row in connection.execute(sa.select(*result_columns).where(where(c.c.s3_key)))
+    }
+    inventory = connection.execute(sa.select(o).where(where(o.c.s3_key))).all()
+    return _known(inventory, results)
+
+
+def read_known(engine: Engine, listing: Slice, prefix: str) -> dict[str, Known]:
+    """Every inventory and results row in the slice's key range: two indexed range scans."""
+    with engine.connect() as connection:
+        return _read(connection, lambda column: _key_range(column, listing, prefix))
+
+
+def read_known_keys(engine: Engine, keys: Iterable[str]) -> dict[str, Known]:
+    """The inventory and results rows of ``keys`` (primary-key lookups, a chunk at a time)."""
+    ordered = sorted(keys)
+    known: dict[str, Known] = {}
+    with engine.connect() as connection:
+        for i in range(0, len(ordered), READ_PAGE):
+            chunk = ordered[i : i + READ_PAGE]
+            known |= _read(connection, lambda column, chunk=chunk: column.in_(chunk))
     return known
 
 

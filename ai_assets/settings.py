@@ -18,6 +18,10 @@ DEFAULT_MAX_OBJECTS_PER_RUN = 2_000
 #: Listing budget of one sensor tick; the diff and upsert of the slice come on top
 #: (bench/sensor_scale.py measures both; AI_ASSETS_LIST_SECONDS_PER_TICK).
 DEFAULT_LIST_SECONDS_PER_TICK = 10.0
+#: With an SQS queue: minutes between the starts of complete listing passes (reconciliation).
+#: A pass costs one LIST request per 1,000 objects (10M objects: 10,000 requests, ~18 min of
+#: listing at the measured ~9,000 objects/s); an hour bounds the delay of a lost notification.
+DEFAULT_RECONCILE_MINUTES = 60.0
 #: Minutes between Slack digests of successful runs; 0 = one message per run.
 DEFAULT_SLACK_DIGEST_MINUTES = 15
 
@@ -61,6 +65,10 @@ def max_objects_per_run() -> int:
 
 def list_seconds_per_tick() -> float:
     return _number("AI_ASSETS_LIST_SECONDS_PER_TICK", DEFAULT_LIST_SECONDS_PER_TICK, float, 0.1)
+
+
+def reconcile_minutes() -> float:
+    return _number("AI_ASSETS_RECONCILE_MINUTES", DEFAULT_RECONCILE_MINUTES, float, 0)
 
 
 def slack_digest_minutes() -> float:

@@ -35,6 +35,11 @@ image_objects = sa.Table(
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deleted_at", sa.DateTime(timezone=True), comment="NULL unless the key is gone"),
     sa.Column("batch_id", sa.Text, comment="batch it was last requested in"),
+    sa.Column(
+        "sequencer",
+        sa.Text,
+        comment="S3 event sequencer of the version recorded; NULL when a listing recorded it",
+    ),
     sa.Index("ix_image_objects_partition_key", "partition_key", "s3_key"),
     sa.Index("ix_image_objects_batch_id", "batch_id"),
     comment="Inventory of the watched prefix, written only by s3_image_sensor.",

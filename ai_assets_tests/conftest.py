@@ -68,7 +68,7 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 @pytest.fixture
 def s3_client(s3_env: dict[str, str]) -> Any:
-    return boto3.client("s3")
+    return boto3.session.Session().client("s3")  # keys from this test's environment
 
 
 @pytest.fixture
@@ -145,3 +145,25 @@ def slack_api() -> Iterator[Any]:
 
     with fake_slack() as slack:
         yield slack
+
+
+@pytest.fixture
+def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's server (S3 and SQS, S3 sending its event notifications to SQS) for one test."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "moto",
+            "AWS_SECRET_ACCESS_KEY": "moto-secret",
+            "AWS_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        yield endpoint
+    finally:
+        server.stop()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,11 +11,13 @@ from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from ai_assets.notifications import Drained, delete, drain
 from ai_assets.store import S3Object, Slice, list_objects, list_slice, parse_timestamp
 
 
 @functools.lru_cache(maxsize=8)
 def _client(
+    service: str,
     profile_name: str | None,
     region_name: str | None,
     endpoint_url: str | None,
@@ -33,7 +36,7 @@ def _client(
     )
     session = boto3.session.Session(profile_name=profile_name, botocore_session=core)
     return session.client(
-        "s3",
+        service,
         region_name=region_name,
         endpoint_url=endpoint_url,
         use_ssl=use_ssl,
@@ -47,6 +50,9 @@ def _client(
             # S3-compatible stores need not send checksums; ETags identify versions here
             response_checksum_validation="when_required",
             request_checksum_calculation="when_required",
+            # a wrong or unreachable endpoint fails a tick's SQS drain in seconds, not minutes
+            connect_timeout=5,
+            read_timeout=60,
         ),
     )
 
@@ -62,16 +68,29 @@ class ImageBucket(S3Resource):
     max_pool_connections: int = Field(
         default=32, description="HTTP connections per client; bounds concurrent GETs."
     )
+    queue_url: str = Field(
+        default="",
+        description="SQS queue receiving the bucket's S3 event notifications "
+        "(AI_ASSETS_SQS_QUEUE_URL); empty = discover changes by listing only.",
+    )
 
     def get_client(self) -> Any:
         """A thread-safe S3 client with botocore's own retries and a pool sized for fan-out.
 
         Clients are cached per process and configuration: creating one costs ~0.6 s.
         """
+        return self._client("s3", self.endpoint_url)
+
+    def get_sqs_client(self) -> Any:
+        """An SQS client with the same credentials; ``AWS_ENDPOINT_URL_SQS`` may point elsewhere."""
+        return self._client("sqs", os.environ.get("AWS_ENDPOINT_URL_SQS") or self.endpoint_url)
+
+    def _client(self, service: str, endpoint_url: str | None) -> Any:
         return _client(
+            service,
             self.profile_name,
             self.region_name,
-            self.endpoint_url,
+            endpoint_url,
             self.use_ssl,
             self.verify,
             self.aws_access_key_id,
@@ -87,6 +106,22 @@ class ImageBucket(S3Resource):
 
     def list_objects(self) -> Iterator[S3Object]:
         return list_objects(self.get_client(), self.bucket, self.prefix)
+
+    def drain_events(self, *, max_messages: int, seconds: float, receivers: int) -> Drained:
+        """Receive the queue's pending S3 events for this bucket and prefix."""
+        return drain(
+            self.get_sqs_client(),
+            self.queue_url,
+            bucket=self.bucket,
+            prefix=self.prefix,
+            max_messages=max_messages,
+            seconds=seconds,
+            receivers=receivers,
+        )
+
+    def delete_events(self, drained: Drained, workers: int) -> list[str]:
+        """Delete drained messages (call only once their events are committed)."""
+        return delete(self.get_sqs_client(), self.queue_url, drained.handles, workers)
 
     def list_slice(self, after: str, *, max_objects: int, seconds: float, page_size: int) -> Slice:
         """The next bounded stretch of the prefix's listing, after key ``after``."""

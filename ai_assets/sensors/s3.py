@@ -1,15 +1,21 @@
-"""s3_image_sensor: keep the inventory current slice by slice and request one run per batch.
+"""s3_image_sensor: keep the inventory current and request one run per batch.
 
-Each tick lists the next bounded slice of the prefix (after the cursor's key), diffs it against
-the inventory and results rows of the same key range, upserts the inventory in one
-transaction, and requests a run per new batch of at most AI_ASSETS_MAX_OBJECTS_PER_RUN objects
-of one day. The daemon then reports the tick's events, launches its runs and saves its cursor;
-a crash in between replays the tick from the old cursor. So every step is replay-safe:
+With an SQS queue (AI_ASSETS_SQS_QUEUE_URL), each tick first drains the bucket's S3 event
+notifications, commits them to the inventory and only then deletes the messages; the listing
+runs as reconciliation: a new complete pass at most every AI_ASSETS_RECONCILE_MINUTES, and on
+every tick while the queue does not answer. Without a queue the listing runs continuously.
+
+A listing tick lists the next bounded slice of the prefix (after the cursor's key), diffs it
+against the inventory and results rows of the same key range and upserts the inventory in one
+transaction. Either way, a run is requested per new batch of at most
+AI_ASSETS_MAX_OBJECTS_PER_RUN objects of one day. The daemon then reports the tick's events,
+launches its runs and saves its cursor; a crash in between replays the tick from the old
+cursor. So every step is replay-safe:
 
 * batches are committed with the inventory, so a replay finds the same objects already
   batched and asks Dagster whether each batch's run exists; a batch whose run never started
   is requested again, under the same run key, so the daemon never launches it twice;
-* a later listing pass does the same for any object that is still not current.
+* a re-delivered event, or a later listing pass, does the same for an object not yet current.
 """
 
 from __future__ import annotations
@@ -17,19 +23,32 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import time
 from collections.abc import Collection, Iterable
 
 import dagster as dg
+from sqlalchemy.engine import Engine
 
 from ai_assets import inventory
 from ai_assets.assets import BATCH_TAG, classify_images_job, s3_images
+from ai_assets.notifications import Drained
 from ai_assets.resources import ImageBucket, ResultsDatabase
-from ai_assets.settings import list_seconds_per_tick, max_objects_per_run, start_date
+from ai_assets.settings import (
+    list_seconds_per_tick,
+    max_objects_per_run,
+    reconcile_minutes,
+    start_date,
+)
 
 #: Objects listed per tick at most: a bucket of up to this many is one tick's listing.
 MAX_OBJECTS_PER_TICK = 100_000
 #: Keys per ListObjectsV2 page (S3's maximum).
 PAGE_SIZE = 1_000
+#: SQS messages received per tick at most (S3 sends one event per message).
+MAX_MESSAGES_PER_TICK = 100_000
+#: Parallel long polls on the queue (bench/sqs_drain.py measures the drain rate).
+SQS_RECEIVERS = 8
+_MAX_LOGGED = 5
 _RUN_LOOKUP_CHUNK = 500
 #: Non-image keys this process has reported, each once rather than on every pass (bounded).
 _REPORTED: dict[str, None] = {}
@@ -53,6 +72,7 @@ class Cursor:
     after: str = ""  # the last key of the previous slice; "" = a new pass starts
     passes: int = 0  # complete listing passes so far
     listed: int = 0  # objects listed in the pass under way
+    started: int = 0  # Unix time the pass under way (or the last one) started
 
     @classmethod
     def parse(cls, raw: str | None, prefix: str) -> Cursor:
@@ -64,10 +84,15 @@ class Cursor:
             cursor = cls(prefix)
         return cursor if cursor.prefix == prefix else cls(prefix)
 
-    def advance(self, listing_last: str | None, listed: int) -> Cursor:
+    def pass_due(self, now: float, every_seconds: float) -> bool:
+        """Whether to list now: mid-pass always; a new pass ``every_seconds`` after the last."""
+        return bool(self.after) or now - self.started >= every_seconds
+
+    def advance(self, listing_last: str | None, listed: int, now: float) -> Cursor:
+        started = self.started if self.after else int(now)  # "" = this slice began a pass
         if listing_last is None:
-            return Cursor(self.prefix, "", self.passes + 1, 0)
-        return Cursor(self.prefix, listing_last, self.passes, self.listed + listed)
+            return Cursor(self.prefix, "", self.passes + 1, 0, started)
+        return Cursor(self.prefix, listing_last, self.passes, self.listed + listed, started)
 
     def dumps(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -106,13 +131,94 @@ def day_events(
         )
 
 
+def _log_drain(context: dg.SensorEvaluationContext, drained: Drained, queue_url: str) -> None:
+    if drained.error:
+        context.log.warning(
+            f"SQS queue {queue_url} unavailable ({drained.error}); the listing carries on "
+            "every tick until the queue answers again"
+        )
+    for problem in drained.malformed[:_MAX_LOGGED]:
+        context.log.warning(f"removing a malformed message from the queue: {problem}")
+    if len(drained.malformed) > _MAX_LOGGED:
+        context.log.warning(f"... and {len(drained.malformed) - _MAX_LOGGED} more malformed")
+    if drained.test_events:
+        context.log.info(f"removing {drained.test_events} s3:TestEvent messages")
+
+
+def record_events(
+    context: dg.SensorEvaluationContext, s3: ImageBucket, engine: Engine, seconds: float
+) -> tuple[inventory.SlicePlan, bool]:
+    """Drain the queue, commit its events to the inventory, then delete the messages.
+
+    Returns the plan and whether the queue answered (when it did not, the listing runs on).
+    """
+    drained = s3.drain_events(
+        max_messages=MAX_MESSAGES_PER_TICK, seconds=seconds, receivers=SQS_RECEIVERS
+    )
+    _log_drain(context, drained, s3.queue_url)
+    known = inventory.read_known_keys(engine, drained.events)
+    plan = inventory.plan_events(
+        drained.events.values(),
+        known,
+        start=start_date(),
+        now=dt.datetime.now(dt.UTC),
+        max_per_batch=max_objects_per_run(),
+    )
+    plan.skipped.extend(drained.skipped)
+    inventory.write_rows(engine, plan.rows)  # committed before any message is deleted
+    if failed := s3.delete_events(drained, SQS_RECEIVERS):
+        context.log.warning(
+            f"could not delete {len(failed)} of {drained.messages} messages ({failed[0]}); "
+            "they come back after the visibility timeout and change nothing"
+        )
+    if drained.messages:
+        context.log.info(
+            f"received {drained.messages:,} messages, {drained.records:,} records: "
+            f"{len(drained.events):,} object events, {plan_summary(plan)}"
+        )
+    return plan, drained.error is None
+
+
+def record_slice(
+    context: dg.SensorEvaluationContext,
+    s3: ImageBucket,
+    engine: Engine,
+    cursor: Cursor,
+    seconds: float,
+) -> tuple[inventory.SlicePlan, Cursor]:
+    """List the next slice after the cursor and commit its diff to the inventory."""
+    started = dt.datetime.now(dt.UTC)  # deletions are stamped before any page is read
+    listing = s3.list_slice(
+        cursor.after, max_objects=MAX_OBJECTS_PER_TICK, seconds=seconds, page_size=PAGE_SIZE
+    )
+    known = inventory.read_known(engine, listing, s3.prefix)
+    plan = inventory.plan_slice(
+        listing, known, start=start_date(), now=started, max_per_batch=max_objects_per_run()
+    )
+    inventory.write_rows(engine, plan.rows)  # committed before any run is requested
+    context.log.info(
+        f"listed {plan.listed:,} objects after {cursor.after!r} in {listing.pages} pages"
+        f"{' (end of pass)' if listing.complete else ''}: {plan_summary(plan)}"
+    )
+    return plan, cursor.advance(listing.last, plan.listed, started.timestamp())
+
+
+def plan_summary(plan: inventory.SlicePlan) -> str:
+    counts = plan.days.values()
+    return (
+        f"{sum(c.new for c in counts):,} new, {sum(c.changed for c in counts):,} changed, "
+        f"{sum(c.deleted for c in counts):,} deleted; {len(plan.batches)} new batches"
+    )
+
+
 @dg.sensor(
     job=classify_images_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Lists the S3 prefix in bounded slices, keeps the image_objects inventory current and "
-        "requests one classification run per batch of new, changed or deleted images."
+        "Keeps the image_objects inventory current from the bucket's S3 event notifications "
+        "(when AI_ASSETS_SQS_QUEUE_URL is set) and a bounded, resumable listing, and requests "
+        "one classification run per batch of new, changed or deleted images."
     ),
 )
 def s3_image_sensor(
@@ -120,39 +226,28 @@ def s3_image_sensor(
 ) -> dg.SensorResult:
     cursor = Cursor.parse(context.cursor, s3.prefix)
     engine = results_db.get_engine()
-    listing = s3.list_slice(
-        cursor.after,
-        max_objects=MAX_OBJECTS_PER_TICK,
-        seconds=list_seconds_per_tick(),
-        page_size=PAGE_SIZE,
-    )
-    known = inventory.read_known(engine, listing, s3.prefix)
-    plan = inventory.plan_slice(
-        listing,
-        known,
-        start=start_date(),
-        now=dt.datetime.now(dt.UTC),
-        max_per_batch=max_objects_per_run(),
-    )
-    inventory.write_rows(engine, plan.rows)  # committed before any run is requested
+    seconds = list_seconds_per_tick()
+    plans: list[inventory.SlicePlan] = []
+    queue_answered = False
+    if s3.queue_url:  # events first: the listing after them is at least as new
+        plan, queue_answered = record_events(context, s3, engine, seconds)
+        plans.append(plan)
+    every = reconcile_minutes() * 60 if queue_answered else 0.0
+    if cursor.pass_due(time.time(), every):
+        plan, cursor = record_slice(context, s3, engine, cursor, seconds)
+        plans.append(plan)
+
+    plan = inventory.merge(plans)
     have_runs = launched(context.instance, plan.pending) if plan.pending else set()
     lost = {batch: day for batch, day in plan.pending.items() if batch not in have_runs}
     requests = [run_request(b.batch_id, b.day) for b in plan.batches]
     requests += [run_request(batch, day) for batch, day in sorted(lost.items())]
-
     if skipped := not_yet_reported(plan.skipped):
         context.log.info(f"ignoring {len(skipped)} non-image keys, e.g. {skipped[:3]!r}")
     if lost:
         context.log.warning(f"re-requesting {len(lost)} batches whose runs never started")
-    counts = plan.days.values()
-    context.log.info(
-        f"listed {plan.listed:,} objects after {cursor.after!r} in {listing.pages} pages"
-        f"{' (end of pass)' if listing.complete else ''}: "
-        f"{sum(c.new for c in counts):,} new, {sum(c.changed for c in counts):,} changed, "
-        f"{sum(c.deleted for c in counts):,} deleted; {len(plan.batches)} new batches"
-    )
     return dg.SensorResult(
         run_requests=requests,
         asset_events=list(day_events(plan.days, s3)),
-        cursor=cursor.advance(listing.last, plan.listed).dumps(),
+        cursor=cursor.dumps(),
     )

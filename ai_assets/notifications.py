@@ -1,0 +1,230 @@
+"""S3 event notifications from an SQS queue: drain them, decode them, delete them once recorded.
+
+Pure logic over a boto3 SQS client; nothing here knows about Dagster. S3 delivers each event at
+least once, possibly late and out of order, so an event is a claim about one object version
+that the inventory accepts only when it is later than what it already holds (:func:`is_later`).
+Messages are deleted only after that decision is committed; a crash in between re-delivers
+them, and a re-delivered event is a duplicate that changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ai_assets.keys import is_image_key
+from ai_assets.store import normalize_etag, parse_timestamp
+
+#: Messages per ReceiveMessage / DeleteMessageBatch call (SQS's maximum).
+SQS_BATCH = 10
+#: Long-poll wait of each receive: an empty queue costs a tick this much, a busy one nothing.
+WAIT_SECONDS = 1
+#: Seconds a received message stays hidden; a tick that crashes sees it again after this.
+VISIBILITY_SECONDS = 120
+_CREATED = ("ObjectCreated:",)
+_REMOVED = ("ObjectRemoved:", "LifecycleExpiration:")
+_EXCERPT = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectEvent:
+    """One object-level S3 event: a new version of ``key`` or its removal."""
+
+    key: str
+    removed: bool
+    time: dt.datetime
+    etag: str = ""
+    size: int | None = None
+    sequencer: str = ""
+
+
+def is_later(
+    sequencer: str | None,
+    time_: dt.datetime,
+    than_sequencer: str | None,
+    than_time: dt.datetime | None,
+) -> bool:
+    """Whether an event of a key happened after another state of the same key.
+
+    S3's ``sequencer`` decides when both sides have one: hexadecimal strings compared after
+    right-padding the shorter with zeros. A state recorded by a listing has none; then the
+    event time decides, and a tie counts as later (the next listing pass corrects a wrong call).
+    """
+    if sequencer and than_sequencer:
+        width = max(len(sequencer), len(than_sequencer))
+        return sequencer.upper().ljust(width, "0") > than_sequencer.upper().ljust(width, "0")
+    return than_time is None or _utc(time_) >= _utc(than_time)
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _latest(a: ObjectEvent, b: ObjectEvent) -> ObjectEvent:
+    return b if is_later(b.sequencer, b.time, a.sequencer, a.time) else a
+
+
+@dataclasses.dataclass
+class Drained:
+    """What one drain received: the latest event per key and what to delete once recorded."""
+
+    events: dict[str, ObjectEvent] = dataclasses.field(default_factory=dict)
+    handles: list[str] = dataclasses.field(default_factory=list)
+    messages: int = 0
+    records: int = 0
+    test_events: int = 0
+    other_events: int = 0  # tagging, ACLs, restores, other buckets or prefixes: nothing to do
+    skipped: list[str] = dataclasses.field(default_factory=list)  # non-image keys
+    malformed: list[str] = dataclasses.field(default_factory=list)  # why, per message
+    error: str | None = None  # the SQS error that ended the drain early
+
+    def add(self, event: ObjectEvent) -> None:
+        earlier = self.events.get(event.key)
+        self.events[event.key] = event if earlier is None else _latest(earlier, event)
+
+
+def _records(body: str) -> list[dict[str, Any]] | None:
+    """The S3 records of a message body (also through SNS); None for S3's test event."""
+    message = json.loads(body)
+    if isinstance(message, dict) and message.get("Type") == "Notification":
+        message = json.loads(message["Message"])  # S3 → SNS → SQS fan-out
+    if not isinstance(message, dict):
+        raise ValueError("the body is not a JSON object")
+    if message.get("Event") == "s3:TestEvent":
+        return None
+    records = message["Records"]
+    if not isinstance(records, list):
+        raise ValueError("Records is not a list")
+    return records
+
+
+def decode_key(raw: str) -> str:
+    """An event's object key as S3 stores it: events URL-encode keys, with ``+`` for spaces."""
+    return urllib.parse.unquote_plus(raw, errors="strict")
+
+
+def parse_record(record: dict[str, Any]) -> tuple[str, ObjectEvent | None]:
+    """The bucket and event of one record; no event for types that change no object."""
+    name = record["eventName"]
+    s3 = record["s3"]
+    bucket = s3["bucket"]["name"]
+    removed = name.startswith(_REMOVED)
+    if not removed and not name.startswith(_CREATED):
+        return bucket, None
+    obj = s3["object"]
+    size = obj.get("size")
+    return bucket, ObjectEvent(
+        key=decode_key(obj["key"]),
+        removed=removed,
+        time=parse_timestamp(record["eventTime"]),
+        etag=normalize_etag(obj.get("eTag") or ""),
+        size=None if removed or size is None else int(size),
+        sequencer=obj.get("sequencer") or "",
+    )
+
+
+def read_message(drained: Drained, message: dict[str, Any], bucket: str, prefix: str) -> None:
+    """Fold one SQS message into ``drained``; a malformed one is noted, never raised."""
+    drained.messages += 1
+    drained.handles.append(message["ReceiptHandle"])
+    body = message.get("Body", "")
+    try:
+        records = _records(body)
+        if records is None:
+            drained.test_events += 1
+            return
+        parsed = [parse_record(record) for record in records]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        excerpt = body[:_EXCERPT] + ("…" if len(body) > _EXCERPT else "")
+        drained.malformed.append(
+            f"message {message.get('MessageId', '?')}: {type(exc).__name__}: {exc} ({excerpt!r})"
+        )
+        return
+    for event_bucket, event in parsed:
+        drained.records += 1
+        if event is None or event_bucket != bucket or not event.key.startswith(prefix):
+            drained.other_events += 1
+        elif not is_image_key(event.key):
+            drained.skipped.append(event.key)
+        else:
+            drained.add(event)
+
+
+def drain(
+    client: Any,
+    queue_url: str,
+    *,
+    bucket: str,
+    prefix: str,
+    max_messages: int,
+    seconds: float,
+    receivers: int,
+    wait_seconds: int = WAIT_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Drained:
+    """Receive until the queue looks empty, ``max_messages`` or ``seconds`` pass.
+
+    ``receivers`` threads long-poll in parallel. An SQS error (after botocore's retries) ends
+    the drain with ``error`` set; what was received before it is still returned.
+    """
+    deadline = clock() + seconds
+    drained = Drained()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set() and clock() < deadline:
+            try:
+                response = client.receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=SQS_BATCH,
+                    WaitTimeSeconds=wait_seconds,
+                    VisibilityTimeout=VISIBILITY_SECONDS,
+                )
+            except (BotoCoreError, ClientError) as exc:
+                with lock:
+                    drained.error = drained.error or f"{type(exc).__name__}: {exc}"
+                stop.set()
+                return
+            messages = response.get("Messages", [])
+            with lock:
+                for message in messages:
+                    read_message(drained, message, bucket, prefix)
+                if not messages or drained.messages >= max_messages:
+                    stop.set()
+
+    with ThreadPoolExecutor(receivers, thread_name_prefix="sqs-receive") as pool:
+        for future in [pool.submit(receive) for _ in range(receivers)]:
+            future.result()
+    return drained
+
+
+def delete(client: Any, queue_url: str, handles: Sequence[str], workers: int) -> list[str]:
+    """Delete received messages, ten per call; returns why any could not be deleted.
+
+    A message left behind comes back after its visibility timeout as a duplicate: harmless.
+    """
+    chunks = [handles[i : i + SQS_BATCH] for i in range(0, len(handles), SQS_BATCH)]
+
+    def delete_chunk(chunk: Sequence[str]) -> list[str]:
+        entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)]
+        try:
+            response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        except (BotoCoreError, ClientError) as exc:
+            return [f"{type(exc).__name__}: {exc}"] * len(chunk)
+        return [f"{f.get('Code')}: {f.get('Message')}" for f in response.get("Failed", [])]
+
+    if not chunks:
+        return []
+    with ThreadPoolExecutor(min(workers, len(chunks)), thread_name_prefix="sqs-delete") as pool:
+        return [problem for problems in pool.map(delete_chunk, chunks) for problem in problems]
