@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once test lint model browser reliability bench clean
+.PHONY: install install-demo demo demo-once test lint model browser reliability bench bench-sqs clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -57,6 +57,9 @@ reliability: install model
 
 bench: install model
 	$(PY) bench/throughput.py
+
+bench-sqs: install
+	$(PY) bench/sqs_drain.py
 
 clean:
 	rm -rf $(VENV) .cache .demo .dagster_home

@@ -6,12 +6,13 @@ a drain benchmark. This one keeps standard-queue semantics that matter to a cons
 once delivery, visibility timeouts and re-delivery, long polling, batch calls, receipt handles
 that change on each receive, and scripted errors (throttling, 5xx, missing queue, no access).
 
-Run it in its own process for benchmarks: ``python -m ai_assets_tests.sqs_server`` prints
-its URL and serves until stdin closes.
+Run it in its own process for benchmarks: ``python -m ai_assets_tests.sqs_server
+[--latency-ms N]`` prints its URL and serves until stdin closes.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import dataclasses
@@ -71,6 +72,7 @@ class FakeSqs:
         self.calls: collections.Counter[str] = collections.Counter()
         self.lock = threading.Condition()
         self.url = ""
+        self.latency = 0.0  # seconds added to every call, as a network round trip to SQS would
 
     def queue_url(self, name: str) -> str:
         return f"{self.url}/{ACCOUNT}/{name}"
@@ -218,6 +220,8 @@ class FakeSqs:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
                 action = (self.headers.get("X-Amz-Target") or "").removeprefix("AmazonSQS.")
+                if sqs.latency:
+                    time.sleep(sqs.latency)
                 status, body = sqs.handle(action, request)
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -256,6 +260,9 @@ def fake_sqs() -> Iterator[FakeSqs]:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="A local SQS server for benchmarks.")
+    parser.add_argument("--latency-ms", type=float, default=0, help="added to every call")
     with fake_sqs() as server:
+        server.latency = parser.parse_args().latency_ms / 1000
         print(server.url, flush=True)
         sys.stdin.read()  # serve until the parent closes our stdin

@@ -121,9 +121,19 @@ def test_classification_values_become_run_tags() -> None:
     assert env["AI_ASSETS_WEBSERVER_URL"] == "https://dagster.acme.example"
 
 
+def test_the_event_queue_reaches_the_sensor_and_the_listing_reconciles() -> None:
+    env = by_kind(render(PRODUCTION), "ConfigMap")["ai-ai-assets-env"]["data"]
+    assert env["AI_ASSETS_SQS_QUEUE_URL"].endswith("/123456789012/acme-product-photos-events")
+    assert env["AI_ASSETS_RECONCILE_MINUTES"] == "60"
+    default = by_kind(render(), "ConfigMap")["ai-ai-assets-env"]["data"]
+    assert "AI_ASSETS_SQS_QUEUE_URL" not in default  # no queue: the listing runs continuously
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
+        ({"s3": {"sqsQueueUrl": "acme-events"}}, "sqsQueueUrl"),
+        ({"s3": {"reconcileMinutes": -1}}, "reconcileMinutes"),
         ({"webserver": {"port": "http"}}, "port"),
         ({"s3": {"bucket": ""}}, "bucket"),
         ({"classification": {"gpus": -1}}, "gpus"),

@@ -44,8 +44,9 @@ from ai_assets.settings import (
 MAX_OBJECTS_PER_TICK = 100_000
 #: Keys per ListObjectsV2 page (S3's maximum).
 PAGE_SIZE = 1_000
-#: SQS messages received per tick at most (S3 sends one event per message).
-MAX_MESSAGES_PER_TICK = 100_000
+#: SQS messages received per tick at most (S3 sends one event per message): with the commit
+#: and the deletes after the drain, a tick of 55,000 took 12–20 s here (bench/sqs_drain.py).
+MAX_MESSAGES_PER_TICK = 50_000
 #: Parallel long polls on the queue (bench/sqs_drain.py measures the drain rate).
 SQS_RECEIVERS = 8
 _MAX_LOGGED = 5
@@ -226,15 +227,16 @@ def s3_image_sensor(
 ) -> dg.SensorResult:
     cursor = Cursor.parse(context.cursor, s3.prefix)
     engine = results_db.get_engine()
-    seconds = list_seconds_per_tick()
+    deadline = time.monotonic() + list_seconds_per_tick()  # one budget for draining and listing
     plans: list[inventory.SlicePlan] = []
     queue_answered = False
     if s3.queue_url:  # events first: the listing after them is at least as new
-        plan, queue_answered = record_events(context, s3, engine, seconds)
+        plan, queue_answered = record_events(context, s3, engine, deadline - time.monotonic())
         plans.append(plan)
     every = reconcile_minutes() * 60 if queue_answered else 0.0
-    if cursor.pass_due(time.time(), every):
-        plan, cursor = record_slice(context, s3, engine, cursor, seconds)
+    if cursor.pass_due(time.time(), every):  # lists at least one page, however late
+        left = max(0.0, deadline - time.monotonic())
+        plan, cursor = record_slice(context, s3, engine, cursor, left)
         plans.append(plan)
 
     plan = inventory.merge(plans)
