@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,6 +58,13 @@ def _client(
     )
 
 
+def queue_region(queue_url: str) -> str:
+    """The region of an AWS queue URL (``https://sqs.eu-west-1.amazonaws.com/…``); else boto3's
+    default region, else us-east-1 (local SQS servers such as moto's answer any)."""
+    match = re.match(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com", queue_url)
+    return match.group(1) if match else os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+
+
 class ImageBucket(S3Resource):
     """dagster-aws's S3 resource plus the bucket and prefix that hold the images."""
 
@@ -82,14 +90,18 @@ class ImageBucket(S3Resource):
         return self._client("s3", self.endpoint_url)
 
     def get_sqs_client(self) -> Any:
-        """An SQS client with the same credentials; ``AWS_ENDPOINT_URL_SQS`` may point elsewhere."""
-        return self._client("sqs", os.environ.get("AWS_ENDPOINT_URL_SQS") or self.endpoint_url)
+        """An SQS client with the same credentials; ``AWS_ENDPOINT_URL_SQS`` may point elsewhere.
 
-    def _client(self, service: str, endpoint_url: str | None) -> Any:
+        Without a configured region, the queue URL's own (``sqs.<region>.amazonaws.com``) is used.
+        """
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_SQS") or self.endpoint_url
+        return self._client("sqs", endpoint, self.region_name or queue_region(self.queue_url))
+
+    def _client(self, service: str, endpoint_url: str | None, region: str | None = None) -> Any:
         return _client(
             service,
             self.profile_name,
-            self.region_name,
+            region or self.region_name,
             endpoint_url,
             self.use_ssl,
             self.verify,
