@@ -42,5 +42,5 @@ RUN pip install --no-deps . \
 COPY --chown=dagster:dagster deploy/dagster.yaml workspace.yaml /opt/dagster/workspace/
 
 USER 10001:10001
-EXPOSE 3000 4000
+EXPOSE 3000 4000 8000
 CMD ["dagster", "api", "grpc", "-m", "ai_assets.definitions", "-h", "0.0.0.0", "-p", "4000"]

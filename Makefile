@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once test lint model browser reliability bench bench-sqs clean
+.PHONY: install install-demo demo demo-once serve test lint model browser reliability bench bench-sqs clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -34,6 +34,11 @@ demo: model
 
 demo-once: model
 	$(PY) -m ai_assets.demo --once
+
+# the model as a service on 127.0.0.1:8000 (README, Model service); runs use it when
+# AI_ASSETS_INFERENCE_URL=http://127.0.0.1:8000 is set
+serve: model
+	$(PY) -m uvicorn ai_assets.model_service:app --host 127.0.0.1 --port 8000
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -21,24 +21,20 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ai_assets.settings import (
+    DEFAULT_DOWNLOAD_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_PIXELS,
+)
 from ai_assets.store import Fetched
 from ai_assets.table import ClassificationRow
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
-#: Fetch/decode threads per run: one per core plus one, at most 16. Each S3 GET costs ~1.2 ms
-#: of Python under the GIL, so more threads than cores only contend (bench/throughput.py);
-#: raise it where S3 is far away.
-DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
-    15, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-)
 #: Longer/shorter side beyond which only the central part is kept: a 10000×3 strip would
 #: otherwise be resized to ~850k×256 pixels. Centre-crop models never see beyond it anyway.
 MAX_ASPECT_RATIO = 8
@@ -48,7 +44,14 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
-    """An object that cannot be classified; it becomes an error row, never a failed batch."""
+    """An object that cannot be classified; it becomes an error row, never a failed batch.
+
+    ``kind`` names the reason for machines (the model service's error bodies and metrics).
+    """
+
+    def __init__(self, message: str, kind: str = "not_an_image") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +70,15 @@ def decode_image(
     photo bound for a 256 px model input decodes ~10× faster.
     """
     if not data:
-        raise ImageError("empty object (0 bytes)")
+        raise ImageError("empty object (0 bytes)", "empty")
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(
                 f"image is {width}x{height} = {width * height:,} pixels, "
-                f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)"
+                f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)",
+                "too_many_pixels",
             )
         image.seek(0)  # first frame of animations
         if min_side:
@@ -87,7 +91,7 @@ def decode_image(
     except UnidentifiedImageError:
         raise ImageError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageError(f"cannot decode image: {exc}") from None
+        raise ImageError(f"cannot decode image: {exc}", "undecodable") from None
 
 
 def _limit_aspect_ratio(image: Image.Image) -> Image.Image:
@@ -213,6 +217,14 @@ class ImageClassifier:
         """One image → the tensor ``predict`` batches (run in worker threads)."""
         return self.preprocessor(image)
 
+    def prepare(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+        """Object bytes → a model-ready tensor; raises ImageError (run in worker threads)."""
+        return self.preprocess(self.decode(data, max_pixels))
+
+    def label(self, prepared: Sequence[Any], top_k: int) -> list[list[Label] | str]:
+        """Top-``top_k`` labels per prepared image (the pipeline's interface, see Classifier)."""
+        return list(self.predict(prepared, top_k))
+
     def predict(self, pixel_values: Sequence[torch.Tensor], top_k: int) -> list[list[Label]]:
         """Top-``top_k`` labels for a batch of preprocessed images."""
         if not pixel_values:
@@ -251,6 +263,21 @@ def load_classifier(
     return ImageClassifier(model, device, precision, jpeg_draft)
 
 
+class Classifier(Protocol):
+    """What the fetch → decode → predict pipeline needs: the in-process model or the service."""
+
+    model_id: str
+    model_revision: str
+
+    def prepare(self, data: bytes, max_pixels: int) -> Any:
+        """Object bytes → what ``label`` takes; raises ImageError (runs in worker threads)."""
+        ...
+
+    def label(self, prepared: Sequence[Any], top_k: int) -> list[list[Label] | str]:
+        """Labels per prepared item, or why that item could not be classified."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One object to classify: its partition key and its S3 key."""
@@ -265,20 +292,19 @@ class Outcome:
 
     job: Job
     fetched: Fetched
-    pixel_values: torch.Tensor | None = None
+    prepared: Any = None  # a tensor in process, the bytes for the model service
     error: str | None = None
 
 
 def prepare(
-    job: Job, fetch: Callable[[str], Fetched], classifier: ImageClassifier, max_pixels: int
+    job: Job, fetch: Callable[[str], Fetched], classifier: Classifier, max_pixels: int
 ) -> Outcome:
     """Fetch, decode and preprocess one object (runs in a worker thread)."""
     fetched = fetch(job.object_key)
     if fetched.deleted or fetched.error:
         return Outcome(job, fetched, error=fetched.error)
     try:
-        image = classifier.decode(fetched.data or b"", max_pixels)
-        return Outcome(job, fetched, pixel_values=classifier.preprocess(image))
+        return Outcome(job, fetched, prepared=classifier.prepare(fetched.data or b"", max_pixels))
     except ImageError as exc:
         return Outcome(job, fetched, error=str(exc))
 
@@ -286,7 +312,7 @@ def prepare(
 def classify_objects(
     jobs: Iterable[Job],
     fetch: Callable[[str], Fetched],
-    classifier: ImageClassifier,
+    classifier: Classifier,
     *,
     batch_size: int,
     top_k: int,
@@ -316,18 +342,11 @@ def classify_objects(
 
 
 def _rows(
-    outcomes: Sequence[Outcome], classifier: ImageClassifier, top_k: int, run_id: str | None
+    outcomes: Sequence[Outcome], classifier: Classifier, top_k: int, run_id: str | None
 ) -> list[ClassificationRow]:
-    ready = [o for o in outcomes if o.pixel_values is not None]
-    predictions = dict(
-        zip(
-            (id(o) for o in ready),
-            classifier.predict(
-                [o.pixel_values for o in ready if o.pixel_values is not None], top_k
-            ),
-            strict=True,
-        )
-    )
+    ready = [o for o in outcomes if o.prepared is not None]
+    labelled = classifier.label([o.prepared for o in ready], top_k) if ready else []
+    predictions = dict(zip((id(o) for o in ready), labelled, strict=True))
     now = dt.datetime.now(dt.UTC)
     rows = []
     for outcome in outcomes:
@@ -345,8 +364,9 @@ def _rows(
         labels = predictions.get(id(outcome))
         if outcome.fetched.deleted:
             rows.append(ClassificationRow(status="deleted", **common))
-        elif labels is None:
-            rows.append(ClassificationRow(status="error", error=outcome.error, **common))
+        elif labels is None or isinstance(labels, str):
+            error = labels if isinstance(labels, str) else outcome.error
+            rows.append(ClassificationRow(status="error", error=error, **common))
         else:
             rows.append(
                 ClassificationRow(

@@ -11,16 +11,17 @@ from ai_assets.assets import (
     label_summary_automation,
     s3_images,
 )
-from ai_assets.classify import (
-    DEFAULT_DOWNLOAD_CONCURRENCY,
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
-)
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase, SlackNotifier
 from ai_assets.resources.slack import SLACK_API_URL
 from ai_assets.sensors import s3_image_sensor, slack_on_run_failure, slack_success_digest
 from ai_assets.settings import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET,
+    DEFAULT_DOWNLOAD_CONCURRENCY,
+    DEFAULT_INFERENCE_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_TOP_K,
     DEFAULT_WEBSERVER_URL,
     default_database_url,
     int_setting,
@@ -49,14 +50,18 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "classifier": ClassifierResource(
             model=setting("AI_ASSETS_MODEL", ""),
-            batch_size=int_setting("AI_ASSETS_BATCH_SIZE", 32),
-            top_k=int_setting("AI_ASSETS_TOP_K", 5),
+            batch_size=int_setting("AI_ASSETS_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+            top_k=int_setting("AI_ASSETS_TOP_K", DEFAULT_TOP_K),
             max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
             download_concurrency=int_setting(
                 "AI_ASSETS_DOWNLOAD_CONCURRENCY", DEFAULT_DOWNLOAD_CONCURRENCY
             ),
             precision=setting("AI_ASSETS_PRECISION", "fp32"),
+            inference_url=setting("AI_ASSETS_INFERENCE_URL", ""),
+            inference_concurrency=int_setting(
+                "AI_ASSETS_INFERENCE_CONCURRENCY", DEFAULT_INFERENCE_CONCURRENCY
+            ),
         ),
         "results_db": ResultsDatabase(
             url=setting("AI_ASSETS_DATABASE_URL", default_database_url())

@@ -63,7 +63,9 @@ def test_every_manifest_validates_strictly_against_kubernetes(values: dict[str, 
     kinds = sorted(m["kind"] for m in manifests)
     expected = ["ConfigMap"] * 3 + ["Deployment"] * 3 + ["Role", "RoleBinding"]
     expected += ["Service"] * 2 + ["ServiceAccount"]
-    assert kinds == sorted(expected + (["Ingress"] if values else []))
+    if values:  # production: an ingress, and the model service's Deployment and Service
+        expected += ["Ingress", "Deployment", "Service"]
+    assert kinds == sorted(expected)
     for manifest in manifests:  # a missing schema raises too, and fails the test
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 
@@ -121,6 +123,33 @@ def test_classification_values_become_run_tags() -> None:
     assert env["AI_ASSETS_WEBSERVER_URL"] == "https://dagster.acme.example"
 
 
+def test_the_model_service_deployment_serves_runs_with_probes_and_no_credentials() -> None:
+    manifests = render(PRODUCTION)
+    deployment = by_kind(manifests, "Deployment")["ai-ai-assets-model"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert deployment["spec"]["replicas"] == 2
+    assert container["args"][:2] == ["uvicorn", "ai_assets.model_service:app"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "g5.xlarge"}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert all("secretRef" not in ref for ref in container["envFrom"])
+    service = by_kind(manifests, "Service")["ai-ai-assets-model"]
+    assert service["spec"]["ports"][0]["port"] == 8000
+    env = by_kind(manifests, "ConfigMap")["ai-ai-assets-env"]["data"]
+    assert env["AI_ASSETS_INFERENCE_URL"] == "http://ai-ai-assets-model:8000"
+    default = render()
+    assert "ai-ai-assets-model" not in by_kind(default, "Deployment")
+    assert (
+        "AI_ASSETS_INFERENCE_URL" not in by_kind(default, "ConfigMap")["ai-ai-assets-env"]["data"]
+    )
+
+
 def test_the_event_queue_reaches_the_sensor_and_the_listing_reconciles() -> None:
     env = by_kind(render(PRODUCTION), "ConfigMap")["ai-ai-assets-env"]["data"]
     assert env["AI_ASSETS_SQS_QUEUE_URL"].endswith("/123456789012/acme-product-photos-events")
@@ -173,6 +202,8 @@ def deployment(
     configmaps = by_kind(manifests, "ConfigMap")
     instance_yaml = yaml.safe_load(configmaps["ai-ai-assets-instance"]["data"]["dagster.yaml"])
     env = dict(configmaps["ai-ai-assets-env"]["data"])
+    for in_cluster in ("AI_ASSETS_SQS_QUEUE_URL", "AI_ASSETS_INFERENCE_URL"):
+        del env[in_cluster]  # AWS's queue and the cluster's model service: not reachable here
     storage_db = f"dagster_{pg_url.rsplit('/', 1)[1]}"
     pg_server.create_database(storage_db)
     with fake_kubernetes() as api:

@@ -5,14 +5,18 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from ai_assets.classify import (
+from ai_assets.settings import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DOWNLOAD_CONCURRENCY,
+    DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_TOP_K,
 )
 
 if TYPE_CHECKING:
     from ai_assets.classify import ImageClassifier
+    from ai_assets.inference_client import RemoteClassifier
 
 
 class ClassifierResource(dg.ConfigurableResource):
@@ -22,8 +26,12 @@ class ClassifierResource(dg.ConfigurableResource):
         default="",
         description="Hub id or local dir (AI_ASSETS_MODEL); empty = bundled EfficientNet-Lite0.",
     )
-    batch_size: int = Field(default=32, description="Inference batch size (AI_ASSETS_BATCH_SIZE).")
-    top_k: int = Field(default=5, description="Labels kept per image (AI_ASSETS_TOP_K).")
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE, description="Inference batch size (AI_ASSETS_BATCH_SIZE)."
+    )
+    top_k: int = Field(
+        default=DEFAULT_TOP_K, description="Labels kept per image (AI_ASSETS_TOP_K)."
+    )
     device: str = Field(default="", description="torch device; empty = CUDA when available.")
     max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS)
@@ -37,8 +45,25 @@ class ClassifierResource(dg.ConfigurableResource):
         description="Decode large JPEGs at 1/2–1/8 scale when that still covers the model input.",
     )
 
-    def load(self) -> ImageClassifier:
-        """The process's model, warmed up for this batch size (neither counts as run time)."""
+    inference_url: str = Field(
+        default="",
+        description="Model service base URL (AI_ASSETS_INFERENCE_URL); empty = load the model "
+        "in the run's process.",
+    )
+    inference_concurrency: int = Field(
+        default=DEFAULT_INFERENCE_CONCURRENCY,
+        description="Requests in flight to the model service (AI_ASSETS_INFERENCE_CONCURRENCY).",
+    )
+
+    def load(self) -> ImageClassifier | RemoteClassifier:
+        """The process's model, warmed up for this batch size (neither counts as run time).
+
+        With ``inference_url``, a client of the model service instead: torch is never imported.
+        """
+        if self.inference_url:
+            from ai_assets.inference_client import RemoteClassifier
+
+            return RemoteClassifier(self.inference_url, concurrency=self.inference_concurrency)
         from ai_assets.classify import load_classifier
         from ai_assets.model_convert import ensure_default_model
 
