@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once serve test lint model browser reliability bench bench-sqs clean
+.PHONY: install install-demo demo demo-once serve test lint model browser reliability bench bench-sqs screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -59,6 +59,10 @@ test: install lint model browser
 
 reliability: install model
 	$(PY) -m pytest -m reliability -q
+
+# refresh the README's UI screenshots (docs/ui-*.png); a plain `make test` writes them elsewhere
+screenshots: install model browser
+	AI_ASSETS_TEST_SCREENSHOTS_DIR=docs $(PY) -m pytest -q ai_assets_tests/test_ui_e2e.py -k pages
 
 bench: install model
 	$(PY) bench/throughput.py

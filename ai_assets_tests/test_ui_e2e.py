@@ -31,7 +31,8 @@ from ai_assets_tests.util import answers
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
+#: ``make screenshots`` refreshes the README's pictures; a plain test run leaves docs/ alone.
+SCREENSHOTS = os.environ.get("AI_ASSETS_TEST_SCREENSHOTS_DIR", "")
 LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
 T = TypeVar("T")
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
@@ -302,7 +303,9 @@ ERROR_TEXTS = ("Something went wrong", "An unexpected error", "Unexpected GraphQ
 
 
 @pytest.mark.skipif(not shutil.which("chromedriver"), reason="chromium-driver not installed")
-def test_the_pages_a_user_opens_render_without_errors(dagster_dev: DagsterDev) -> None:
+def test_the_pages_a_user_opens_render_without_errors(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
     from selenium import webdriver
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
@@ -319,7 +322,8 @@ def test_the_pages_a_user_opens_render_without_errors(dagster_dev: DagsterDev) -
                  f"--user-data-dir={profile}", "--window-size=1440,900"):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    DOCS.mkdir(exist_ok=True)
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
     pages = {
         "asset-graph": ("/asset-groups/images", "image_classifications"),
         "partitions": ("/assets/image_classifications?view=partitions", TODAY),
@@ -343,7 +347,7 @@ def test_the_pages_a_user_opens_render_without_errors(dagster_dev: DagsterDev) -
             time.sleep(1)
             body = driver.find_element(By.TAG_NAME, "body").text
             assert not [e for e in ERROR_TEXTS if e in body], body[:2000]
-            driver.save_screenshot(str(DOCS / f"ui-{name}.png"))
+            driver.save_screenshot(str(shots / f"ui-{name}.png"))
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
