@@ -123,8 +123,13 @@ class Batcher:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")  # one batch at a time
 
     def submit(self, items: list[Any], top_k: int) -> list[asyncio.Future[list[Label]]]:
-        """Queue a request's images together, or refuse them all if the queue is full."""
-        if self.queue.qsize() + len(items) > self.settings.queue_limit:
+        """Queue a request's images together, or refuse them all if the queue is full.
+
+        A request larger than the whole limit is still taken when nothing waits, so no request
+        size is refused forever.
+        """
+        waiting = self.queue.qsize()
+        if waiting and waiting + len(items) > self.settings.queue_limit:
             raise ServiceError(
                 503,
                 "queue_full",
