@@ -82,6 +82,10 @@ class DayCounts:
     deleted: int = 0
     bytes: int = 0
 
+    def __add__(self, other: DayCounts) -> DayCounts:
+        pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+        return DayCounts(*(a + b for a, b in pairs))
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
@@ -122,7 +126,6 @@ def _version(row: dict[str, Any]) -> str:
 
 def merge(plans: Sequence[SlicePlan]) -> SlicePlan:
     """One tick's plans (events, then a listing slice) as one: batches, pending, day counts."""
-    days: dict[str, DayCounts] = collections.defaultdict(DayCounts)
     merged = SlicePlan(rows=[], batches=[], pending={}, days={}, skipped=[], listed=0)
     for plan in plans:
         merged.rows += plan.rows
@@ -131,10 +134,7 @@ def merge(plans: Sequence[SlicePlan]) -> SlicePlan:
         merged.skipped += plan.skipped
         merged.listed += plan.listed
         for day, counts in plan.days.items():
-            total = days[day]
-            for field in dataclasses.fields(DayCounts):
-                setattr(total, field.name, getattr(total, field.name) + getattr(counts, field.name))
-    merged.days = dict(days)
+            merged.days[day] = merged.days.get(day, DayCounts()) + counts
     return merged
 
 

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlparse
 
 import yaml
 
-from ai_assets_tests.util import serve
+from ai_assets_tests.util import send_json, serve
 
 _JOBS = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?(/status)?$")
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$")
@@ -55,12 +55,7 @@ class FakeKubernetes:
 
         class Handler(BaseHTTPRequestHandler):
             def _send(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def _not_found(self, kind: str, name: str | None) -> None:
                 self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",

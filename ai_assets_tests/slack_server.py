@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from ai_assets_tests.util import serve
+from ai_assets_tests.util import send_json, serve
 
 OK = (200, {}, None)
 RATE_LIMITED = (429, {"Retry-After": "1"}, {"ok": False, "error": "ratelimited"})
@@ -55,13 +55,9 @@ class FakeSlack:
                         "ok": bool(payload and payload.get("ok")),
                     }
                 )
-                data = json.dumps(payload or {"ok": False, "error": "internal_error"}).encode()
-                self.send_response(status)
-                for name, value in {"Content-Type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(
+                    self, status, payload or {"ok": False, "error": "internal_error"}, headers
+                )
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

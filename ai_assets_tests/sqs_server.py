@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from ai_assets_tests.util import serve
+from ai_assets_tests.util import send_json, serve
 
 ACCOUNT = "123456789012"
 THROTTLED = (400, "RequestThrottled", "Rate exceeded")
@@ -223,13 +223,8 @@ class FakeSqs:
                 if sqs.latency:
                     time.sleep(sqs.latency)
                 status, body = sqs.handle(action, request)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body, {"x-amzn-RequestId": str(uuid.uuid4())},
+                          content_type="application/x-amz-json-1.0")  # fmt: skip
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ai_assets.inference_client import ModelServiceError, RemoteClassifier
 from ai_assets.localdev import free_port
 from ai_assets_tests.hostile import decompression_bomb
-from ai_assets_tests.util import configure, rows_by_key, serve
+from ai_assets_tests.util import configure, rows_by_key, send_json, serve
 
 MAX_BYTES = 3_000_000
 
@@ -208,15 +208,10 @@ class FlakyService(BaseHTTPRequestHandler):
 
     def answer(self, body: dict[str, Any]) -> None:
         self.calls.append(self.command)
-        busy = len(self.calls) in (2, 3)
-        data = json.dumps({"error": {"kind": "queue_full"}} if busy else body).encode()
-        self.send_response(503 if busy else 200)
-        if busy:
-            self.send_header("Retry-After", "0")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        if len(self.calls) in (2, 3):
+            send_json(self, 503, {"error": {"kind": "queue_full"}}, {"Retry-After": "0"})
+        else:
+            send_json(self, 200, body)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -53,6 +54,23 @@ def answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def send_json(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: Any,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> None:
+    """Answer a local test server's request with a JSON body."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    for name, value in {"Content-Type": content_type, **(headers or {})}.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 @contextlib.contextmanager
