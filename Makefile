@@ -30,10 +30,10 @@ model: install-demo
 	$(PY) -m ai_assets.model_convert
 
 demo: model
-	$(PY) -m ai_assets.demo
+	$(PY) -m ai_assets_dev.demo
 
 demo-once: model
-	$(PY) -m ai_assets.demo --once
+	$(PY) -m ai_assets_dev.demo --once
 
 # the model as a service on 127.0.0.1:8000 (README, Model service); runs use it when
 # AI_ASSETS_INFERENCE_URL=http://127.0.0.1:8000 is set

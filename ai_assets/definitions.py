@@ -12,7 +12,6 @@ from ai_assets.assets import (
     s3_images,
 )
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase, SlackNotifier
-from ai_assets.resources.slack import SLACK_API_URL
 from ai_assets.sensors import s3_image_sensor, slack_on_run_failure, slack_success_digest
 from ai_assets.settings import (
     DEFAULT_BATCH_SIZE,
@@ -21,6 +20,7 @@ from ai_assets.settings import (
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_SLACK_API_URL,
     DEFAULT_TOP_K,
     DEFAULT_WEBSERVER_URL,
     default_database_url,
@@ -69,7 +69,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         "slack": SlackNotifier(
             token=setting("SLACK_BOT_TOKEN", ""),
             channel=setting("AI_ASSETS_SLACK_CHANNEL", ""),
-            base_url=setting("AI_ASSETS_SLACK_API_URL", SLACK_API_URL),
+            base_url=setting("AI_ASSETS_SLACK_API_URL", DEFAULT_SLACK_API_URL),
             webserver_url=setting("AI_ASSETS_WEBSERVER_URL", DEFAULT_WEBSERVER_URL),
         ),
     }

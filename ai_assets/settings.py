@@ -1,4 +1,9 @@
-"""The configuration contract of the README: environment variables and their embedded defaults."""
+"""The configuration contract: every environment variable the package reads, declared once.
+
+``CONTRACT`` names each variable with its default and meaning; the README's Configuration
+table and the Helm chart's ConfigMap are checked against it, and so is every name the package's
+source mentions (ai_assets_tests/test_definitions.py). The defaults live here too.
+"""
 
 from __future__ import annotations
 
@@ -46,24 +51,92 @@ DEFAULT_QUEUE_LIMIT = 512
 DEFAULT_INFERENCE_CONCURRENCY = 4
 #: Minutes between Slack digests of successful runs; 0 = one message per run.
 DEFAULT_SLACK_DIGEST_MINUTES = 15
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One environment variable of the contract; ``reader`` is who reads it, if not us."""
+
+    name: str
+    default: str
+    meaning: str
+    reader: str = "ai_assets"
+
+
+CONTRACT: tuple[Variable, ...] = (
+    Variable("AI_ASSETS_S3_BUCKET", DEFAULT_BUCKET, "bucket holding the images"),
+    Variable("AI_ASSETS_S3_PREFIX", "", "key prefix to watch"),
+    Variable("AWS_ENDPOINT_URL", "AWS", "S3-compatible endpoint"),
+    Variable("AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL", "SQS endpoint, when it differs"),
+    Variable("AWS_ACCESS_KEY_ID", "boto3's chain", "AWS credentials", reader="boto3"),
+    Variable("AWS_SECRET_ACCESS_KEY", "boto3's chain", "AWS credentials", reader="boto3"),
+    Variable("AWS_REGION", "boto3's", "AWS region"),
+    Variable("AWS_MAX_ATTEMPTS", "5", "botocore attempts per call"),
+    Variable("AWS_RETRY_MODE", "standard", "botocore retry mode"),
+    Variable("AI_ASSETS_DATABASE_URL", "SQLite under DAGSTER_HOME", "the project's database"),
+    Variable("DAGSTER_HOME", "./.dagster_home", "Dagster's instance; the embedded database"),
+    Variable("AI_ASSETS_START_DATE", DEFAULT_START_DATE, "first daily partition"),
+    Variable("AI_ASSETS_MAX_OBJECTS_PER_RUN", str(DEFAULT_MAX_OBJECTS_PER_RUN), "batch size"),
+    Variable("AI_ASSETS_LIST_SECONDS_PER_TICK", str(DEFAULT_LIST_SECONDS_PER_TICK), "tick budget"),
+    Variable("AI_ASSETS_SQS_QUEUE_URL", "", "S3 event-notification queue"),
+    Variable(
+        "AI_ASSETS_RECONCILE_MINUTES", str(DEFAULT_RECONCILE_MINUTES), "minutes between passes"
+    ),
+    Variable("AI_ASSETS_MODEL", "bundled EfficientNet-Lite0", "hub id or local model dir"),
+    Variable("AI_ASSETS_CACHE_DIR", ".cache in the checkout", "where the bundled model converts"),
+    Variable("AI_ASSETS_BATCH_SIZE", str(DEFAULT_BATCH_SIZE), "images per model batch"),
+    Variable("AI_ASSETS_TOP_K", str(DEFAULT_TOP_K), "labels kept per image"),
+    Variable("AI_ASSETS_DOWNLOAD_CONCURRENCY", "cores + 1", "fetch/decode threads per run"),
+    Variable("AI_ASSETS_PRECISION", "fp32", "fp32, bf16 or fp16"),
+    Variable("AI_ASSETS_INFERENCE_URL", "", "model service for runs"),
+    Variable(
+        "AI_ASSETS_INFERENCE_CONCURRENCY", str(DEFAULT_INFERENCE_CONCURRENCY), "requests in flight"
+    ),
+    Variable("AI_ASSETS_BATCH_WAIT_MS", str(DEFAULT_BATCH_WAIT_MS), "service batch wait"),
+    Variable("AI_ASSETS_QUEUE_LIMIT", str(DEFAULT_QUEUE_LIMIT), "service queue bound"),
+    Variable("AI_ASSETS_MAX_IMAGE_BYTES", str(DEFAULT_MAX_IMAGE_BYTES), "object size limit"),
+    Variable("AI_ASSETS_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_IMAGE_PIXELS), "image size limit"),
+    Variable("AI_ASSETS_RUN_CPU_REQUEST", "", "classification run pod: CPU request"),
+    Variable("AI_ASSETS_RUN_MEMORY_REQUEST", "", "classification run pod: memory request"),
+    Variable("AI_ASSETS_RUN_CPU_LIMIT", "", "classification run pod: CPU limit"),
+    Variable("AI_ASSETS_RUN_MEMORY_LIMIT", "", "classification run pod: memory limit"),
+    Variable("AI_ASSETS_RUN_GPUS", "", "classification run pod: GPUs"),
+    Variable("AI_ASSETS_RUN_NODE_SELECTOR", "", "classification run pod: node selector (JSON)"),
+    Variable("AI_ASSETS_RUN_TOLERATIONS", "", "classification run pod: tolerations (JSON)"),
+    Variable("SLACK_BOT_TOKEN", "", "Slack bot token; unset = no Slack"),
+    Variable("AI_ASSETS_SLACK_CHANNEL", "", "Slack channel"),
+    Variable(
+        "AI_ASSETS_SLACK_DIGEST_MINUTES", str(DEFAULT_SLACK_DIGEST_MINUTES), "digest interval"
+    ),
+    Variable("AI_ASSETS_SLACK_API_URL", DEFAULT_SLACK_API_URL, "Slack Web API base URL"),
+    Variable("AI_ASSETS_WEBSERVER_URL", DEFAULT_WEBSERVER_URL, "Dagster UI base URL for links"),
+)
+DECLARED = frozenset(variable.name for variable in CONTRACT)
+
+
+def _declared(name: str) -> str:
+    if name not in DECLARED:
+        raise KeyError(f"{name} is not in the configuration contract (ai_assets.settings)")
+    return name
 
 
 def setting(name: str, default: str) -> str | dg.EnvVar:
     """``dg.EnvVar(name)`` when the variable is set (resolved at run time), else the default."""
     import dagster as dg
 
-    return dg.EnvVar(name) if os.environ.get(name) else default
+    return dg.EnvVar(name) if os.environ.get(_declared(name)) else default
 
 
 def int_setting(name: str, default: int) -> int | dg.EnvVar:
     import dagster as dg
 
-    return dg.EnvVar.int(name) if os.environ.get(name) else default
+    return dg.EnvVar.int(name) if os.environ.get(_declared(name)) else default
 
 
 def _number(name: str, default: float, kind: type[int] | type[float], minimum: float) -> float:
     """A numeric variable read now (sensors read theirs each tick); a bad value says which."""
-    raw = os.environ.get(name, "").strip()
+    raw = os.environ.get(_declared(name), "").strip()
     if not raw:
         return default
     try:

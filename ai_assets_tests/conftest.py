@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 
-from ai_assets.localdev import PostgresServer, postgres, seaweedfs
+from ai_assets_dev.localdev import PostgresServer, postgres, seaweedfs
 
 ACCESS_KEY = "ai-assets-test"
 SECRET_KEY = "ai-assets-test-secret"
@@ -113,7 +113,7 @@ def lite0_dir() -> str:
 
 @pytest.fixture(scope="session")
 def jpegs() -> dict[str, bytes]:
-    from ai_assets.samples import sample_jpegs
+    from ai_assets_dev.samples import sample_jpegs
 
     return sample_jpegs()
 

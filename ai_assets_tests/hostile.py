@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from ai_assets.samples import encode
+from ai_assets_dev.samples import encode
 
 
 @dataclasses.dataclass(frozen=True)

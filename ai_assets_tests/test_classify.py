@@ -11,8 +11,8 @@ from ai_assets.classify import (
     decode_image,
     load_classifier,
 )
-from ai_assets.samples import encode
 from ai_assets.store import Fetched
+from ai_assets_dev.samples import encode
 
 
 def png(image: Image.Image) -> bytes:

@@ -1,13 +1,19 @@
 """The code location's contract: the documented names, cheap to load, configured by env vars."""
 
 import os
+import re
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from ai_assets.definitions import build_defs
+from ai_assets.settings import CONTRACT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_definitions_load_with_the_contract_names() -> None:
@@ -89,3 +95,74 @@ def test_kinds_name_the_configured_database() -> None:
     env = {**os.environ, "AI_ASSETS_DATABASE_URL": "postgresql+psycopg2://u@db/x"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "['postgres', 'pytorch']"
+
+
+def test_the_wheel_ships_the_code_location_and_no_dev_tooling(tmp_path: Path) -> None:
+    root = ROOT
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path), str(root)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [wheel] = tmp_path.glob("ai_assets-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {name.split("/")[0] for name in names if not name.startswith("ai_assets-")}
+    assert packages == {"ai_assets"}, packages
+    assert "ai_assets/definitions.py" in names
+    assert "ai_assets/model_service.py" in names
+    assert "ai_assets/migrations/script.py.mako" in names
+    dev = ("demo.py", "localdev.py", "inprocess.py", "samples.py")
+    assert not [n for n in names if n.rsplit("/", 1)[-1] in dev], "dev tooling in the wheel"
+
+
+# the configuration contract: the package's source, the README and the chart against it
+_NAME = re.compile(r"\b((?:AI_ASSETS|AWS|SLACK|DAGSTER)_[A-Z0-9_]*[A-Z0-9])(?![A-Z0-9_*])")
+
+
+def names_in_source() -> set[str]:
+    """Every variable-like name the package's source mentions (code, messages, docstrings)."""
+    found: set[str] = set()
+    for path in (ROOT / "ai_assets").rglob("*.py"):
+        found |= set(_NAME.findall(path.read_text()))
+    return found - {"DAGSTER_PG_PASSWORD"}  # the instance's (deploy/dagster.yaml), named in docs
+
+
+def names_in_readme() -> set[str]:
+    """The first column of the README's Configuration table, ``X_*`` families expanded."""
+    text = (ROOT / "README.md").read_text().split("## Configuration", 1)[1]
+    table = text.split("\n\n", 2)[1]
+    names: set[str] = set()
+    for row in table.splitlines()[2:]:
+        for name in re.findall(r"`([A-Z0-9_*]+)`", row.split("|")[1]):
+            family = [
+                v.name for v in CONTRACT if name.endswith("*") and v.name.startswith(name[:-1])
+            ]
+            names |= set(family) if name.endswith("*") else {name}
+    return names
+
+
+def test_every_variable_used_is_declared_and_documented_and_none_more() -> None:
+    declared = {v.name for v in CONTRACT}
+    assert len(declared) == len(CONTRACT), "a variable declared twice"
+    used = names_in_source()
+    assert used - declared == set(), "used in ai_assets/ but not in settings.CONTRACT"
+    ours = {v.name for v in CONTRACT if v.reader == "ai_assets"}
+    assert ours - used == set(), "declared but never read by the package"
+    assert names_in_readme() == declared, "README's Configuration table and the contract differ"
+
+
+@pytest.mark.parametrize("values", ["defaults", "production"])
+def test_the_charts_configmap_sets_only_declared_variables(values: str) -> None:
+    from ai_assets_tests.test_deploy import PRODUCTION, by_kind, render
+
+    env = by_kind(render(PRODUCTION if values == "production" else {}), "ConfigMap")
+    keys = set(env["ai-ai-assets-env"]["data"])
+    ours = {key for key in keys if key.startswith(("AI_ASSETS_", "AWS_", "SLACK_"))}
+    assert ours - {v.name for v in CONTRACT} == set()
+
+
+def test_reading_an_undeclared_variable_fails_loudly() -> None:
+    from ai_assets.settings import int_setting
+
+    with pytest.raises(KeyError, match="not in the configuration contract"):
+        int_setting("AI_ASSETS_NOT_DECLARED", 1)

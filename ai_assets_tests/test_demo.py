@@ -15,7 +15,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from ai_assets.localdev import free_port
+from ai_assets_dev.localdev import free_port
 from ai_assets_tests.util import answers
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +63,7 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "AWS_"))}
     env |= {"AI_ASSETS_DEMO_DIR": str(demo_dir), "AI_ASSETS_MODEL": lite0_dir}
     demo = subprocess.Popen(
-        [sys.executable, "-m", "ai_assets.demo", "--ui-port", str(ui_port),
+        [sys.executable, "-m", "ai_assets_dev.demo", "--ui-port", str(ui_port),
          "--s3-port", str(s3_port)],
         cwd=ROOT,
         env=env,

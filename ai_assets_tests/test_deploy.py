@@ -25,7 +25,7 @@ import sqlalchemy as sa
 import yaml
 
 from ai_assets import table
-from ai_assets.inprocess import InProcessDaemon
+from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.k8s_server import FakeKubernetes, fake_kubernetes
 
 ROOT = Path(__file__).resolve().parents[1]

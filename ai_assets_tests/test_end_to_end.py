@@ -8,8 +8,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ai_assets.inprocess import InProcessDaemon
 from ai_assets.model_convert import build_config
+from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.util import rows_by_key
 
 CAT_CLASSES = set(range(281, 286))

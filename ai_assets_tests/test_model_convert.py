@@ -6,7 +6,7 @@ from PIL import Image
 
 from ai_assets.classify import decode_image, load_classifier
 from ai_assets.model_convert import build_config, map_key, source_weights_path
-from ai_assets.samples import encode
+from ai_assets_dev.samples import encode
 
 CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -20,7 +20,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from ai_assets.inference_client import ModelServiceError, RemoteClassifier
-from ai_assets.localdev import free_port
+from ai_assets_dev.localdev import free_port
 from ai_assets_tests.hostile import decompression_bomb
 from ai_assets_tests.util import configure, rows_by_key, send_json, serve
 
@@ -232,7 +232,7 @@ def test_the_client_retries_503_and_fails_clearly_when_the_service_stays_down() 
 RUN_THROUGH_SERVICE = """
 import json, sys
 import dagster as dg
-from ai_assets.inprocess import InProcessDaemon
+from ai_assets_dev.inprocess import InProcessDaemon
 with dg.instance_for_test() as instance:
     _, runs = InProcessDaemon(instance).tick()
 print(json.dumps({"runs": [r.success for r in runs], "torch": "torch" in sys.modules,

@@ -18,7 +18,7 @@ from ai_assets.preprocess import (
     max_difference,
     reference_image,
 )
-from ai_assets.samples import encode
+from ai_assets_dev.samples import encode
 
 LEVEL = 1 / 255 / 0.5  # one uint8 level after EfficientNet-Lite0's rescale and normalise
 SIZES = [(331, 217), (217, 331), (640, 480), (512, 512), (100, 60), (3000, 400), (256, 256)]

@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import migrations, table
-from ai_assets.inprocess import InProcessDaemon
 from ai_assets.keys import is_image_key
 from ai_assets.model_convert import build_config
-from ai_assets.samples import sample_images
 from ai_assets.store import list_objects
+from ai_assets_dev.inprocess import InProcessDaemon
+from ai_assets_dev.samples import sample_images
 from ai_assets_tests.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.hostile import hostile_keys, hostile_objects
 from ai_assets_tests.util import configure, rows_by_key
@@ -233,7 +233,7 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     import threading
     import time
 
-    from ai_assets.localdev import postgres
+    from ai_assets_dev.localdev import postgres
 
     with postgres() as pg, dg.instance_for_test() as instance:
         monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
@@ -308,7 +308,7 @@ def test_two_batches_of_one_day_run_at_once(
         requests = InProcessDaemon(instance).evaluate().run_requests or []
     assert len(requests) == 2 and len({r.partition_key for r in requests}) == 1
     launch = (
-        "import sys, dagster as dg; from ai_assets.inprocess import InProcessDaemon; "
+        "import sys, dagster as dg; from ai_assets_dev.inprocess import InProcessDaemon; "
         "instance = dg.DagsterInstance.get(); "
         "run = InProcessDaemon(instance).launch(dg.RunRequest(run_key=sys.argv[1], "
         "partition_key=sys.argv[2], tags={'ai_assets/batch': sys.argv[1]})); "
@@ -394,7 +394,7 @@ def test_the_sensor_survives_outages_of_its_database_and_s3(
 ) -> None:
     """A tick that cannot reach PostgreSQL or S3 fails (the daemon logs it and keeps its
     cursor); the next tick after the outage does the work, exactly once."""
-    from ai_assets.localdev import postgres
+    from ai_assets_dev.localdev import postgres
 
     s3_client.put_object(Bucket=bucket, Key="a.jpg", Body=jpegs["coffee"])
     with postgres() as pg, dg.instance_for_test() as instance, faulty_s3(s3_endpoint) as proxy:

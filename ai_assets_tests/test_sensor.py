@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import table
-from ai_assets.inprocess import InProcessDaemon
 from ai_assets.sensors.s3 import BATCH_TAG
+from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.util import configure, database, rows_by_key
 
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import table
-from ai_assets.inprocess import InProcessDaemon
 from ai_assets.sensors import slack_on_run_failure, slack_success_digest
+from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests import slack_server
 
 TOKEN = "xoxb-test-0000-very-secret-token"
@@ -164,7 +164,7 @@ def test_slack_failures_are_retried_or_logged_never_raised(
 def test_unreachable_slack_is_a_warning(
     daemon: InProcessDaemon, s3_client, bucket, jpegs, monkeypatch, caplog
 ) -> None:
-    from ai_assets.localdev import free_port
+    from ai_assets_dev.localdev import free_port
 
     run = classify(daemon, s3_client, bucket, jpegs)
     monkeypatch.setenv("AI_ASSETS_SLACK_API_URL", f"http://127.0.0.1:{free_port()}/api/")

@@ -26,7 +26,7 @@ import yaml
 from dagster_graphql import DagsterGraphQLClient
 
 from ai_assets import table
-from ai_assets.localdev import PostgresServer, free_port, stop_process
+from ai_assets_dev.localdev import PostgresServer, free_port, stop_process
 from ai_assets_tests.util import answers
 
 pytestmark = pytest.mark.e2e

@@ -35,7 +35,7 @@ SMALL_RUN = """
 import json, sys, time
 started = time.perf_counter()
 import dagster as dg
-from ai_assets.inprocess import InProcessDaemon
+from ai_assets_dev.inprocess import InProcessDaemon
 with dg.instance_for_test() as instance:
     _, runs = InProcessDaemon(instance).tick()
 print(json.dumps({"seconds": time.perf_counter() - started, "ok": [r.success for r in runs],
@@ -46,7 +46,7 @@ print(json.dumps({"seconds": time.perf_counter() - started, "ok": [r.success for
 def start_service(model: str) -> tuple[subprocess.Popen, str]:
     import requests
 
-    from ai_assets.localdev import free_port
+    from ai_assets_dev.localdev import free_port
 
     port = free_port()
     process = subprocess.Popen(
@@ -139,10 +139,10 @@ def main() -> None:
     import boto3
 
     from ai_assets.inference_client import RemoteClassifier
-    from ai_assets.localdev import seaweedfs
     from ai_assets.model_convert import ensure_default_model
-    from ai_assets.samples import sample_jpegs
     from ai_assets.settings import DEFAULT_BATCH_SIZE
+    from ai_assets_dev.localdev import seaweedfs
+    from ai_assets_dev.samples import sample_jpegs
 
     model = str(ensure_default_model())
     photos = list(sample_jpegs().values())

@@ -74,7 +74,7 @@ class Driver:
     """The daemon's side of a tick: evaluate, report events, create the runs, keep the cursor."""
 
     def __init__(self, instance) -> None:
-        from ai_assets.inprocess import InProcessDaemon
+        from ai_assets_dev.inprocess import InProcessDaemon
 
         self.daemon = InProcessDaemon(instance, log_level="WARNING")
         self.job = self.daemon.defs.resolve_job_def("classify_images_job")
@@ -156,8 +156,8 @@ def main() -> None:
     import boto3
     import dagster as dg
 
-    from ai_assets.localdev import postgres, seaweedfs
     from ai_assets.settings import list_seconds_per_tick, max_objects_per_run
+    from ai_assets_dev.localdev import postgres, seaweedfs
 
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sensor-bench-") as tmp,

@@ -231,8 +231,8 @@ def main() -> None:
 
     import boto3
 
-    from ai_assets.localdev import postgres, seaweedfs
     from ai_assets.sensors.s3 import SQS_RECEIVERS
+    from ai_assets_dev.localdev import postgres, seaweedfs
 
     figures: dict[str, object] = {}
     with (

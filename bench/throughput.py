@@ -48,7 +48,7 @@ BUCKET = "bench"
 
 def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
     """``n`` distinct ~512 px JPEGs: random crops, flips, colour jitter of the sample photos."""
-    from ai_assets.samples import sample_images
+    from ai_assets_dev.samples import sample_images
 
     bases = list(sample_images().items())
     out = {}
@@ -72,7 +72,7 @@ def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
 
 def large_photos() -> list[bytes]:
     """JPEGs of 1–2.5k px (the sample photos enlarged 2–4×): where JPEG draft mode applies."""
-    from ai_assets.samples import sample_images
+    from ai_assets_dev.samples import sample_images
 
     out = []
     for image in sample_images().values():
@@ -180,7 +180,7 @@ def e2e_child(profile: str | None) -> None:
     """
     import dagster as dg
 
-    from ai_assets.inprocess import InProcessDaemon
+    from ai_assets_dev.inprocess import InProcessDaemon
 
     storage = {"postgres": {"postgres_url": os.environ["BENCH_DAGSTER_PG_URL"]}}
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
@@ -304,8 +304,8 @@ def main() -> None:
     ceiling_s = 3.0 if args.quick else 8.0
 
     from ai_assets.classify import ImageClassifier, load_classifier
-    from ai_assets.localdev import postgres, seaweedfs
     from ai_assets.model_convert import ensure_default_model
+    from ai_assets_dev.localdev import postgres, seaweedfs
 
     model_dir = str(ensure_default_model())
     images = corpus(n)

@@ -59,10 +59,10 @@ def _client(
 
 
 def queue_region(queue_url: str) -> str:
-    """The region of an AWS queue URL (``https://sqs.eu-west-1.amazonaws.com/…``); else boto3's
-    default region, else us-east-1 (local SQS servers such as moto's answer any)."""
+    """The region of an AWS queue URL (``https://sqs.eu-west-1.amazonaws.com/…``), else
+    us-east-1 (local SQS servers such as moto's answer any)."""
     match = re.match(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com", queue_url)
-    return match.group(1) if match else os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    return match.group(1) if match else "us-east-1"
 
 
 class ImageBucket(S3Resource):

@@ -11,7 +11,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
-SLACK_API_URL = "https://slack.com/api/"
+from ai_assets.settings import DEFAULT_SLACK_API_URL
 
 
 class BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
@@ -35,7 +35,7 @@ class SlackNotifier(SlackResource):
     token: str = Field(default="", description="Bot token (SLACK_BOT_TOKEN); empty = no Slack.")
     channel: str = Field(default="", description="Channel id or name (AI_ASSETS_SLACK_CHANNEL).")
     base_url: str = Field(
-        default=SLACK_API_URL, description="Web API URL (AI_ASSETS_SLACK_API_URL)."
+        default=DEFAULT_SLACK_API_URL, description="Web API URL (AI_ASSETS_SLACK_API_URL)."
     )
     webserver_url: str = Field(
         default="http://localhost:3000",

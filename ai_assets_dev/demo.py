@@ -19,7 +19,7 @@ from pathlib import Path
 
 import boto3
 
-from ai_assets.localdev import free_port, seaweedfs, stop_process
+from ai_assets_dev.localdev import free_port, seaweedfs, stop_process
 
 ROOT = Path(os.environ.get("AI_ASSETS_DEMO_DIR") or Path.cwd() / ".demo")
 DEMO_KEYS = {
@@ -75,7 +75,7 @@ def write_env_file(path: Path) -> None:
 
 
 def upload_samples() -> int:
-    from ai_assets.samples import sample_jpegs
+    from ai_assets_dev.samples import sample_jpegs
 
     client = boto3.client("s3")
     bucket = os.environ["AI_ASSETS_S3_BUCKET"]
@@ -93,7 +93,7 @@ def run_once() -> bool:
     import dagster as dg
 
     from ai_assets import table
-    from ai_assets.inprocess import InProcessDaemon
+    from ai_assets_dev.inprocess import InProcessDaemon
 
     with dg.DagsterInstance.get() as instance:
         daemon = InProcessDaemon(instance)
