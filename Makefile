@@ -43,6 +43,7 @@ serve: model
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/basedpyright
 
 # Debian's Chromium and ChromeDriver for the UI test (installed when missing and root, as in CI)
 browser:

@@ -195,11 +195,13 @@ class ImageClassifier:
         if fold:
             example = reference_batch(self.preprocessor, "cpu")
             self.folded = fold_batch_norms(network, lambda: network(pixel_values=example).logits)
-        self.model = network.to(self.device, self.dtype, memory_format=torch.channels_last)
+        # transformers wraps PreTrainedModel.to in a decorator whose signature pyright misreads
+        self.model = network.to(self.device, self.dtype, memory_format=torch.channels_last)  # pyright: ignore[reportArgumentType]
         self.min_decode_side = self.preprocessor.min_decode_side if jpeg_draft else 0
         self.model_id = model
         self.model_revision = _revision(self.model, model)
-        self.labels: dict[int, str] = dict(self.model.config.id2label)
+        id2label = self.model.config.id2label or {}
+        self.labels = {int(i): str(label) for i, label in id2label.items()}
         self._warm: set[int] = set()
 
     def warm_up(self, batch_size: int) -> None:
@@ -350,7 +352,8 @@ def _rows(
     now = dt.datetime.now(dt.UTC)
     rows = []
     for outcome in outcomes:
-        common = dict(
+        deleted = ClassificationRow(
+            status="deleted",
             s3_key=outcome.job.object_key,
             partition_key=outcome.job.partition_key,
             etag=outcome.fetched.etag,
@@ -363,18 +366,18 @@ def _rows(
         )
         labels = predictions.get(id(outcome))
         if outcome.fetched.deleted:
-            rows.append(ClassificationRow(status="deleted", **common))
+            rows.append(deleted)
         elif labels is None or isinstance(labels, str):
             error = labels if isinstance(labels, str) else outcome.error
-            rows.append(ClassificationRow(status="error", error=error, **common))
+            rows.append(dataclasses.replace(deleted, status="error", error=error))
         else:
             rows.append(
-                ClassificationRow(
+                dataclasses.replace(
+                    deleted,
                     status="ok",
                     label=labels[0].label,
                     score=labels[0].score,
                     top_k=[dataclasses.asdict(label) for label in labels],
-                    **common,
                 )
             )
     return rows

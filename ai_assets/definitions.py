@@ -1,6 +1,7 @@
 """The code location: one Definitions object, configured by the environment (README)."""
 
 import os
+from typing import Any
 
 import dagster as dg
 
@@ -31,7 +32,7 @@ from ai_assets.settings import (
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Set variables become ``dg.EnvVar``s (resolved at run time); unset ones take defaults."""
-    optional = {
+    optional: dict[str, Any] = {  # ImageBucket's fields of dagster-aws, None when unset
         name: dg.EnvVar(var)
         for name, var in {
             "endpoint_url": "AWS_ENDPOINT_URL",

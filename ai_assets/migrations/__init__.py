@@ -56,7 +56,9 @@ def head_revision() -> str:
 def main(argv: list[str] | None = None) -> int:
     from ai_assets.settings import default_database_url
 
-    parser = argparse.ArgumentParser(prog="ai-assets-db", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ai-assets-db", description=(__doc__ or "").splitlines()[0]
+    )
     parser.add_argument("action", choices=["upgrade", "current"])
     parser.add_argument(
         "--url", help="SQLAlchemy URL (default: AI_ASSETS_DATABASE_URL or the embedded SQLite)"

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
+import boto3.session
 import botocore.session
 from botocore.config import Config
 from dagster_aws.s3 import S3Resource
