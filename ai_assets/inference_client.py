@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from ai_assets.classify import Label
+from ai_assets.model import Label
 
 #: HTTP statuses that mean "try again": overloaded (503), or a proxy in front of a restart.
 RETRY_STATUSES = frozenset({502, 503, 504})

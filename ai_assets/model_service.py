@@ -28,8 +28,10 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from ai_assets.classify import ImageClassifier, ImageError, Label, yield_to_inference
+from ai_assets.decode import ImageError
+from ai_assets.model import ImageClassifier, Label
 from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY, ServiceSettings, service_settings
+from ai_assets.tuning import yield_to_inference
 
 TopK = Annotated[int | None, Query(ge=1, le=1000, description="labels per image")]
 #: HTTP status per ImageError kind: the client sent something the model cannot take.
@@ -197,7 +199,7 @@ class ModelState:
         self.loaded = threading.Event()
 
     def load(self) -> None:
-        from ai_assets.classify import load_classifier
+        from ai_assets.model import load_classifier
         from ai_assets.model_convert import ensure_default_model
 
         try:
@@ -305,7 +307,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return data
 
     # decode threads run as SCHED_IDLE, as in runs: preempting torch's threads mid-batch costs
-    # more than it gains (classify.yield_to_inference)
+    # more than it gains (tuning.yield_to_inference)
     decoders = ThreadPoolExecutor(
         DEFAULT_DOWNLOAD_CONCURRENCY, "decode", initializer=yield_to_inference
     )

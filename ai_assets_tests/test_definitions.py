@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -98,10 +99,10 @@ def test_kinds_name_the_configured_database() -> None:
 
 
 def test_the_wheel_ships_the_code_location_and_no_dev_tooling(tmp_path: Path) -> None:
-    root = ROOT
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # stale build outputs would leak in
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(tmp_path), str(root)],
+         "--wheel-dir", str(tmp_path), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     [wheel] = tmp_path.glob("ai_assets-*.whl")

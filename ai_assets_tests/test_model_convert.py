@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ai_assets.classify import decode_image, load_classifier
+from ai_assets.decode import decode_image
+from ai_assets.model import load_classifier
 from ai_assets.model_convert import build_config, map_key, source_weights_path
 from ai_assets_dev.samples import encode
 

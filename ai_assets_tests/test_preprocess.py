@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
-from ai_assets.classify import decode_image
+from ai_assets.decode import decode_image
 from ai_assets.model_convert import build_image_processor
 from ai_assets.preprocess import (
     FastPreprocessor,

@@ -37,7 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ai_assets.classify import ImageClassifier, Job, classify_objects
+    from ai_assets.model import ImageClassifier
+    from ai_assets.pipeline import Job, classify_objects
     from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
     from ai_assets.store import Fetched
 

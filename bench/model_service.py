@@ -108,7 +108,7 @@ def load(url: str, photos: list[bytes], clients: int, requests_total: int) -> di
 
 
 def ceiling(model: str, photos: list[bytes], images: int, batch_size: int) -> float:
-    from ai_assets.classify import load_classifier
+    from ai_assets.model import load_classifier
 
     classifier = load_classifier(model)
     classifier.warm_up(batch_size)

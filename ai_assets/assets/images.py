@@ -14,9 +14,9 @@ import dagster as dg
 from pydantic import Field
 
 from ai_assets import inventory, table
-from ai_assets.classify import Job, classify_objects
 from ai_assets.k8s import classification_run_tags
 from ai_assets.partitions import images_daily
+from ai_assets.pipeline import Job, classify_objects
 from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
 from ai_assets.settings import database_kind
 from ai_assets.store import fetch_object

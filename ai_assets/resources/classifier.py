@@ -15,8 +15,8 @@ from ai_assets.settings import (
 )
 
 if TYPE_CHECKING:
-    from ai_assets.classify import ImageClassifier
     from ai_assets.inference_client import RemoteClassifier
+    from ai_assets.model import ImageClassifier
 
 
 class ClassifierResource(dg.ConfigurableResource):
@@ -64,7 +64,7 @@ class ClassifierResource(dg.ConfigurableResource):
             from ai_assets.inference_client import RemoteClassifier
 
             return RemoteClassifier(self.inference_url, concurrency=self.inference_concurrency)
-        from ai_assets.classify import load_classifier
+        from ai_assets.model import load_classifier
         from ai_assets.model_convert import ensure_default_model
 
         model = self.model or str(ensure_default_model())

@@ -3,14 +3,9 @@ import io
 import pytest
 from PIL import Image
 
-from ai_assets.classify import (
-    ImageClassifier,
-    ImageError,
-    Job,
-    classify_objects,
-    decode_image,
-    load_classifier,
-)
+from ai_assets.decode import ImageError, decode_image
+from ai_assets.model import ImageClassifier, load_classifier
+from ai_assets.pipeline import Job, classify_objects
 from ai_assets.store import Fetched
 from ai_assets_dev.samples import encode
 
@@ -143,7 +138,7 @@ def test_fetch_threads_yield_the_cpu_to_inference() -> None:
     import os
     import threading
 
-    from ai_assets.classify import yield_to_inference
+    from ai_assets.tuning import yield_to_inference
 
     seen: list[int] = []
 
@@ -195,3 +190,16 @@ def test_the_bundled_model_runs_with_folded_batchnorms_and_the_same_labels(
     for a, b in zip(folded.predict(pixels, 5), plain.predict(pixels, 5), strict=True):
         assert [label.label for label in a] == [label.label for label in b]
         assert [label.score for label in a] == pytest.approx([label.score for label in b], abs=1e-4)
+
+
+def test_importing_the_package_changes_no_pillow_global() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from PIL import Image; default = Image.MAX_IMAGE_PIXELS; "
+        "import ai_assets.definitions, ai_assets.model_service, ai_assets.pipeline; "
+        "print(Image.MAX_IMAGE_PIXELS == default)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "True", done.stderr[-2000:]
