@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import dagster as dg
 import pytest
 
+from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_dev.localdev import PostgresServer, postgres, seaweedfs
 
 ACCESS_KEY = "ai-assets-test"
@@ -167,3 +169,16 @@ def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         yield endpoint
     finally:
         server.stop()
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A throwaway Dagster instance, its storage in a temporary directory."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def make_daemon(instance: dg.DagsterInstance) -> Callable[[], InProcessDaemon]:
+    """The in-process daemon, built once the test has set the environment it reads."""
+    return lambda: InProcessDaemon(instance)

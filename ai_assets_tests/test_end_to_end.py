@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -17,15 +17,18 @@ CAT_CLASSES = set(range(281, 286))
 
 @pytest.fixture
 def daemon(
-    bucket: str, pg_url: str, lite0_dir: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[InProcessDaemon]:
+    bucket: str,
+    pg_url: str,
+    lite0_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    make_daemon: Callable[[], InProcessDaemon],
+) -> InProcessDaemon:
     monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
     monkeypatch.setenv("AI_ASSETS_S3_PREFIX", "photos/")
     monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
     monkeypatch.delenv("AI_ASSETS_MODEL", raising=False)  # the bundled default model
     monkeypatch.setenv("AI_ASSETS_BATCH_SIZE", "4")
-    with dg.instance_for_test() as instance:
-        yield InProcessDaemon(instance)
+    return make_daemon()
 
 
 def test_bucket_to_table_end_to_end(

@@ -11,11 +11,10 @@ import datetime as dt
 import json
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
-import dagster as dg
 import pytest
 
 from ai_assets import notifications
@@ -172,42 +171,44 @@ def moto_bucket(
 
 
 def test_uploads_overwrites_and_deletes_arrive_through_the_queue_in_one_tick(
-    moto_bucket: tuple[Any, Any, str], jpegs: dict[str, bytes], tmp_path
+    make_daemon: Callable[[], InProcessDaemon],
+    moto_bucket: tuple[Any, Any, str],
+    jpegs: dict[str, bytes],
+    tmp_path,
 ) -> None:
     s3, sqs, queue_url = moto_bucket
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
-    with dg.instance_for_test() as instance:
-        daemon = InProcessDaemon(instance)
-        first, _ = daemon.tick()  # the first pass lists the (empty) prefix; removes TestEvent
-        assert not first.run_requests and passes(daemon) == 1
-        for key in [*ODD_KEYS, "in/readme.txt", "out/z.jpg"]:
-            s3.put_object(Bucket="images", Key=key, Body=jpegs["coffee"])
+    daemon = make_daemon()
+    first, _ = daemon.tick()  # the first pass lists the (empty) prefix; removes TestEvent
+    assert not first.run_requests and passes(daemon) == 1
+    for key in [*ODD_KEYS, "in/readme.txt", "out/z.jpg"]:
+        s3.put_object(Bucket="images", Key=key, Body=jpegs["coffee"])
 
-        result, runs = daemon.tick()
-        assert passes(daemon) == 1  # no listing: the queue brought everything
-        assert [run.success for run in runs] == [True]
-        assert sorted(inventory(db)) == sorted(ODD_KEYS)
-        rows = rows_by_key(db)
-        assert sorted(rows) == sorted(ODD_KEYS)
-        assert {row["status"] for row in rows.values()} == {"ok"}
-        assert queue_depth(sqs, queue_url) == 0
+    result, runs = daemon.tick()
+    assert passes(daemon) == 1  # no listing: the queue brought everything
+    assert [run.success for run in runs] == [True]
+    assert sorted(inventory(db)) == sorted(ODD_KEYS)
+    rows = rows_by_key(db)
+    assert sorted(rows) == sorted(ODD_KEYS)
+    assert {row["status"] for row in rows.values()} == {"ok"}
+    assert queue_depth(sqs, queue_url) == 0
 
-        s3.put_object(Bucket="images", Key="in/a b.jpg", Body=jpegs["chelsea"])
-        s3.delete_object(Bucket="images", Key="in/a+b.jpg")
-        result, runs = daemon.tick()
-        assert passes(daemon) == 1 and [run.success for run in runs] == [True]
-        [event] = result.asset_events or []
-        assert (event.metadata["changed"].value, event.metadata["deleted"].value) == (1, 1)
-        rows = rows_by_key(db)
-        head = s3.head_object(Bucket="images", Key="in/a b.jpg")
-        assert rows["in/a b.jpg"]["etag"] == head["ETag"].strip('"')
-        assert rows["in/a+b.jpg"]["status"] == "deleted"
-        assert inventory(db)["in/a+b.jpg"]["deleted_at"] is not None
-        assert len(rows) == len(ODD_KEYS)
+    s3.put_object(Bucket="images", Key="in/a b.jpg", Body=jpegs["chelsea"])
+    s3.delete_object(Bucket="images", Key="in/a+b.jpg")
+    result, runs = daemon.tick()
+    assert passes(daemon) == 1 and [run.success for run in runs] == [True]
+    [event] = result.asset_events or []
+    assert (event.metadata["changed"].value, event.metadata["deleted"].value) == (1, 1)
+    rows = rows_by_key(db)
+    head = s3.head_object(Bucket="images", Key="in/a b.jpg")
+    assert rows["in/a b.jpg"]["etag"] == head["ETag"].strip('"')
+    assert rows["in/a+b.jpg"]["status"] == "deleted"
+    assert inventory(db)["in/a+b.jpg"]["deleted_at"] is not None
+    assert len(rows) == len(ODD_KEYS)
 
-        again, runs = daemon.tick()  # nothing new: nothing requested, nothing left queued
-        assert not again.run_requests and not runs and not again.asset_events
-        assert queue_depth(sqs, queue_url) == 0
+    again, runs = daemon.tick()  # nothing new: nothing requested, nothing left queued
+    assert not again.run_requests and not runs and not again.asset_events
+    assert queue_depth(sqs, queue_url) == 0
 
 
 @pytest.fixture
@@ -244,59 +245,64 @@ def send(sqs: FakeSqs, bucket: str, *records: dict[str, Any]) -> None:
 
 @pytest.mark.reliability
 def test_duplicated_reordered_and_late_events_change_nothing(
-    fake_queue: tuple[FakeSqs, str], bucket: str, s3_client: Any, tmp_path, reliability_report
+    make_daemon: Callable[[], InProcessDaemon],
+    fake_queue: tuple[FakeSqs, str],
+    bucket: str,
+    s3_client: Any,
+    tmp_path,
+    reliability_report,
 ) -> None:
     sqs, _ = fake_queue
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
     s3_client.put_object(Bucket=bucket, Key="in/listed.jpg", Body=b"v9")
     listed_etag = s3_client.head_object(Bucket=bucket, Key="in/listed.jpg")["ETag"].strip('"')
     t = NOW - dt.timedelta(minutes=5)
-    with dg.instance_for_test() as instance:
-        daemon = InProcessDaemon(instance)
-        daemon.cursor = daemon.evaluate().cursor  # the first pass inventories in/listed.jpg
-        send(
-            sqs,
-            bucket,
-            # with sequencers: put v2, delete, put v1 (stale), put v2 again (duplicate)
-            s3_event("in/k.jpg", etag="v2", sequencer="0A02", at=t),
-            s3_event("in/k.jpg", "ObjectRemoved:Delete", sequencer="0A03", at=t),
-            s3_event("in/k.jpg", etag="v1", sequencer="0A01", at=t),
-            # without sequencers (as moto sends them): the event time decides
-            s3_event("in/t.jpg", etag="t2", at=t + dt.timedelta(seconds=2)),
-            s3_event("in/t.jpg", etag="t1", at=t + dt.timedelta(seconds=1)),
-            # an event older than what the listing recorded
-            s3_event("in/listed.jpg", etag="old", at=t - dt.timedelta(days=1)),
-            # a removal of a key never seen, then its late creation
-            s3_event("in/never.jpg", "ObjectRemoved:Delete", sequencer="0B02", at=t),
-        )
-        first = daemon.evaluate()
-        daemon.cursor = first.cursor
-        rows = inventory(db)
-        assert rows["in/k.jpg"]["deleted_at"] is not None
-        assert rows["in/k.jpg"]["sequencer"] == "0A03"
-        assert rows["in/t.jpg"]["etag"] == "t2"
-        assert rows["in/listed.jpg"]["etag"] == listed_etag
-        assert rows["in/never.jpg"]["deleted_at"] is not None
+    daemon = make_daemon()
+    daemon.cursor = daemon.evaluate().cursor  # the first pass inventories in/listed.jpg
+    send(
+        sqs,
+        bucket,
+        # with sequencers: put v2, delete, put v1 (stale), put v2 again (duplicate)
+        s3_event("in/k.jpg", etag="v2", sequencer="0A02", at=t),
+        s3_event("in/k.jpg", "ObjectRemoved:Delete", sequencer="0A03", at=t),
+        s3_event("in/k.jpg", etag="v1", sequencer="0A01", at=t),
+        # without sequencers (as moto sends them): the event time decides
+        s3_event("in/t.jpg", etag="t2", at=t + dt.timedelta(seconds=2)),
+        s3_event("in/t.jpg", etag="t1", at=t + dt.timedelta(seconds=1)),
+        # an event older than what the listing recorded
+        s3_event("in/listed.jpg", etag="old", at=t - dt.timedelta(days=1)),
+        # a removal of a key never seen, then its late creation
+        s3_event("in/never.jpg", "ObjectRemoved:Delete", sequencer="0B02", at=t),
+    )
+    first = daemon.evaluate()
+    daemon.cursor = first.cursor
+    rows = inventory(db)
+    assert rows["in/k.jpg"]["deleted_at"] is not None
+    assert rows["in/k.jpg"]["sequencer"] == "0A03"
+    assert rows["in/t.jpg"]["etag"] == "t2"
+    assert rows["in/listed.jpg"]["etag"] == listed_etag
+    assert rows["in/never.jpg"]["deleted_at"] is not None
 
-        send(
-            sqs,
-            bucket,
-            s3_event("in/k.jpg", etag="v2", sequencer="0A02", at=t),  # late duplicate
-            s3_event("in/k.jpg", "ObjectRemoved:Delete", sequencer="0A03", at=t),
-            s3_event("in/t.jpg", etag="t1", at=t + dt.timedelta(seconds=1)),
-            s3_event("in/never.jpg", etag="n1", sequencer="0B01", at=t),
-            s3_event("in/listed.jpg", etag=listed_etag, at=t),
-        )
-        second = daemon.evaluate()
-        assert inventory(db) == rows
-        assert not second.asset_events
-        new_batches = {r.tags[BATCH_TAG] for r in second.run_requests or []}
-        assert new_batches <= {r.tags[BATCH_TAG] for r in first.run_requests or []}
+    send(
+        sqs,
+        bucket,
+        s3_event("in/k.jpg", etag="v2", sequencer="0A02", at=t),  # late duplicate
+        s3_event("in/k.jpg", "ObjectRemoved:Delete", sequencer="0A03", at=t),
+        s3_event("in/t.jpg", etag="t1", at=t + dt.timedelta(seconds=1)),
+        s3_event("in/never.jpg", etag="n1", sequencer="0B01", at=t),
+        s3_event("in/listed.jpg", etag=listed_etag, at=t),
+    )
+    second = daemon.evaluate()
+    assert inventory(db) == rows
+    assert not second.asset_events
+    new_batches = {r.tags[BATCH_TAG] for r in second.run_requests or []}
+    assert new_batches <= {r.tags[BATCH_TAG] for r in first.run_requests or []}
     reliability_report("duplicated, reordered and late S3 events", "no change", 0, 0)
 
 
 @pytest.mark.reliability
 def test_a_crash_between_commit_and_delete_redelivers_harmlessly(
+    make_daemon: Callable[[], InProcessDaemon],
     fake_queue: tuple[FakeSqs, str],
     bucket: str,
     s3_client: Any,
@@ -308,58 +314,60 @@ def test_a_crash_between_commit_and_delete_redelivers_harmlessly(
     sqs, _ = fake_queue
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
     monkeypatch.setattr(notifications, "VISIBILITY_SECONDS", 1)
-    with dg.instance_for_test() as instance:
-        daemon = InProcessDaemon(instance)
-        daemon.tick()
-        keys = [f"in/{i}.jpg" for i in range(3)]
-        records = []
-        for key in keys:
-            etag = s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])["ETag"]
-            records.append(s3_event(key, etag=etag.strip('"'), sequencer=f"0{key[3]}"))
-        send(sqs, bucket, *records)
+    daemon = make_daemon()
+    daemon.tick()
+    keys = [f"in/{i}.jpg" for i in range(3)]
+    records = []
+    for key in keys:
+        etag = s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])["ETag"]
+        records.append(s3_event(key, etag=etag.strip('"'), sequencer=f"0{key[3]}"))
+    send(sqs, bucket, *records)
 
-        def crash(self: ImageBucket, drained: Drained, workers: int) -> list[str]:
-            raise KeyboardInterrupt("the daemon dies after the commit, before the delete")
+    def crash(self: ImageBucket, drained: Drained, workers: int) -> list[str]:
+        raise KeyboardInterrupt("the daemon dies after the commit, before the delete")
 
-        with monkeypatch.context() as patch:
-            patch.setattr(ImageBucket, "delete_events", crash)
-            with pytest.raises(KeyboardInterrupt):
-                daemon.evaluate()
-        assert sorted(inventory(db)) == keys  # committed, but no run and no delete yet
-        time.sleep(1.5)  # the messages become visible again
+    with monkeypatch.context() as patch:
+        patch.setattr(ImageBucket, "delete_events", crash)
+        with pytest.raises(KeyboardInterrupt):
+            daemon.evaluate()
+    assert sorted(inventory(db)) == keys  # committed, but no run and no delete yet
+    time.sleep(1.5)  # the messages become visible again
 
-        result, runs = daemon.tick()
-        assert len(result.run_requests or []) == 1  # the committed batch, requested again
-        assert [run.success for run in runs] == [True]
-        again, runs = daemon.tick()
-        assert not again.run_requests and not runs
-        assert sqs.depth("image-events") == 0
+    result, runs = daemon.tick()
+    assert len(result.run_requests or []) == 1  # the committed batch, requested again
+    assert [run.success for run in runs] == [True]
+    again, runs = daemon.tick()
+    assert not again.run_requests and not runs
+    assert sqs.depth("image-events") == 0
     rows = rows_by_key(db)
     reliability_report("crash between inventory commit and SQS delete", "ok", 3, len(rows))
     assert sorted(rows) == keys and {r["status"] for r in rows.values()} == {"ok"}
 
 
 def test_a_burst_of_10000_events_is_inventoried_exactly_once(
-    fake_queue: tuple[FakeSqs, str], bucket: str, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    make_daemon: Callable[[], InProcessDaemon],
+    fake_queue: tuple[FakeSqs, str],
+    bucket: str,
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sqs, _ = fake_queue
     monkeypatch.setenv("AI_ASSETS_DATABASE_URL", pg_url)
     keys = [f"in/burst/{i:05d} é+.jpg" for i in range(10_000)]
     events = [s3_event(key, etag=f"e{i}", sequencer=f"{i:08X}") for i, key in enumerate(keys)]
     requested: dict[str, int] = {}
-    with dg.instance_for_test() as instance:
-        daemon = InProcessDaemon(instance)
-        daemon.cursor = daemon.evaluate().cursor  # the first pass; the next is an hour away
-        send(sqs, bucket, *events, *events[:500])  # 500 delivered twice
-        for _ in range(5):
-            result = daemon.evaluate()
-            daemon.cursor = result.cursor
-            for event in result.asset_events or []:
-                requested[event.partition or ""] = (
-                    requested.get(event.partition or "", 0) + event.metadata["new"].value
-                )
-            if not sqs.depth("image-events"):
-                break
+    daemon = make_daemon()
+    daemon.cursor = daemon.evaluate().cursor  # the first pass; the next is an hour away
+    send(sqs, bucket, *events, *events[:500])  # 500 delivered twice
+    for _ in range(5):
+        result = daemon.evaluate()
+        daemon.cursor = result.cursor
+        for event in result.asset_events or []:
+            requested[event.partition or ""] = (
+                requested.get(event.partition or "", 0) + event.metadata["new"].value
+            )
+        if not sqs.depth("image-events"):
+            break
     rows = inventory(pg_url)
     assert sorted(rows) == keys
     assert sum(requested.values()) == 10_000
@@ -376,6 +384,7 @@ def test_a_burst_of_10000_events_is_inventoried_exactly_once(
     ["throttled", "access denied", "no such queue", "connection refused"],
 )
 def test_sqs_failures_warn_and_the_listing_carries_on(
+    make_daemon: Callable[[], InProcessDaemon],
     fault: str,
     fake_queue: tuple[FakeSqs, str],
     bucket: str,
@@ -394,20 +403,20 @@ def test_sqs_failures_warn_and_the_listing_carries_on(
     else:
         error = THROTTLED if fault == "throttled" else ACCESS_DENIED
         sqs.faults["ReceiveMessage"].extend([error] * 100)
-    with dg.instance_for_test() as instance:
-        daemon = InProcessDaemon(instance)
-        for i in range(3):
-            s3_client.put_object(Bucket=bucket, Key=f"in/{i}.jpg", Body=b"x")
-            result = daemon.evaluate()
-            daemon.cursor = result.cursor
-            assert f"in/{i}.jpg" in inventory(db)  # the listing ran: every tick while failing
-            log = capfd.readouterr().err
-            assert "WARNING - SQS queue" in log and "listing carries on" in log
-        assert passes(daemon) == 3
+    daemon = make_daemon()
+    for i in range(3):
+        s3_client.put_object(Bucket=bucket, Key=f"in/{i}.jpg", Body=b"x")
+        result = daemon.evaluate()
+        daemon.cursor = result.cursor
+        assert f"in/{i}.jpg" in inventory(db)  # the listing ran: every tick while failing
+        log = capfd.readouterr().err
+        assert "WARNING - SQS queue" in log and "listing carries on" in log
+    assert passes(daemon) == 3
     reliability_report(f"SQS {fault}", "listing carries on", 3, len(inventory(db)))
 
 
 def test_the_listing_reconciles_what_no_notification_announced(
+    make_daemon: Callable[[], InProcessDaemon],
     fake_queue: tuple[FakeSqs, str],
     bucket: str,
     s3_client: Any,
@@ -415,15 +424,14 @@ def test_the_listing_reconciles_what_no_notification_announced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = f"sqlite:///{tmp_path / 'results.sqlite'}"
-    with dg.instance_for_test() as instance:
-        daemon = InProcessDaemon(instance)
-        daemon.cursor = daemon.evaluate().cursor  # first pass
-        s3_client.put_object(Bucket=bucket, Key="in/unannounced.jpg", Body=b"x")
-        daemon.cursor = daemon.evaluate().cursor
-        assert "in/unannounced.jpg" not in inventory(db)  # no event, no pass due yet
-        cursor = Cursor.parse(daemon.cursor, "in/")
-        assert cursor.started and cursor.passes == 1
-        monkeypatch.setenv("AI_ASSETS_RECONCILE_MINUTES", "0")  # the interval has passed
-        daemon.cursor = daemon.evaluate().cursor
-        assert "in/unannounced.jpg" in inventory(db)
-        assert passes(daemon) == 2
+    daemon = make_daemon()
+    daemon.cursor = daemon.evaluate().cursor  # first pass
+    s3_client.put_object(Bucket=bucket, Key="in/unannounced.jpg", Body=b"x")
+    daemon.cursor = daemon.evaluate().cursor
+    assert "in/unannounced.jpg" not in inventory(db)  # no event, no pass due yet
+    cursor = Cursor.parse(daemon.cursor, "in/")
+    assert cursor.started and cursor.passes == 1
+    monkeypatch.setenv("AI_ASSETS_RECONCILE_MINUTES", "0")  # the interval has passed
+    daemon.cursor = daemon.evaluate().cursor
+    assert "in/unannounced.jpg" in inventory(db)
+    assert passes(daemon) == 2

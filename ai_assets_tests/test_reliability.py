@@ -3,7 +3,7 @@ nothing duplicated, every failure explained."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -27,14 +27,17 @@ CAT_CLASSES = set(range(281, 286))
 
 @pytest.fixture
 def daemon(
-    bucket: str, pg_url: str, lite0_dir: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[InProcessDaemon]:
+    bucket: str,
+    pg_url: str,
+    lite0_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    make_daemon: Callable[[], InProcessDaemon],
+) -> InProcessDaemon:
     configure(
         monkeypatch, bucket, pg_url, lite0_dir,
         AI_ASSETS_BATCH_SIZE="8", AI_ASSETS_MAX_IMAGE_BYTES=str(MAX_BYTES),
     )  # fmt: skip
-    with dg.instance_for_test() as instance:
-        yield InProcessDaemon(instance)
+    return make_daemon()
 
 
 def reconcile(s3_client: Any, bucket: str, pg_url: str, report, case: str) -> dict[str, Any]:

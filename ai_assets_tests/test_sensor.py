@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -17,12 +16,6 @@ from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.util import configure, database, rows_by_key
 
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture

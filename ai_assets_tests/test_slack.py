@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -28,7 +28,8 @@ def daemon(
     slack_api: slack_server.FakeSlack,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path,
-) -> Iterator[InProcessDaemon]:
+    make_daemon: Callable[[], InProcessDaemon],
+) -> InProcessDaemon:
     monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
     monkeypatch.delenv("AI_ASSETS_S3_PREFIX", raising=False)
     monkeypatch.setenv("AI_ASSETS_MODEL", tiny_model_dir)
@@ -37,8 +38,7 @@ def daemon(
     monkeypatch.setenv("AI_ASSETS_SLACK_CHANNEL", "#images")
     monkeypatch.setenv("AI_ASSETS_SLACK_API_URL", slack_api.url)
     monkeypatch.setenv("AI_ASSETS_WEBSERVER_URL", "https://dagster.example.com/")
-    with dg.instance_for_test() as instance:
-        yield InProcessDaemon(instance)
+    return make_daemon()
 
 
 def classify(daemon: InProcessDaemon, s3_client: Any, bucket: str, jpegs: dict[str, bytes]):
