@@ -12,7 +12,12 @@ from ai_assets.assets import (
     label_summary_automation,
     s3_images,
 )
-from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase, SlackNotifier
+from ai_assets.resources import (
+    ClassifierResource,
+    ImageBucketResource,
+    ResultsDatabaseResource,
+    SlackNotifierResource,
+)
 from ai_assets.sensors import s3_image_sensor, slack_on_run_failure, slack_success_digest
 from ai_assets.settings import (
     DEFAULT_BATCH_SIZE,
@@ -32,7 +37,7 @@ from ai_assets.settings import (
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Set variables become ``dg.EnvVar``s (resolved at run time); unset ones take defaults."""
-    optional: dict[str, Any] = {  # ImageBucket's fields of dagster-aws, None when unset
+    optional: dict[str, Any] = {  # ImageBucketResource's fields of dagster-aws, None when unset
         name: dg.EnvVar(var)
         for name, var in {
             "endpoint_url": "AWS_ENDPOINT_URL",
@@ -41,7 +46,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         if os.environ.get(var)
     }
     return {
-        "s3": ImageBucket(
+        "s3": ImageBucketResource(
             bucket=setting("AI_ASSETS_S3_BUCKET", DEFAULT_BUCKET),
             prefix=setting("AI_ASSETS_S3_PREFIX", ""),
             max_attempts=int_setting("AWS_MAX_ATTEMPTS", 5),
@@ -64,10 +69,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
                 "AI_ASSETS_INFERENCE_CONCURRENCY", DEFAULT_INFERENCE_CONCURRENCY
             ),
         ),
-        "results_db": ResultsDatabase(
+        "results_db": ResultsDatabaseResource(
             url=setting("AI_ASSETS_DATABASE_URL", default_database_url())
         ),
-        "slack": SlackNotifier(
+        "slack": SlackNotifierResource(
             token=setting("SLACK_BOT_TOKEN", ""),
             channel=setting("AI_ASSETS_SLACK_CHANNEL", ""),
             base_url=setting("AI_ASSETS_SLACK_API_URL", DEFAULT_SLACK_API_URL),

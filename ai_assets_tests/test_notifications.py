@@ -19,7 +19,7 @@ import pytest
 
 from ai_assets import notifications
 from ai_assets.notifications import Drained, decode_key, is_later, read_message
-from ai_assets.resources import ImageBucket
+from ai_assets.resources import ImageBucketResource
 from ai_assets.sensors.s3 import BATCH_TAG, Cursor
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.sqs_server import ACCESS_DENIED, THROTTLED, FakeSqs, fake_sqs
@@ -323,11 +323,11 @@ def test_a_crash_between_commit_and_delete_redelivers_harmlessly(
         records.append(s3_event(key, etag=etag.strip('"'), sequencer=f"0{key[3]}"))
     send(sqs, bucket, *records)
 
-    def crash(self: ImageBucket, drained: Drained, workers: int) -> list[str]:
+    def crash(self: ImageBucketResource, drained: Drained, workers: int) -> list[str]:
         raise KeyboardInterrupt("the daemon dies after the commit, before the delete")
 
     with monkeypatch.context() as patch:
-        patch.setattr(ImageBucket, "delete_events", crash)
+        patch.setattr(ImageBucketResource, "delete_events", crash)
         with pytest.raises(KeyboardInterrupt):
             daemon.evaluate()
     assert sorted(inventory(db)) == keys  # committed, but no run and no delete yet

@@ -87,14 +87,14 @@ def test_fast_timestamps_equal_botocores(value: str) -> None:
 def test_the_bucket_client_parses_timestamps_without_dateutil(
     s3_client, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ai_assets.resources import ImageBucket
+    from ai_assets.resources import ImageBucketResource
 
     def dateutil_parse(*args: object, **kwargs: object) -> None:
         raise AssertionError("botocore's dateutil parser was used")
 
     s3_client.put_object(Bucket=bucket, Key="t/a.jpg", Body=b"x")
     monkeypatch.setattr("dateutil.parser.parse", dateutil_parse)
-    resource = ImageBucket(
+    resource = ImageBucketResource(
         bucket=bucket,
         prefix="t/",
         endpoint_url=s3_client.meta.endpoint_url,

@@ -17,7 +17,7 @@ from ai_assets import inventory, table
 from ai_assets.k8s import classification_run_tags
 from ai_assets.partitions import images_daily
 from ai_assets.pipeline import Job, classify_objects
-from ai_assets.resources import ClassifierResource, ImageBucket, ResultsDatabase
+from ai_assets.resources import ClassifierResource, ImageBucketResource, ResultsDatabaseResource
 from ai_assets.settings import database_kind
 from ai_assets.store import fetch_object
 
@@ -114,9 +114,9 @@ class ClassifyConfig(dg.Config):
 def image_classifications(
     context: dg.AssetExecutionContext,
     config: ClassifyConfig,
-    s3: ImageBucket,
+    s3: ImageBucketResource,
     classifier: ClassifierResource,
-    results_db: ResultsDatabase,
+    results_db: ResultsDatabaseResource,
 ) -> dg.MaterializeResult:
     """One row per object in the `image_classifications` table: top-k ImageNet labels.
 
@@ -247,7 +247,7 @@ def _sample_table(rows: list[table.ClassificationRow]) -> str:
         & ~dg.AutomationCondition.in_progress()
     ).with_label(f"results changed, at most once per {SUMMARY_CRON!r}"),
 )
-def label_summary(results_db: ResultsDatabase) -> dg.MaterializeResult:
+def label_summary(results_db: ResultsDatabaseResource) -> dg.MaterializeResult:
     """Label counts, error counts and model versions over the whole table, computed in SQL.
 
     Refreshed by label_summary_automation at most once per five minutes, and only when runs

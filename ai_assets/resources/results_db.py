@@ -22,7 +22,7 @@ def _engine(url: str) -> Engine:
     return engine
 
 
-class ResultsDatabase(dg.ConfigurableResource):
+class ResultsDatabaseResource(dg.ConfigurableResource):
     """The project's database: the inventory and the results table (Postgres or SQLite)."""
 
     url: str = Field(description="SQLAlchemy URL (AI_ASSETS_DATABASE_URL), postgresql+psycopg2://…")

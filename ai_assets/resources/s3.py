@@ -65,7 +65,7 @@ def queue_region(queue_url: str) -> str:
     return match.group(1) if match else "us-east-1"
 
 
-class ImageBucket(S3Resource):
+class ImageBucketResource(S3Resource):
     """dagster-aws's S3 resource plus the bucket and prefix that hold the images."""
 
     bucket: str = Field(description="Bucket holding the images (AI_ASSETS_S3_BUCKET).")

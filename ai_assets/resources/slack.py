@@ -29,7 +29,7 @@ class BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
         return retry_after.isdigit() and int(retry_after) <= self.max_wait_s
 
 
-class SlackNotifier(SlackResource):
+class SlackNotifierResource(SlackResource):
     """dagster-slack's resource plus the channel, a Slack-compatible base URL and retries."""
 
     token: str = Field(default="", description="Bot token (SLACK_BOT_TOKEN); empty = no Slack.")

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from ai_assets import inventory
 from ai_assets.assets import BATCH_TAG, classify_images_job, s3_images
 from ai_assets.notifications import Drained
-from ai_assets.resources import ImageBucket, ResultsDatabase
+from ai_assets.resources import ImageBucketResource, ResultsDatabaseResource
 from ai_assets.settings import (
     list_seconds_per_tick,
     max_objects_per_run,
@@ -114,7 +114,7 @@ def run_request(batch: str, day: str) -> dg.RunRequest:
 
 
 def day_events(
-    days: dict[str, inventory.DayCounts], bucket: ImageBucket
+    days: dict[str, inventory.DayCounts], bucket: ImageBucketResource
 ) -> Iterable[dg.AssetMaterialization]:
     """One s3_images materialization per day the tick found changes in, never one per object."""
     for day in sorted(days):
@@ -147,7 +147,7 @@ def _log_drain(context: dg.SensorEvaluationContext, drained: Drained, queue_url:
 
 
 def record_events(
-    context: dg.SensorEvaluationContext, s3: ImageBucket, engine: Engine, seconds: float
+    context: dg.SensorEvaluationContext, s3: ImageBucketResource, engine: Engine, seconds: float
 ) -> tuple[inventory.SlicePlan, bool]:
     """Drain the queue, commit its events to the inventory, then delete the messages.
 
@@ -182,7 +182,7 @@ def record_events(
 
 def record_slice(
     context: dg.SensorEvaluationContext,
-    s3: ImageBucket,
+    s3: ImageBucketResource,
     engine: Engine,
     cursor: Cursor,
     seconds: float,
@@ -223,7 +223,9 @@ def plan_summary(plan: inventory.SlicePlan) -> str:
     ),
 )
 def s3_image_sensor(
-    context: dg.SensorEvaluationContext, s3: ImageBucket, results_db: ResultsDatabase
+    context: dg.SensorEvaluationContext,
+    s3: ImageBucketResource,
+    results_db: ResultsDatabaseResource,
 ) -> dg.SensorResult:
     cursor = Cursor.parse(context.cursor, s3.prefix)
     engine = results_db.get_engine()

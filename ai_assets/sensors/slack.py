@@ -21,7 +21,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from ai_assets.assets import BATCH_TAG, classify_images_job, image_classifications
 from ai_assets.digest import RunDigest, RunSummary, SuccessDigest, run_url
-from ai_assets.resources.slack import SlackNotifier
+from ai_assets.resources.slack import SlackNotifierResource
 from ai_assets.settings import slack_digest_minutes
 
 _PARTITION_TAG = "dagster/partition"
@@ -107,7 +107,7 @@ def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, webserver_url:
 
 
 def post(
-    log: Any, slack: SlackNotifier, what: str, text: str, blocks: list[dict[str, Any]]
+    log: Any, slack: SlackNotifierResource, what: str, text: str, blocks: list[dict[str, Any]]
 ) -> bool:
     """Post one message; any Slack failure becomes a warning, never an exception."""
     try:
@@ -124,7 +124,7 @@ def post(
     return False
 
 
-def _configured(log: Any, slack: SlackNotifier, sensor_name: str) -> bool:
+def _configured(log: Any, slack: SlackNotifierResource, sensor_name: str) -> bool:
     if slack.configured:
         return True
     if sensor_name not in _warned_unconfigured:
@@ -139,7 +139,7 @@ def _configured(log: Any, slack: SlackNotifier, sensor_name: str) -> bool:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Posts a Slack message, with the error, for every failed classify_images_job run.",
 )
-def slack_on_run_failure(context: dg.RunFailureSensorContext, slack: SlackNotifier) -> None:
+def slack_on_run_failure(context: dg.RunFailureSensorContext, slack: SlackNotifierResource) -> None:
     if not _configured(context.log, slack, "slack_on_run_failure"):
         return
     run = context.dagster_run
@@ -181,7 +181,7 @@ def _succeeded_since(
     ),
 )
 def slack_success_digest(
-    context: dg.SensorEvaluationContext, slack: SlackNotifier
+    context: dg.SensorEvaluationContext, slack: SlackNotifierResource
 ) -> dg.SkipReason:
     state = json.loads(context.cursor) if context.cursor else None
     if state is None:  # first tick: watch from now on
