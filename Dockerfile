@@ -33,6 +33,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# the code location runs from this WORKDIR: `-m ai_assets.definitions` imports this copy, beside
+# the pyproject.toml whose [tool.dg] block `dg.load_from_defs_folder` reads
 COPY ai_assets ./ai_assets
 RUN pip install --no-deps . \
     && python -c "from pathlib import Path; from ai_assets.model_convert import convert; convert(Path('$AI_ASSETS_MODEL'))" \

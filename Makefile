@@ -44,6 +44,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/basedpyright
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/dg check defs
 
 # Debian's Chromium and ChromeDriver for the UI test (installed when missing and root, as in CI)
 browser:

@@ -1,99 +1,20 @@
-"""The code location: one Definitions object, configured by the environment (README)."""
+"""The code location: every Dagster object under ``ai_assets/defs/``, configured by the environment.
 
-import os
-from typing import Any
+``dagster api grpc -m ai_assets.definitions`` (production), ``dagster dev`` and ``dg`` load
+``defs``; the demo and the tests call ``build_defs()`` to rebuild it after changing the
+environment.
+"""
+
+from pathlib import Path
 
 import dagster as dg
 
-from ai_assets.assets import (
-    classify_images_job,
-    image_classifications,
-    label_summary,
-    label_summary_automation,
-    s3_images,
-)
-from ai_assets.resources import (
-    ClassifierResource,
-    ImageBucketResource,
-    ResultsDatabaseResource,
-    SlackNotifierResource,
-)
-from ai_assets.sensors import s3_image_sensor, slack_on_run_failure, slack_success_digest
-from ai_assets.settings import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BUCKET,
-    DEFAULT_DOWNLOAD_CONCURRENCY,
-    DEFAULT_INFERENCE_CONCURRENCY,
-    DEFAULT_MAX_IMAGE_BYTES,
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DEFAULT_SLACK_API_URL,
-    DEFAULT_TOP_K,
-    DEFAULT_WEBSERVER_URL,
-    default_database_url,
-    int_setting,
-    setting,
-)
-
-
-def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Set variables become ``dg.EnvVar``s (resolved at run time); unset ones take defaults."""
-    optional: dict[str, Any] = {  # ImageBucketResource's fields of dagster-aws, None when unset
-        name: dg.EnvVar(var)
-        for name, var in {
-            "endpoint_url": "AWS_ENDPOINT_URL",
-            "region_name": "AWS_REGION",
-        }.items()
-        if os.environ.get(var)
-    }
-    return {
-        "s3": ImageBucketResource(
-            bucket=setting("AI_ASSETS_S3_BUCKET", DEFAULT_BUCKET),
-            prefix=setting("AI_ASSETS_S3_PREFIX", ""),
-            max_attempts=int_setting("AWS_MAX_ATTEMPTS", 5),
-            retry_mode=setting("AWS_RETRY_MODE", "standard"),
-            queue_url=setting("AI_ASSETS_SQS_QUEUE_URL", ""),
-            **optional,
-        ),
-        "classifier": ClassifierResource(
-            model=setting("AI_ASSETS_MODEL", ""),
-            batch_size=int_setting("AI_ASSETS_BATCH_SIZE", DEFAULT_BATCH_SIZE),
-            top_k=int_setting("AI_ASSETS_TOP_K", DEFAULT_TOP_K),
-            max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
-            max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
-            download_concurrency=int_setting(
-                "AI_ASSETS_DOWNLOAD_CONCURRENCY", DEFAULT_DOWNLOAD_CONCURRENCY
-            ),
-            precision=setting("AI_ASSETS_PRECISION", "fp32"),
-            inference_url=setting("AI_ASSETS_INFERENCE_URL", ""),
-            inference_concurrency=int_setting(
-                "AI_ASSETS_INFERENCE_CONCURRENCY", DEFAULT_INFERENCE_CONCURRENCY
-            ),
-        ),
-        "results_db": ResultsDatabaseResource(
-            url=setting("AI_ASSETS_DATABASE_URL", default_database_url())
-        ),
-        "slack": SlackNotifierResource(
-            token=setting("SLACK_BOT_TOKEN", ""),
-            channel=setting("AI_ASSETS_SLACK_CHANNEL", ""),
-            base_url=setting("AI_ASSETS_SLACK_API_URL", DEFAULT_SLACK_API_URL),
-            webserver_url=setting("AI_ASSETS_WEBSERVER_URL", DEFAULT_WEBSERVER_URL),
-        ),
-    }
-
 
 def build_defs() -> dg.Definitions:
-    """The code location, configured from the current environment."""
-    return dg.Definitions(
-        assets=[s3_images, image_classifications, label_summary],
-        jobs=[classify_images_job],
-        sensors=[
-            s3_image_sensor,
-            slack_on_run_failure,
-            slack_success_digest,
-            label_summary_automation,
-        ],
-        resources=build_resources(),
-    )
+    """The code location as the current environment configures it."""
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
 
 
-defs = build_defs()
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs()

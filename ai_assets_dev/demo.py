@@ -131,7 +131,7 @@ def serve_ui(port: int) -> int:
         "'SELECT s3_key, label, score FROM image_classifications'\n"
     )
     dagster = Path(sys.executable).with_name("dagster")
-    process = subprocess.Popen(  # [tool.dagster] in pyproject.toml: the code location "ai_assets"
+    process = subprocess.Popen(  # [tool.dg] in pyproject.toml: the code location "ai_assets"
         # warnings and errors only: the UI shows every tick and run; the console stays quiet
         [str(dagster), "dev", "-h", UI_HOST, "-p", str(port), "--log-level", "warning"],
         cwd=Path.cwd(),

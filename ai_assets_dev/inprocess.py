@@ -12,7 +12,7 @@ import dataclasses
 import dagster as dg
 
 from ai_assets.definitions import build_defs
-from ai_assets.sensors import s3_image_sensor
+from ai_assets.defs.images.sensor import s3_image_sensor
 
 RUN_KEY_TAG = "dagster/run_key"
 

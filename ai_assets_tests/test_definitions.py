@@ -1,5 +1,6 @@
 """The code location's contract: the documented names, cheap to load, configured by env vars."""
 
+import json
 import os
 import re
 import shutil
@@ -55,7 +56,7 @@ def test_definitions_load_with_the_contract_names() -> None:
 
 def test_loading_definitions_imports_neither_torch_nor_transformers() -> None:
     code = (
-        "import sys; import ai_assets.definitions as d; d.defs.get_repository_def(); "
+        "import sys; import ai_assets.definitions as d; d.defs().get_repository_def(); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -78,7 +79,7 @@ def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_start_date_is_configurable_and_validated() -> None:
-    code = "import ai_assets.partitions as p; print(p.images_daily.start.date())"
+    code = "import ai_assets.defs.images.partitions as p; print(p.images_daily.start.date())"
     env = {**os.environ, "AI_ASSETS_START_DATE": "2023-06-01"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "2023-06-01"
@@ -89,9 +90,8 @@ def test_the_start_date_is_configurable_and_validated() -> None:
 
 def test_kinds_name_the_configured_database() -> None:
     code = (
-        "import ai_assets.definitions as d; "
-        "print(sorted(d.defs.resolve_assets_def('image_classifications').specs_by_key["
-        "d.defs.resolve_assets_def('image_classifications').key].kinds))"
+        "import ai_assets.definitions as d; a = d.build_defs().resolve_assets_def("
+        "'image_classifications'); print(sorted(a.specs_by_key[a.key].kinds))"
     )
     env = {**os.environ, "AI_ASSETS_DATABASE_URL": "postgresql+psycopg2://u@db/x"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -167,3 +167,23 @@ def test_reading_an_undeclared_variable_fails_loudly() -> None:
 
     with pytest.raises(KeyError, match="not in the configuration contract"):
         int_setting("AI_ASSETS_NOT_DECLARED", 1)
+
+
+def test_dg_finds_every_object_in_the_defs_folder() -> None:
+    """``dg list defs`` (dagster-dg-cli) sees the project the way Dagster's tooling does."""
+    dg_cli = str(Path(sys.executable).with_name("dg"))
+    env = {**os.environ, "VIRTUAL_ENV": str(Path(sys.executable).parents[1])}
+    out = subprocess.run(
+        [dg_cli, "list", "defs", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    listed = json.loads(out.stdout)
+    assert {a["asset_key"] for a in listed["assets"]} == {
+        "s3_images", "image_classifications", "label_summary"
+    }  # fmt: skip
+    assert {j["name"] for j in listed["jobs"]} == {"classify_images_job"}
+    assert {s["name"] for s in listed["sensors"]} == {
+        "s3_image_sensor", "slack_on_run_failure", "slack_success_digest",
+        "label_summary_automation",
+    }  # fmt: skip
+    assert {r["name"] for r in listed["resources"]} == {"s3", "classifier", "results_db", "slack"}

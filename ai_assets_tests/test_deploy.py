@@ -355,3 +355,7 @@ def test_the_image_installs_what_pyproject_declares() -> None:
     assert dockerfile.index("COPY pyproject.toml") < dockerfile.index("COPY ai_assets")
     assert "USER 10001" in dockerfile and "AI_ASSETS_MODEL=" in dockerfile
     assert "MALLOC_MMAP_THRESHOLD_=1073741824" in dockerfile
+    # load_from_defs_folder finds [tool.dg] from the code's own path: the code must run from
+    # the WORKDIR holding pyproject.toml (the last WORKDIR; nothing changes it afterwards)
+    [workdir] = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("WORKDIR")]
+    assert workdir == "/opt/dagster/app" and "COPY ai_assets ./ai_assets" in dockerfile

@@ -18,9 +18,9 @@ import boto3
 import pytest
 
 from ai_assets import notifications
+from ai_assets.defs.images.sensor import BATCH_TAG, Cursor
 from ai_assets.notifications import Drained, decode_key, is_later, read_message
 from ai_assets.resources import ImageBucketResource
-from ai_assets.sensors.s3 import BATCH_TAG, Cursor
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.sqs_server import ACCESS_DENIED, THROTTLED, FakeSqs, fake_sqs
 from ai_assets_tests.test_sensor import inventory

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from dagster._serdes import serialize_value
 
-from ai_assets.sensors import slack_success_digest
+from ai_assets.defs.notifications.slack import slack_success_digest
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_dev.localdev import PostgresServer
 from ai_assets_tests.conftest import SECRET_KEY

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import table
-from ai_assets.sensors.s3 import BATCH_TAG
+from ai_assets.defs.images.sensor import BATCH_TAG
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.util import configure, database, rows_by_key
 
@@ -139,8 +139,8 @@ def test_a_large_prefix_is_listed_in_slices_and_a_pass_catches_everything(
     db: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("ai_assets.sensors.s3.PAGE_SIZE", 2)
-    monkeypatch.setattr("ai_assets.sensors.s3.MAX_OBJECTS_PER_TICK", 4)
+    monkeypatch.setattr("ai_assets.defs.images.sensor.PAGE_SIZE", 2)
+    monkeypatch.setattr("ai_assets.defs.images.sensor.MAX_OBJECTS_PER_TICK", 4)
     for i in range(10):
         put(s3_client, bucket, f"in/{i:02}.jpg")
 
@@ -285,7 +285,7 @@ def test_label_summary_refreshes_once_after_many_batches_then_waits_for_new_resu
 
 
 def test_non_image_keys_are_reported_once_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ai_assets.sensors import s3
+    from ai_assets.defs.images import sensor as s3
 
     monkeypatch.setattr(s3, "_REPORTED", {})
     monkeypatch.setattr(s3, "_MAX_REPORTED", 3)
@@ -307,8 +307,8 @@ def test_hostile_keys_as_slice_boundaries_resume_exactly(
     """Every key ends a slice, so each becomes the cursor and the next StartAfter."""
     from ai_assets_tests.hostile import hostile_keys
 
-    monkeypatch.setattr("ai_assets.sensors.s3.PAGE_SIZE", 1)
-    monkeypatch.setattr("ai_assets.sensors.s3.MAX_OBJECTS_PER_TICK", 1)
+    monkeypatch.setattr("ai_assets.defs.images.sensor.PAGE_SIZE", 1)
+    monkeypatch.setattr("ai_assets.defs.images.sensor.MAX_OBJECTS_PER_TICK", 1)
     keys = [f"in/{key}" for key in hostile_keys()]
     for key in keys:
         put(s3_client, bucket, key)
@@ -334,7 +334,7 @@ def test_a_run_logs_a_bounded_number_of_error_lines(
     """Each log line is a Dagster event: a batch of broken files must not write one per file."""
     import logging
 
-    monkeypatch.setattr("ai_assets.assets.images.MAX_ERROR_LOGS", 2)
+    monkeypatch.setattr("ai_assets.defs.images.assets.MAX_ERROR_LOGS", 2)
     for i in range(5):
         put(s3_client, bucket, f"in/broken-{i}.jpg")  # b"img": not an image
     _, [run] = daemon.tick()

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import table
-from ai_assets.sensors import slack_on_run_failure, slack_success_digest
+from ai_assets.defs.notifications.slack import slack_on_run_failure, slack_success_digest
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests import slack_server
 
@@ -212,7 +212,7 @@ def test_successes_are_coalesced_into_one_digest_per_interval(
 
     monkeypatch.setenv("AI_ASSETS_SLACK_DIGEST_MINUTES", "15")
     clock = [time.time()]
-    monkeypatch.setattr("ai_assets.sensors.slack._now", lambda: clock[0])
+    monkeypatch.setattr("ai_assets.defs.notifications.slack._now", lambda: clock[0])
     cursor = digest_tick(daemon, None)
     first = classify(daemon, s3_client, bucket, jpegs)
     cursor = digest_tick(daemon, cursor)  # the first digest goes out at once

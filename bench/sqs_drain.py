@@ -116,7 +116,7 @@ def seed_inventory(url: str, rows: int) -> None:
 
 def fresh_cursor(prefix: str) -> str:
     """A cursor whose listing pass has just ended: the next one is a reconcile interval away."""
-    from ai_assets.sensors.s3 import Cursor
+    from ai_assets.defs.images.sensor import Cursor
 
     return Cursor(prefix, "", passes=1, started=int(time.time())).dumps()
 
@@ -125,7 +125,7 @@ def drain_rate(pg, sqs_url: str, label: str, events: int, inventory: int, receiv
     import boto3
     import dagster as dg
 
-    from ai_assets.sensors import s3 as sensor_module
+    from ai_assets.defs.images import sensor as sensor_module
 
     sqs = boto3.client("sqs", endpoint_url=sqs_url, region_name="us-east-1")
     queue_url = sqs.create_queue(QueueName=f"events-{label}")["QueueUrl"]
@@ -209,7 +209,7 @@ def listing_rate(pg, endpoint: str, objects: int, processes: int) -> dict:
 
 def listing_worst_s(objects: int, rate: float) -> float:
     """One whole pass: ticks of ≤ 100,000 objects or the listing budget, ≥ 15 s apart."""
-    from ai_assets.sensors.s3 import MAX_OBJECTS_PER_TICK
+    from ai_assets.defs.images.sensor import MAX_OBJECTS_PER_TICK
     from ai_assets.settings import list_seconds_per_tick
 
     per_tick = min(MAX_OBJECTS_PER_TICK, rate * list_seconds_per_tick())
@@ -231,7 +231,7 @@ def main() -> None:
 
     import boto3
 
-    from ai_assets.sensors.s3 import SQS_RECEIVERS
+    from ai_assets.defs.images.sensor import SQS_RECEIVERS
     from ai_assets_dev.localdev import postgres, seaweedfs
 
     figures: dict[str, object] = {}

@@ -19,7 +19,7 @@ from urllib.error import URLError
 import dagster as dg
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from ai_assets.assets import BATCH_TAG, classify_images_job, image_classifications
+from ai_assets.defs.images.assets import BATCH_TAG, classify_images_job, image_classifications
 from ai_assets.digest import RunDigest, RunSummary, SuccessDigest, run_url
 from ai_assets.resources.slack import SlackNotifierResource
 from ai_assets.settings import slack_digest_minutes

@@ -30,7 +30,7 @@ import dagster as dg
 from sqlalchemy.engine import Engine
 
 from ai_assets import inventory
-from ai_assets.assets import BATCH_TAG, classify_images_job, s3_images
+from ai_assets.defs.images.assets import BATCH_TAG, classify_images_job, s3_images
 from ai_assets.notifications import Drained
 from ai_assets.resources import ImageBucketResource, ResultsDatabaseResource
 from ai_assets.settings import (

@@ -14,8 +14,8 @@ import dagster as dg
 from pydantic import Field
 
 from ai_assets import inventory, table
+from ai_assets.defs.images.partitions import images_daily
 from ai_assets.k8s import classification_run_tags
-from ai_assets.partitions import images_daily
 from ai_assets.pipeline import Job, classify_objects
 from ai_assets.resources import ClassifierResource, ImageBucketResource, ResultsDatabaseResource
 from ai_assets.settings import database_kind

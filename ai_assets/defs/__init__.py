@@ -1,0 +1,1 @@
+"""The code location's Dagster objects, by domain; ``dg.load_from_defs_folder`` loads them all."""

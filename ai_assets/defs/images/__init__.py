@@ -1,0 +1,1 @@
+"""Images: the daily partitions, the assets and their checks, the job, the sensors."""

@@ -1,0 +1,1 @@
+"""Notifications: Slack on run failure at once, and digests of successful runs."""
