@@ -24,10 +24,22 @@ _SEAWEED_PORTS = (
 )  # fmt: skip
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port on 127.0.0.1 that this process has not handed out before.
+
+    The OS may offer a port it just released again: two servers given the same port would then
+    race for it (seen: the demo's UI and S3 ports, taken one after the other).
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
