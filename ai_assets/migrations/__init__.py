@@ -12,10 +12,15 @@ import os
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 #: Serialises concurrent upgrades (a sensor and several runs starting at once) on PostgreSQL.
 _LOCK_KEY = 0x41495F6173736574  # "AI_asset"
+#: Our Alembic history's own version table: Dagster's storage keeps its revision in Alembic's
+#: default ``alembic_version``, and both may live in one database.
+VERSION_TABLE = "ai_assets_alembic_version"
+#: Where releases before our own version table recorded our revision.
+LEGACY_VERSION_TABLE = "alembic_version"
 
 
 def _config():  # -> alembic.config.Config; alembic is imported only when a database is used
@@ -34,21 +39,63 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        adopt_legacy_revision(connection)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def _revisions() -> set[str]:
+    return {script.revision for script in _script_directory().walk_revisions()}
+
+
+def adopt_legacy_revision(connection: Connection) -> str | None:
+    """Move our revision from ``alembic_version`` into our own table; return it if moved.
+
+    Only a revision of our own history is moved, only where our results table exists, and only
+    while our version table does not; any other row (Dagster's storage revision) stays put.
+    ``alembic_version`` is dropped when our row was its only one, so Dagster can create and
+    stamp its own afterwards.
+    """
+    inspector = sa.inspect(connection)
+    if inspector.has_table(VERSION_TABLE) or not all(
+        inspector.has_table(name) for name in (LEGACY_VERSION_TABLE, "image_classifications")
+    ):
+        return None
+    legacy = sa.table(LEGACY_VERSION_TABLE, sa.column("version_num", sa.String))
+    found = connection.execute(sa.select(legacy.c.version_num)).scalars().all()
+    ours = [revision for revision in found if revision in _revisions()]
+    if not ours:
+        return None
+    if len(ours) > 1:
+        raise RuntimeError(f"{LEGACY_VERSION_TABLE} holds several of our revisions: {ours}")
+    [revision] = ours
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    context.stamp(_script_directory(), revision)
+    if len(found) == 1:
+        connection.execute(sa.text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
+    else:
+        connection.execute(legacy.delete().where(legacy.c.version_num == revision))
+    return revision
 
 
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        opts = {"version_table": VERSION_TABLE}
+        return MigrationContext.configure(connection, opts=opts).get_current_revision()
+
+
+def _script_directory():  # -> alembic.script.ScriptDirectory
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config())
 
 
 def head_revision() -> str:
-    from alembic.script import ScriptDirectory
-
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    head = _script_directory().get_current_head()
     assert head is not None
     return head
 

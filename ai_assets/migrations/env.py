@@ -2,11 +2,13 @@
 
 from alembic import context
 
+from ai_assets.migrations import VERSION_TABLE
 from ai_assets.table import metadata
 
 context.configure(
     connection=context.config.attributes["connection"],
     target_metadata=metadata,
+    version_table=VERSION_TABLE,  # alembic_version may be Dagster's, in the same database
     render_as_batch=True,  # SQLite cannot ALTER most things in place
 )
 with context.begin_transaction():
