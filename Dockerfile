@@ -41,7 +41,7 @@ RUN pip install --no-deps . \
     && mkdir -p "$DAGSTER_HOME" /opt/dagster/workspace \
     && chown -R dagster:dagster /opt/dagster
 
-COPY --chown=dagster:dagster deploy/dagster.yaml workspace.yaml /opt/dagster/workspace/
+COPY --chown=dagster:dagster workspace.yaml /opt/dagster/workspace/
 
 USER 10001:10001
 EXPOSE 3000 4000 8000

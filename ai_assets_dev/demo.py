@@ -19,7 +19,13 @@ from pathlib import Path
 
 import boto3
 
-from ai_assets_dev.localdev import free_port, seaweedfs, stop_process
+from ai_assets_dev.localdev import (
+    dagster_dev_command,
+    free_port,
+    local_instance,
+    seaweedfs,
+    stop_process,
+)
 
 ROOT = Path(os.environ.get("AI_ASSETS_DEMO_DIR") or Path.cwd() / ".demo")
 DEMO_KEYS = {
@@ -33,8 +39,7 @@ UI_HOST, UI_PORT = "127.0.0.1", 3000
 def configure(endpoint: str) -> None:
     """The environment of the configuration contract, pointing at the local services."""
     dagster_home = ROOT / "dagster_home"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    local_instance(dagster_home)
     os.environ.update(DEMO_KEYS)
     os.environ.update(
         {
@@ -130,11 +135,11 @@ def serve_ui(port: int) -> int:
         '  sqlite3 "${AI_ASSETS_DATABASE_URL#sqlite:///}" '
         "'SELECT s3_key, label, score FROM image_classifications'\n"
     )
-    dagster = Path(sys.executable).with_name("dagster")
-    process = subprocess.Popen(  # [tool.dg] in pyproject.toml: the code location "ai_assets"
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    process = subprocess.Popen(
         # warnings and errors only: the UI shows every tick and run; the console stays quiet
-        [str(dagster), "dev", "-h", UI_HOST, "-p", str(port), "--log-level", "warning"],
-        cwd=Path.cwd(),
+        [*dagster_dev_command(dagster_home, UI_HOST, port), "--log-level", "warning"],
+        cwd=dagster_home,
         start_new_session=True,
         preexec_fn=_default_signals,  # a background job's ignored SIGINT must not be inherited
         env={**os.environ, "PYTHONWARNINGS": _quiet_warnings(os.environ.get("PYTHONWARNINGS"))},

@@ -6,6 +6,7 @@ Both bind 127.0.0.1 on free ports and are stopped by their context managers, eve
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,37 @@ _SEAWEED_PORTS = (
     "master.port", "master.port.grpc", "filer.port", "filer.port.grpc", "volume.port",
     "volume.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
 )  # fmt: skip
+
+
+#: The repository: its top-level dagster.yaml is the local instance's configuration.
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def dagster_dev_command(dagster_home: Path, host: str, port: int) -> list[str]:
+    """``dagster dev`` on the code location "ai_assets", run with ``cwd=dagster_home``.
+
+    Started from DAGSTER_HOME rather than the repository, so that ``dagster dev`` does not warn
+    that the repository's dagster.yaml is not the instance in use; a workspace file written into
+    that home names the location as ``[tool.dg]`` in pyproject.toml does.
+    """
+    workspace = dagster_home / "workspace.yaml"
+    module = {
+        "module_name": "ai_assets.definitions",
+        "location_name": "ai_assets",
+        "working_directory": str(REPOSITORY),
+    }
+    workspace.write_text(json.dumps({"load_from": [{"python_module": module}]}))  # YAML ⊃ JSON
+    dagster = Path(sys.executable).with_name("dagster")
+    return [str(dagster), "dev", "-h", host, "-p", str(port), "-w", str(workspace)]
+
+
+def local_instance(dagster_home: Path, **overrides: object) -> None:
+    """DAGSTER_HOME's dagster.yaml: the repository's local instance, with ``overrides`` on top."""
+    import yaml
+
+    config = yaml.safe_load((REPOSITORY / "dagster.yaml").read_text()) | overrides
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config))
 
 
 _HANDED_OUT: set[int] = set()

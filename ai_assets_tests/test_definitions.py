@@ -125,7 +125,7 @@ def names_in_source() -> set[str]:
     found: set[str] = set()
     for path in (ROOT / "ai_assets").rglob("*.py"):
         found |= set(_NAME.findall(path.read_text()))
-    return found - {"DAGSTER_PG_PASSWORD"}  # the instance's (deploy/dagster.yaml), named in docs
+    return found - {"DAGSTER_PG_PASSWORD"}  # the chart's instance (files/dagster.yaml)
 
 
 def names_in_readme() -> set[str]:

@@ -115,7 +115,7 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
 
 
 def test_a_cli_run_in_the_repository_without_the_demo_environment_works(tmp_path: Path) -> None:
-    """No DAGSTER_HOME: a temporary local instance, never the production deploy/dagster.yaml."""
+    """No DAGSTER_HOME: a temporary instance from the top-level (local) dagster.yaml."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
     env["AI_ASSETS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'nested' / 'results.sqlite'}"
     dagster = str(Path(sys.executable).with_name("dagster"))
@@ -127,3 +127,42 @@ def test_a_cli_run_in_the_repository_without_the_demo_environment_works(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DAGSTER_PG" not in done.stderr
     assert (tmp_path / "nested" / "results.sqlite").exists()  # its directory was created
+
+
+def test_dagster_dev_in_the_repository_without_any_environment_starts(tmp_path: Path) -> None:
+    """The top-level dagster.yaml is the local instance: no DAGSTER_HOME, variables or server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
+    env["AI_ASSETS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    port = free_port()
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    log = tmp_path / "dagster-dev.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [dagster, "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        query = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { '
+        query += b'loadStatus } } } }"}'
+        deadline = time.monotonic() + 180
+        while b"LOADED" not in _post(f"http://127.0.0.1:{port}/graphql", query):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+    text = log.read_text()
+    assert "DAGSTER_PG" not in text and "will not be used" not in text
+    assert not list(ROOT.glob(".tmp_dagster_home_*")), "dagster dev left its temporary home"
+
+
+def _post(url: str, body: bytes) -> bytes:
+    import urllib.request
+
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.read()
+    except OSError:
+        return b""

@@ -175,13 +175,16 @@ def test_invalid_values_are_rejected_with_a_clear_message(values: dict, message:
         render(values)
 
 
-def test_the_instance_config_is_the_repository_dagster_yaml() -> None:
+def test_the_chart_renders_the_production_instance_not_the_local_one() -> None:
     configmap = by_kind(render(), "ConfigMap")["ai-ai-assets-instance"]
     instance = yaml.safe_load(configmap["data"]["dagster.yaml"])
-    assert instance == yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
     assert instance["run_launcher"]["class"] == "K8sRunLauncher"
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert "postgres" in instance["storage"]
+    assert instance["run_monitoring"]["enabled"]
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())  # the top level: `dagster dev`
+    assert not {"run_launcher", "storage", "run_coordinator"} & set(local)
+    assert instance["telemetry"] == local["telemetry"]
 
 
 # -- the instance and the run launcher, against real PostgreSQL and a local Kubernetes API --

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -22,11 +21,16 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from dagster_graphql import DagsterGraphQLClient
 
 from ai_assets import table
-from ai_assets_dev.localdev import PostgresServer, free_port, stop_process
+from ai_assets_dev.localdev import (
+    PostgresServer,
+    dagster_dev_command,
+    free_port,
+    local_instance,
+    stop_process,
+)
 from ai_assets_tests.util import answers
 
 pytestmark = pytest.mark.e2e
@@ -94,13 +98,10 @@ def dagster_dev(
     from ai_assets_tests.conftest import ACCESS_KEY, SECRET_KEY
 
     home = Path(tempfile.mkdtemp(prefix="ai-assets-e2e-"))
-    storage_url = pg_server.create_database(f"e2e_dagster_{os.getpid()}")
-    results_url = pg_server.create_database(f"e2e_results_{os.getpid()}")
-    instance = {
-        "storage": {"postgres": {"postgres_url": storage_url.replace("+psycopg2", "")}},
-        "telemetry": {"enabled": False},
-    }
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance))
+    # one database for Dagster's storage and our tables, as the chart's defaults set it up
+    results_url = pg_server.create_database(f"e2e_shared_{os.getpid()}")
+    storage = {"postgres": {"postgres_url": results_url.replace("+psycopg2", "")}}
+    local_instance(home, storage=storage)
     bucket = f"e2e-{os.getpid()}"
     env = {
         **os.environ,
@@ -126,9 +127,8 @@ def dagster_dev(
     log = home / "dagster-dev.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1",
-             "-p", str(port)],
-            cwd=ROOT,  # [tool.dagster] in pyproject.toml: the code location "ai_assets"
+            dagster_dev_command(home, "127.0.0.1", port),
+            cwd=home,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
