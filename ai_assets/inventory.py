@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from ai_assets.keys import is_image_key, prefix_end
 from ai_assets.notifications import ObjectEvent, is_later
 from ai_assets.store import Slice
-from ai_assets.table import image_classifications, image_objects, insert
+from ai_assets.table import image_batches, image_classifications, image_objects, insert
 
 #: Rows per statement: below SQLite's 32,766 bound parameters at 8 columns a row.
 WRITE_CHUNK = 2_000
@@ -386,8 +386,15 @@ def read_known_keys(engine: Engine, keys: Iterable[str]) -> dict[str, Known]:
     return known
 
 
-def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
-    """Upsert inventory rows in one transaction (``first_seen`` of existing rows is kept)."""
+def write_rows(
+    engine: Engine, rows: Sequence[dict[str, Any]], batches: Sequence[Batch] = ()
+) -> None:
+    """Upsert inventory rows and record their new batches, in one transaction.
+
+    ``first_seen`` of existing rows is kept. A batch stays in ``image_batches`` until a later
+    tick sees its run (:func:`unconfirmed_batches`), so a crash before the launch cannot strand
+    it.
+    """
     if not rows:
         return
     o = image_objects
@@ -400,9 +407,51 @@ def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> None:
             if c.name not in ("s3_key", "first_seen")
         },
     ).returning(o.c.s3_key)  # RETURNING lets SQLAlchemy send multi-row INSERTs, not one per row
+    now = dt.datetime.now(dt.UTC)
+    requested = [
+        {"batch_id": b.batch_id, "partition_key": b.day, "objects": b.size, "requested_at": now}
+        for b in batches
+    ]
     with engine.begin() as connection:
         for i in range(0, len(rows), WRITE_CHUNK):
             connection.execute(statement, list(rows[i : i + WRITE_CHUNK])).close()
+        if requested:  # a replayed tick commits the same batch ids again: nothing changes
+            batch_insert = insert(engine, image_batches).on_conflict_do_nothing()
+            connection.execute(batch_insert, requested)
+
+
+#: Unconfirmed batches one tick looks at, oldest first (a normal tick finds the last tick's).
+MAX_UNCONFIRMED = 1_000
+
+
+def unconfirmed_batches(engine: Engine, limit: int = MAX_UNCONFIRMED) -> dict[str, str | None]:
+    """Batches committed but not yet seen as runs, oldest first: id → day.
+
+    The day is None for a batch that no inventory row belongs to any more (its objects were
+    batched again since): nothing is left to run for it.
+    """
+    b, o = image_batches, image_objects
+    live = sa.exists().where(o.c.batch_id == b.c.batch_id)  # ix_image_objects_batch_id
+    query = (
+        sa.select(b.c.batch_id, b.c.partition_key, live.label("live"))
+        .order_by(b.c.requested_at, b.c.batch_id)
+        .limit(limit)
+    )
+    with engine.connect() as connection:
+        return {
+            batch: day if has_rows else None for batch, day, has_rows in connection.execute(query)
+        }
+
+
+def forget_batches(engine: Engine, batches: Iterable[str]) -> None:
+    """Drop batches whose run exists (or that nothing belongs to) from ``image_batches``."""
+    ids = sorted(batches)
+    if not ids:
+        return
+    column = image_batches.c.batch_id
+    with engine.begin() as connection:
+        for i in range(0, len(ids), READ_PAGE):
+            connection.execute(image_batches.delete().where(column.in_(ids[i : i + READ_PAGE])))
 
 
 @dataclasses.dataclass(frozen=True)

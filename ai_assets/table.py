@@ -45,6 +45,20 @@ image_objects = sa.Table(
     comment="Inventory of the watched prefix, written only by s3_image_sensor.",
 )
 
+image_batches = sa.Table(
+    "image_batches",
+    metadata,
+    sa.Column("batch_id", sa.Text, primary_key=True, comment="the run key and batch tag"),
+    sa.Column("partition_key", sa.Text, nullable=False, comment="the batch's day"),
+    sa.Column("objects", sa.Integer, nullable=False, comment="objects in the batch"),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_image_batches_requested_at", "requested_at"),
+    comment=(
+        "Batches the sensor committed whose Dagster run it has not seen yet; a row leaves once "
+        "the run exists, so a crash between commit and launch cannot strand a batch."
+    ),
+)
+
 image_classifications = sa.Table(
     "image_classifications",
     metadata,

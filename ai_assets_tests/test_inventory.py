@@ -203,3 +203,18 @@ def test_runs_stream_their_targets_in_pages(engine, monkeypatch: pytest.MonkeyPa
     everything = list(inventory.stale_targets(engine, "2026-03-09", "m", "r1", reclassify=True))
     assert len(everything) == 11
     assert {t.partition_key for t in everything} == {"2026-03-09"}
+
+
+def test_batches_wait_with_their_rows_until_forgotten(engine) -> None:
+    first = inventory.Batch("batch-1", "2026-03-09", 2)
+    rows = [inventory_row(k, batch_id="batch-1") for k in ("a.jpg", "b.jpg")]
+    inventory.write_rows(engine, rows, [first])
+    inventory.write_rows(engine, rows, [first])  # a replayed tick: the same batch, once
+    assert inventory.unconfirmed_batches(engine) == {"batch-1": "2026-03-09"}
+    # both objects changed again and joined a later batch: nothing is left to run for batch-1
+    later = [inventory_row(k, etag="e2", batch_id="batch-2") for k in ("a.jpg", "b.jpg")]
+    inventory.write_rows(engine, later, [inventory.Batch("batch-2", "2026-03-09", 2)])
+    assert inventory.unconfirmed_batches(engine) == {"batch-1": None, "batch-2": "2026-03-09"}
+    assert list(inventory.unconfirmed_batches(engine, limit=1)) == ["batch-1"]  # oldest first
+    inventory.forget_batches(engine, ["batch-1", "batch-2"])
+    assert inventory.unconfirmed_batches(engine) == {}

@@ -12,9 +12,9 @@ AI_ASSETS_MAX_OBJECTS_PER_RUN objects of one day. The daemon then reports the ti
 launches its runs and saves its cursor; a crash in between replays the tick from the old
 cursor. So every step is replay-safe:
 
-* batches are committed with the inventory, so a replay finds the same objects already
-  batched and asks Dagster whether each batch's run exists; a batch whose run never started
-  is requested again, under the same run key, so the daemon never launches it twice;
+* batches are committed with the inventory (``image_batches``) and stay there until a tick
+  sees their run, so the next tick requests a batch whose run never started again, under the
+  same run key (the daemon never launches it twice), even when its S3 events are gone;
 * a re-delivered event, or a later listing pass, does the same for an object not yet current.
 """
 
@@ -109,6 +109,25 @@ def launched(instance: dg.DagsterInstance, batches: Collection[str]) -> set[str]
     return found
 
 
+def lost_batches(
+    instance: dg.DagsterInstance, engine: Engine, plan: inventory.SlicePlan
+) -> dict[str, str]:
+    """Earlier batches with objects still to classify and no run: id → day, to request again.
+
+    Two sources: batches committed by earlier ticks and not yet seen as runs (a crash between
+    the commit and the launch, whatever the path: found on the next tick), and batches of
+    objects this tick found still not current. Batches whose run exists leave the first list.
+    """
+    new = {b.batch_id for b in plan.batches}
+    waiting = {b: day for b, day in inventory.unconfirmed_batches(engine).items() if b not in new}
+    candidates = plan.pending | {b: day for b, day in waiting.items() if day is not None}
+    have_runs = launched(instance, candidates) if candidates else set()
+    inventory.forget_batches(
+        engine, {b for b, day in waiting.items() if day is None or b in have_runs}
+    )
+    return {batch: day for batch, day in candidates.items() if batch not in have_runs}
+
+
 def run_request(batch: str, day: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=batch, partition_key=day, tags={BATCH_TAG: batch})
 
@@ -166,7 +185,7 @@ def record_events(
         max_per_batch=max_objects_per_run(),
     )
     plan.skipped.extend(drained.skipped)
-    inventory.write_rows(engine, plan.rows)  # committed before any message is deleted
+    inventory.write_rows(engine, plan.rows, plan.batches)  # committed before any delete
     if failed := s3.delete_events(drained, SQS_RECEIVERS):
         context.log.warning(
             f"could not delete {len(failed)} of {drained.messages} messages ({failed[0]}); "
@@ -196,7 +215,7 @@ def record_slice(
     plan = inventory.plan_slice(
         listing, known, start=start_date(), now=started, max_per_batch=max_objects_per_run()
     )
-    inventory.write_rows(engine, plan.rows)  # committed before any run is requested
+    inventory.write_rows(engine, plan.rows, plan.batches)  # committed before any request
     context.log.info(
         f"listed {plan.listed:,} objects after {cursor.after!r} in {listing.pages} pages"
         f"{' (end of pass)' if listing.complete else ''}: {plan_summary(plan)}"
@@ -242,8 +261,7 @@ def s3_image_sensor(
         plans.append(plan)
 
     plan = inventory.merge(plans)
-    have_runs = launched(context.instance, plan.pending) if plan.pending else set()
-    lost = {batch: day for batch, day in plan.pending.items() if batch not in have_runs}
+    lost = lost_batches(context.instance, engine, plan)
     requests = [run_request(b.batch_id, b.day) for b in plan.batches]
     requests += [run_request(batch, day) for batch, day in sorted(lost.items())]
     if skipped := not_yet_reported(plan.skipped):
