@@ -281,13 +281,14 @@ def plan_events(
                 planner.settle(event.key, _row(k), k, changed=False)
                 continue
         if not event.removed:
+            modified = event.last_modified or event.time
             version = {
                 "etag": event.etag,
                 "size_bytes": event.size,
-                "last_modified": event.time,
+                "last_modified": modified,
                 "sequencer": event.sequencer or None,
             }
-            planner.live(event.key, k, version, day_of(event.time, start, planner.today))
+            planner.live(event.key, k, version, day_of(modified, start, planner.today))
         elif k is not None:
             planner.gone(event.key, k, event.time, event.sequencer or None)
         else:

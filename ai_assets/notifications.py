@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ai_assets.keys import is_image_key
-from ai_assets.store import normalize_etag, parse_timestamp
+from ai_assets.store import S3Object, normalize_etag, parse_timestamp
 
 #: Messages per ReceiveMessage / DeleteMessageBatch call (SQS's maximum).
 SQS_BATCH = 10
@@ -45,6 +45,10 @@ class ObjectEvent:
     etag: str = ""
     size: int | None = None
     sequencer: str = ""
+    #: A versioned bucket's permanent deletion of one version: the key may still have others.
+    one_version: bool = False
+    #: The version's own LastModified when known (a version found by HEAD); else ``time``.
+    last_modified: dt.datetime | None = None
 
 
 def is_later(
@@ -123,6 +127,7 @@ def parse_record(record: dict[str, Any]) -> tuple[str, ObjectEvent | None]:
         return bucket, None
     obj = s3["object"]
     size = obj.get("size")
+    version = obj.get("versionId") or "null"  # "null": an unversioned (or suspended) bucket's
     return bucket, ObjectEvent(
         key=decode_key(obj["key"]),
         removed=removed,
@@ -130,7 +135,36 @@ def parse_record(record: dict[str, Any]) -> tuple[str, ObjectEvent | None]:
         etag=normalize_etag(obj.get("eTag") or ""),
         size=None if removed or size is None else int(size),
         sequencer=obj.get("sequencer") or "",
+        one_version=removed and name.endswith(":Delete") and version != "null",
     )
+
+
+def settle_version_removals(
+    drained: Drained, head: Callable[[str], S3Object | None], workers: int
+) -> int:
+    """Replace each removal of one version by what its key holds now; return how many.
+
+    In a versioned bucket, permanently deleting a version that is not the key's current one
+    changes nothing, and deleting the current one brings the previous version back: only HEAD
+    knows which. The key is removed only when HEAD finds no current version.
+    """
+    removals = [event for event in drained.events.values() if event.one_version]
+    if not removals:
+        return 0
+    with ThreadPoolExecutor(min(workers, len(removals))) as pool:
+        found = list(pool.map(head, (event.key for event in removals)))
+    for event, current in zip(removals, found, strict=True):
+        settled = dataclasses.replace(event, one_version=False)
+        if current is not None:
+            settled = dataclasses.replace(
+                settled,
+                removed=False,
+                etag=current.etag,
+                size=current.size,
+                last_modified=current.last_modified,
+            )
+        drained.events[event.key] = settled
+    return len(removals)
 
 
 def read_message(drained: Drained, message: dict[str, Any], bucket: str, prefix: str) -> None:

@@ -133,6 +133,22 @@ def list_slice(
         request["ContinuationToken"] = token
 
 
+def head_object(client: Any, bucket: str, key: str) -> S3Object | None:
+    """The key's current version (HEAD), or None when it has none (gone, or a delete marker)."""
+    try:
+        response = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _MISSING_CODES:
+            return None
+        raise
+    return S3Object(
+        key=key,
+        etag=normalize_etag(response.get("ETag", "")),
+        size=int(response.get("ContentLength", 0)),
+        last_modified=response["LastModified"],
+    )
+
+
 def fetch_object(client: Any, bucket: str, key: str, max_bytes: int) -> Fetched:
     """GET one object; a missing object is ``deleted``, an oversize one is refused unread.
 

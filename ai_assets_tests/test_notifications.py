@@ -39,9 +39,12 @@ def s3_event(
     sequencer: str = "",
     bucket: str = "images",
     size: int = 3,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """One record as S3 writes it: the key URL-encoded with ``+`` for spaces."""
     obj: dict[str, Any] = {"key": urllib.parse.quote_plus(key), "sequencer": sequencer}
+    if version is not None:
+        obj["versionId"] = version
     if name.startswith("ObjectCreated"):
         obj |= {"size": size, "eTag": etag}
     return {
@@ -209,6 +212,55 @@ def test_uploads_overwrites_and_deletes_arrive_through_the_queue_in_one_tick(
     again, runs = daemon.tick()  # nothing new: nothing requested, nothing left queued
     assert not again.run_requests and not runs and not again.asset_events
     assert queue_depth(sqs, queue_url) == 0
+
+
+@pytest.mark.reliability
+def test_a_versioned_buckets_removal_of_one_version_changes_only_what_s3_holds(
+    make_daemon: Callable[[], InProcessDaemon],
+    moto_bucket: tuple[Any, Any, str],
+    jpegs: dict[str, bytes],
+    tmp_path,
+    reliability_report,
+) -> None:
+    """moto's versioned bucket holds the versions; the removal events are written as S3 sends
+    them (moto sends none for a version deleted while others remain, nor for delete markers)."""
+    s3, sqs, queue_url = moto_bucket
+    s3.put_bucket_versioning(Bucket="images", VersioningConfiguration={"Status": "Enabled"})
+    db = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    daemon = make_daemon()
+    daemon.tick()
+    key = "in/photo.jpg"
+    bodies = (jpegs["coffee"], jpegs["chelsea"], jpegs["coffee"] + b"\0")  # three ETags
+    versions = [s3.put_object(Bucket="images", Key=key, Body=data) for data in bodies]
+    daemon.tick()
+    etag = [v["ETag"].strip('"') for v in versions]
+    assert rows_by_key(db)[key]["etag"] == etag[2]
+
+    def removed(version: dict[str, Any], name: str = "ObjectRemoved:Delete") -> None:
+        event = s3_event(key, name, at=dt.datetime.now(dt.UTC), version=version["VersionId"])
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body(event))
+
+    s3.delete_object(Bucket="images", Key=key, VersionId=versions[0]["VersionId"])
+    removed(versions[0])  # a version that was not the current one: nothing changes
+    result, runs = daemon.tick()
+    assert not result.run_requests and not runs and not result.asset_events
+    assert inventory(db)[key]["deleted_at"] is None
+    assert rows_by_key(db)[key]["etag"] == etag[2]
+
+    s3.delete_object(Bucket="images", Key=key, VersionId=versions[2]["VersionId"])
+    removed(versions[2])  # the current version: the previous one is current again
+    result, runs = daemon.tick()
+    assert [run.success for run in runs] == [True]
+    assert inventory(db)[key]["deleted_at"] is None
+    assert rows_by_key(db)[key]["etag"] == etag[1]
+
+    marker = s3.delete_object(Bucket="images", Key=key)  # a delete marker: the key is gone
+    removed(marker, "ObjectRemoved:DeleteMarkerCreated")
+    result, runs = daemon.tick()
+    assert [run.success for run in runs] == [True]
+    rows = rows_by_key(db)
+    reliability_report("versioned bucket: one version removed, then the current one", "ok", 1, 1)
+    assert rows[key]["status"] == "deleted"
 
 
 @pytest.fixture

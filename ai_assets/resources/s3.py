@@ -12,8 +12,15 @@ from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from ai_assets.notifications import Drained, delete, drain
-from ai_assets.store import S3Object, Slice, list_objects, list_slice, parse_timestamp
+from ai_assets.notifications import Drained, delete, drain, settle_version_removals
+from ai_assets.store import (
+    S3Object,
+    Slice,
+    head_object,
+    list_objects,
+    list_slice,
+    parse_timestamp,
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,8 +127,11 @@ class ImageBucketResource(S3Resource):
         return list_objects(self.get_client(), self.bucket, self.prefix)
 
     def drain_events(self, *, max_messages: int, seconds: float, receivers: int) -> Drained:
-        """Receive the queue's pending S3 events for this bucket and prefix."""
-        return drain(
+        """Receive the queue's pending S3 events for this bucket and prefix.
+
+        A versioned bucket's removal of one version becomes what HEAD finds for its key.
+        """
+        drained = drain(
             self.get_sqs_client(),
             self.queue_url,
             bucket=self.bucket,
@@ -130,6 +140,12 @@ class ImageBucketResource(S3Resource):
             seconds=seconds,
             receivers=receivers,
         )
+        settle_version_removals(drained, self.head, receivers)
+        return drained
+
+    def head(self, key: str) -> S3Object | None:
+        """The key's current version, or None."""
+        return head_object(self.get_client(), self.bucket, key)
 
     def delete_events(self, drained: Drained, workers: int) -> list[str]:
         """Delete drained messages (call only once their events are committed)."""
