@@ -203,13 +203,15 @@ def drain(
     max_messages: int,
     seconds: float,
     receivers: int,
+    reserve: float = 0.0,
     wait_seconds: int = WAIT_SECONDS,
     clock: Callable[[], float] = time.monotonic,
 ) -> Drained:
     """Receive until the queue looks empty, ``max_messages`` or ``seconds`` pass.
 
-    ``receivers`` threads long-poll in parallel. An SQS error (after botocore's retries) ends
-    the drain with ``error`` set; what was received before it is still returned.
+    ``reserve`` seconds per message received are kept back from ``seconds`` for committing
+    and deleting them. ``receivers`` threads long-poll in parallel. An SQS error (after
+    botocore's retries) ends the drain with ``error`` set; what was received is returned.
     """
     deadline = clock() + seconds
     drained = Drained()
@@ -217,7 +219,7 @@ def drain(
     stop = threading.Event()
 
     def receive() -> None:
-        while not stop.is_set() and clock() < deadline:
+        while not stop.is_set() and clock() + reserve * drained.messages < deadline:
             try:
                 response = client.receive_message(
                     QueueUrl=queue_url,

@@ -108,12 +108,15 @@ def list_slice(
     max_objects: int,
     seconds: float,
     page_size: int = 1000,
+    reserve: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> Slice:
     """List keys after ``after`` until the listing ends, ``max_objects`` or ``seconds`` pass.
 
-    At least one page is listed, so every call makes progress. The next slice starts after
-    this one's ``last`` key; a complete slice means the next one starts a new pass.
+    ``reserve`` seconds per listed object are kept back from ``seconds`` for what the caller
+    does with them afterwards (diff and upsert), so the whole tick fits its budget. At least
+    one page is listed, so every call makes progress. The next slice starts after this one's
+    ``last`` key; a complete slice means the next one starts a new pass.
     """
     deadline = clock() + seconds
     request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
@@ -128,7 +131,7 @@ def list_slice(
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             return Slice(objects, after, None, pages)
-        if len(objects) >= max_objects or clock() >= deadline:
+        if len(objects) >= max_objects or clock() + reserve * len(objects) >= deadline:
             return Slice(objects, after, objects[-1].key if objects else after, pages)
         request["ContinuationToken"] = token
 

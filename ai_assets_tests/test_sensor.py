@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets import table
-from ai_assets.defs.images.sensor import BATCH_TAG
+from ai_assets.defs.images.sensor import BATCH_TAG, DEFAULT_COST_US, MAX_COST_US, Cursor
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.util import configure, database, rows_by_key
 
@@ -350,3 +350,15 @@ def test_a_run_logs_a_bounded_number_of_error_lines(
         run.asset_materializations_for_node("image_classifications")[0].metadata["errors"].value
         == 5
     )
+
+
+def test_the_cursor_learns_the_cost_per_object_from_ticks_large_enough() -> None:
+    cursor = Cursor("p/")
+    assert cursor.reserve == DEFAULT_COST_US / 1e6
+    assert cursor.learn(5.0, 10) == cursor  # too few objects to measure
+    learned = cursor.learn(2.0, 10_000)
+    assert learned.cost_us == 200 and learned.reserve == pytest.approx(0.0002)
+    assert cursor.learn(3_600.0, 10_000).cost_us == MAX_COST_US  # one stall cannot stop listing
+    assert Cursor.parse(learned.dumps(), "p/") == learned
+    old = '{"prefix": "p/", "after": "k", "passes": 1, "listed": 5, "started": 7}'
+    assert Cursor.parse(old, "p/").cost_us == DEFAULT_COST_US  # a cursor from before the cost

@@ -44,6 +44,23 @@ def test_a_slice_lists_at_least_one_page_whatever_its_time_budget(s3_client, buc
     assert piece.last == "k1.jpg" and not piece.complete
 
 
+def test_a_slice_keeps_back_time_for_committing_what_it_listed(s3_client, bucket: str) -> None:
+    """The clock stands still: only the reserve for the objects listed ends the slice."""
+    for i in range(9):
+        s3_client.put_object(Bucket=bucket, Key=f"k{i}.jpg", Body=b"x")
+
+    def listed(reserve: float) -> int:
+        piece = list_slice(
+            s3_client, bucket, "", "", max_objects=100, seconds=10, page_size=2,
+            reserve=reserve, clock=lambda: 0.0,
+        )  # fmt: skip
+        return len(piece.objects)
+
+    assert listed(0.0) == 9  # no reserve: the whole listing
+    assert listed(2.0) == 6  # 6 objects × 2 s reach the 10 s budget: the page that crossed it
+    assert listed(100.0) == 2  # at least one page
+
+
 def test_listing_is_paginated_and_keeps_odd_keys(s3_client, bucket: str) -> None:
     keys = [f"p/{i:04}.jpg" for i in range(1005)] + ["p/tab\there.jpg", "p/new\nline.jpg"]
     for key in keys:

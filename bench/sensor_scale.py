@@ -10,7 +10,10 @@ cursor. Dagster's storage and the project's database are both on PostgreSQL. Mea
 * idle pass: a full reconciliation with nothing new (objects listed and diffed per second);
 * late arrivals: 1,000 objects spread over the key space, found by the next pass;
 * asset events per tick (= days touched), cursor bytes, peak RSS of this (the sensor's) process,
-  and the inventory's size in PostgreSQL per object (table, indexes and TOAST).
+  and the inventory's size in PostgreSQL per object (table, indexes and TOAST);
+* the longest tick against the tick budget (AI_ASSETS_LIST_SECONDS_PER_TICK). With
+  ``--db-latency-ms N`` both databases sit behind a proxy that adds N ms per round trip, as a
+  remote PostgreSQL would.
 
 Ends with one line: RESULT objects=… objects_per_s=… max_tick_s=… ticks_per_pass=… …
 """
@@ -18,12 +21,14 @@ Ends with one line: RESULT objects=… objects_per_s=… max_tick_s=… ticks_pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,6 +148,43 @@ def summary(name: str, ticks: list[dict], objects: int) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def listing_budget_only() -> Iterator[None]:
+    """The sensor as it was: the budget stops the listing; the diff and upsert come on top."""
+    from ai_assets.defs.images import sensor
+
+    saved = sensor.Cursor.reserve, sensor.Cursor.learn
+    sensor.Cursor.reserve = property(lambda self: 0.0)  # type: ignore[method-assign]
+    sensor.Cursor.learn = lambda self, seconds, objects: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        sensor.Cursor.reserve, sensor.Cursor.learn = saved  # type: ignore[method-assign]
+
+
+def compare(pg, latency_ms: float, whole_tick: bool, total: int) -> dict[str, float]:
+    """A first and an idle pass on fresh databases behind ``latency_ms``: the longest tick."""
+    import dagster as dg
+
+    from ai_assets_dev.latency import latency_proxy
+
+    name = f"{'tick' if whole_tick else 'listing'}_{latency_ms:g}ms".replace(".", "_")
+    with (
+        latency_proxy(pg.port, latency_ms / 1000) as proxied,
+        contextlib.nullcontext() if whole_tick else listing_budget_only(),
+    ):
+        results = pg.create_database(f"results_{name}").replace(f":{pg.port}/", f":{proxied}/")
+        os.environ["AI_ASSETS_DATABASE_URL"] = results
+        dagster_url = pg.create_database(f"dagster_{name}").replace(f":{pg.port}/", f":{proxied}/")
+        storage = {"postgres": {"postgres_url": dagster_url.replace("+psycopg2", "")}}
+        with dg.instance_for_test(overrides={"storage": storage}) as instance:
+            driver = Driver(instance)
+            print(f"{name}: first pass, then an idle pass")
+            ticks = driver.one_pass() + driver.one_pass()
+    assert sum(t["new"] for t in ticks) == total, "the comparison's first pass missed objects"
+    return {f"{name}_max_tick_s": max(t["tick_s"] for t in ticks)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 objects")
@@ -150,6 +192,13 @@ def main() -> None:
     parser.add_argument("--objects", type=int, help="bucket size (default 100,000)")
     parser.add_argument("--late", type=int, default=1000, help="objects added after a pass")
     parser.add_argument("--upload-processes", type=int, default=4)
+    parser.add_argument("--db-latency-ms", type=float, default=0.0, help="per round trip")
+    parser.add_argument(
+        "--compare-latencies",
+        default="",
+        help="e.g. 1,5: before the main passes, the longest tick at each added latency with the "
+        "budget bounding the whole tick and, side by side, only the listing (as before)",
+    )
     args = parser.parse_args()
     total = args.objects or (10_000 if args.quick else 1_000_000 if args.full else 100_000)
 
@@ -157,26 +206,37 @@ def main() -> None:
     import dagster as dg
 
     from ai_assets.settings import list_seconds_per_tick, max_objects_per_run
+    from ai_assets_dev.latency import latency_proxy
     from ai_assets_dev.localdev import postgres, seaweedfs
 
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sensor-bench-") as tmp,
         seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
         postgres() as pg,
+        latency_proxy(pg.port, args.db_latency_ms / 1000) as proxied,
     ):
+
+        def remote(url: str) -> str:  # the same database, through the latency proxy
+            return url.replace(f":{pg.port}/", f":{proxied}/")
+
         os.environ.update(
             {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
              "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
              "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": "",
-             "AI_ASSETS_DATABASE_URL": pg.create_database("results")}
+             "AI_ASSETS_DATABASE_URL": remote(pg.create_database("results"))}
         )  # fmt: skip
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         keys = [f"photos/{i % 997:03}/{i:08}.jpg" for i in range(total)]
         upload_rate = upload(endpoint, keys, args.upload_processes)
+        compared: dict[str, float] = {}
+        main_database = os.environ["AI_ASSETS_DATABASE_URL"]
+        for latency in [float(v) for v in args.compare_latencies.split(",") if v]:
+            for whole_tick in (False, True):
+                compared |= compare(pg, latency, whole_tick, total)
+        os.environ["AI_ASSETS_DATABASE_URL"] = main_database
 
-        storage = {
-            "postgres": {"postgres_url": pg.create_database("dagster").replace("+psycopg2", "")}
-        }
+        dagster_url = remote(pg.create_database("dagster")).replace("+psycopg2", "")
+        storage = {"postgres": {"postgres_url": dagster_url}}
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
             driver = Driver(instance)
             print(f"first pass over {total:,} objects:")
@@ -194,6 +254,7 @@ def main() -> None:
     assert sum(t["new"] for t in idle) == 0, "the idle pass found changes"
     assert sum(t["new"] for t in found) == args.late, "the late objects were not all found"
     ticks = first + idle + found
+    budget = list_seconds_per_tick()
     figures = {
         "objects": total,
         **summary("first_pass", first, total),
@@ -207,12 +268,17 @@ def main() -> None:
         "inventory_bytes_per_object": inventory_bytes / (total + args.late),
         "upload_per_s": upload_rate,
         "max_objects_per_run": max_objects_per_run(),
-        "list_seconds_per_tick": list_seconds_per_tick(),
+        "tick_budget_s": budget,
+        "db_latency_ms": args.db_latency_ms,
+        "max_tick_s": max(t["tick_s"] for t in ticks),
+        "max_tick_over_budget": max(t["tick_s"] for t in ticks) / budget,
+        **compared,
     }
     print_figures(
         figures,
-        ["objects", "first_pass_objects_per_s", "first_pass_max_tick_s", "first_pass_ticks",
-         "idle_pass_objects_per_s", "runs", "max_events_per_tick", "max_cursor_bytes",
+        ["objects", "db_latency_ms", "first_pass_objects_per_s", "first_pass_max_tick_s",
+         "first_pass_ticks", "idle_pass_objects_per_s", "tick_budget_s", "max_tick_s",
+         "max_tick_over_budget", "runs", "max_events_per_tick", "max_cursor_bytes",
          "peak_rss_mb"],
     )  # fmt: skip
 

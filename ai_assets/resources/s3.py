@@ -126,7 +126,9 @@ class ImageBucketResource(S3Resource):
     def list_objects(self) -> Iterator[S3Object]:
         return list_objects(self.get_client(), self.bucket, self.prefix)
 
-    def drain_events(self, *, max_messages: int, seconds: float, receivers: int) -> Drained:
+    def drain_events(
+        self, *, max_messages: int, seconds: float, receivers: int, reserve: float = 0.0
+    ) -> Drained:
         """Receive the queue's pending S3 events for this bucket and prefix.
 
         A versioned bucket's removal of one version becomes what HEAD finds for its key.
@@ -139,6 +141,7 @@ class ImageBucketResource(S3Resource):
             max_messages=max_messages,
             seconds=seconds,
             receivers=receivers,
+            reserve=reserve,
         )
         settle_version_removals(drained, self.head, receivers)
         return drained
@@ -151,7 +154,9 @@ class ImageBucketResource(S3Resource):
         """Delete drained messages (call only once their events are committed)."""
         return delete(self.get_sqs_client(), self.queue_url, drained.handles, workers)
 
-    def list_slice(self, after: str, *, max_objects: int, seconds: float, page_size: int) -> Slice:
+    def list_slice(
+        self, after: str, *, max_objects: int, seconds: float, page_size: int, reserve: float = 0.0
+    ) -> Slice:
         """The next bounded stretch of the prefix's listing, after key ``after``."""
         return list_slice(
             self.get_client(),
@@ -161,4 +166,5 @@ class ImageBucketResource(S3Resource):
             max_objects=max_objects,
             seconds=seconds,
             page_size=page_size,
+            reserve=reserve,
         )

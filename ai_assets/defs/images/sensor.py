@@ -42,6 +42,14 @@ from ai_assets.settings import (
 
 #: Objects listed per tick at most: a bucket of up to this many is one tick's listing.
 MAX_OBJECTS_PER_TICK = 100_000
+#: The first tick's guess of the µs per object spent diffing and committing after the listing
+#: or the drain (about this on 2 cores with a local PostgreSQL); later ticks measure it.
+DEFAULT_COST_US = 250
+#: The fewest objects whose cost is worth measuring; smaller ticks keep the last figure.
+MIN_OBJECTS_MEASURED = 1_000
+#: Never keep back more than this per object, however slow one tick was (10 ms: 1,000 objects
+#: a 10 s tick).
+MAX_COST_US = 10_000
 #: Keys per ListObjectsV2 page (S3's maximum).
 PAGE_SIZE = 1_000
 #: SQS messages received per tick at most (S3 sends one event per message): with the commit
@@ -67,13 +75,14 @@ def not_yet_reported(keys: Iterable[str]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Cursor:
-    """Where the listing stands: the prefix, a key and two counters (S3 keys are ≤ 1 KiB)."""
+    """Where the listing stands: the prefix, a key, counters and the measured cost per object."""
 
     prefix: str = ""
     after: str = ""  # the last key of the previous slice; "" = a new pass starts
     passes: int = 0  # complete listing passes so far
     listed: int = 0  # objects listed in the pass under way
     started: int = 0  # Unix time the pass under way (or the last one) started
+    cost_us: int = DEFAULT_COST_US  # measured µs per object to diff and commit (the reserve)
 
     @classmethod
     def parse(cls, raw: str | None, prefix: str) -> Cursor:
@@ -92,8 +101,24 @@ class Cursor:
     def advance(self, listing_last: str | None, listed: int, now: float) -> Cursor:
         started = self.started if self.after else int(now)  # "" = this slice began a pass
         if listing_last is None:
-            return Cursor(self.prefix, "", self.passes + 1, 0, started)
-        return Cursor(self.prefix, listing_last, self.passes, self.listed + listed, started)
+            return dataclasses.replace(
+                self, after="", passes=self.passes + 1, listed=0, started=started
+            )
+        return dataclasses.replace(
+            self, after=listing_last, listed=self.listed + listed, started=started
+        )
+
+    @property
+    def reserve(self) -> float:
+        """Seconds per object to keep back from the tick's budget for diffing and committing."""
+        return self.cost_us / 1e6
+
+    def learn(self, seconds: float, objects: int) -> Cursor:
+        """The cost per object measured on this tick's work, when there was enough to measure."""
+        if objects < MIN_OBJECTS_MEASURED:
+            return self
+        cost = round(seconds / objects * 1e6)
+        return dataclasses.replace(self, cost_us=min(max(cost, 1), MAX_COST_US))
 
     def dumps(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
@@ -166,15 +191,24 @@ def _log_drain(context: dg.SensorEvaluationContext, drained: Drained, queue_url:
 
 
 def record_events(
-    context: dg.SensorEvaluationContext, s3: ImageBucketResource, engine: Engine, seconds: float
-) -> tuple[inventory.SlicePlan, bool]:
+    context: dg.SensorEvaluationContext,
+    s3: ImageBucketResource,
+    engine: Engine,
+    seconds: float,
+    cursor: Cursor,
+) -> tuple[inventory.SlicePlan, bool, Cursor]:
     """Drain the queue, commit its events to the inventory, then delete the messages.
 
-    Returns the plan and whether the queue answered (when it did not, the listing runs on).
+    Returns the plan, whether the queue answered (when it did not, the listing runs on), and
+    the cursor with the cost per message measured.
     """
     drained = s3.drain_events(
-        max_messages=MAX_MESSAGES_PER_TICK, seconds=seconds, receivers=SQS_RECEIVERS
+        max_messages=MAX_MESSAGES_PER_TICK,
+        seconds=seconds,
+        receivers=SQS_RECEIVERS,
+        reserve=cursor.reserve,
     )
+    received = time.monotonic()
     _log_drain(context, drained, s3.queue_url)
     known = inventory.read_known_keys(engine, drained.events)
     plan = inventory.plan_events(
@@ -196,7 +230,8 @@ def record_events(
             f"received {drained.messages:,} messages, {drained.records:,} records: "
             f"{len(drained.events):,} object events, {plan_summary(plan)}"
         )
-    return plan, drained.error is None
+    cursor = cursor.learn(time.monotonic() - received, drained.messages)
+    return plan, drained.error is None, cursor
 
 
 def record_slice(
@@ -209,8 +244,13 @@ def record_slice(
     """List the next slice after the cursor and commit its diff to the inventory."""
     started = dt.datetime.now(dt.UTC)  # deletions are stamped before any page is read
     listing = s3.list_slice(
-        cursor.after, max_objects=MAX_OBJECTS_PER_TICK, seconds=seconds, page_size=PAGE_SIZE
+        cursor.after,
+        max_objects=MAX_OBJECTS_PER_TICK,
+        seconds=seconds,
+        page_size=PAGE_SIZE,
+        reserve=cursor.reserve,
     )
+    listed = time.monotonic()
     known = inventory.read_known(engine, listing, s3.prefix)
     plan = inventory.plan_slice(
         listing, known, start=start_date(), now=started, max_per_batch=max_objects_per_run()
@@ -220,6 +260,7 @@ def record_slice(
         f"listed {plan.listed:,} objects after {cursor.after!r} in {listing.pages} pages"
         f"{' (end of pass)' if listing.complete else ''}: {plan_summary(plan)}"
     )
+    cursor = cursor.learn(time.monotonic() - listed, plan.listed)
     return plan, cursor.advance(listing.last, plan.listed, started.timestamp())
 
 
@@ -248,11 +289,12 @@ def s3_image_sensor(
 ) -> dg.SensorResult:
     cursor = Cursor.parse(context.cursor, s3.prefix)
     engine = results_db.get_engine()
-    deadline = time.monotonic() + list_seconds_per_tick()  # one budget for draining and listing
+    deadline = time.monotonic() + list_seconds_per_tick()  # one budget for the whole tick
     plans: list[inventory.SlicePlan] = []
     queue_answered = False
     if s3.queue_url:  # events first: the listing after them is at least as new
-        plan, queue_answered = record_events(context, s3, engine, deadline - time.monotonic())
+        left = deadline - time.monotonic()
+        plan, queue_answered, cursor = record_events(context, s3, engine, left, cursor)
         plans.append(plan)
     every = reconcile_minutes() * 60 if queue_answered else 0.0
     if cursor.pass_due(time.time(), every):  # lists at least one page, however late
