@@ -62,12 +62,62 @@ def test_every_manifest_validates_strictly_against_kubernetes(values: dict[str, 
     manifests = render(values)
     kinds = sorted(m["kind"] for m in manifests)
     expected = ["ConfigMap"] * 3 + ["Deployment"] * 3 + ["Role", "RoleBinding"]
-    expected += ["Service"] * 2 + ["ServiceAccount"]
-    if values:  # production: an ingress, and the model service's Deployment and Service
-        expected += ["Ingress", "Deployment", "Service"]
+    expected += ["Service"] * 2 + ["ServiceAccount"] + ["NetworkPolicy"] * 4
+    if values:  # production: an ingress, the model service's Deployment, Service and policy
+        expected += ["Ingress", "Deployment", "Service", "NetworkPolicy"]
     assert kinds == sorted(expected)
     for manifest in manifests:  # a missing schema raises too, and fails the test
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def _pod_labels(manifests: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """The labels of each Deployment's pods, and of the run pods the K8sRunLauncher creates."""
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in by_kind(manifests, "Deployment").values()
+    }
+    instance = yaml.safe_load(
+        by_kind(manifests, "ConfigMap")["ai-ai-assets-instance"]["data"]["dagster.yaml"]
+    )
+    pods["run"] = instance["run_launcher"]["config"]["labels"]
+    return pods
+
+
+def _selected(selector: dict[str, Any], pods: dict[str, dict[str, str]]) -> set[str]:
+    wanted = selector.get("matchLabels", {}).items()
+    return {name for name, labels in pods.items() if wanted <= labels.items()}
+
+
+def test_network_policies_let_in_only_the_pods_that_need_each_port() -> None:
+    manifests = render(PRODUCTION)
+    pods = _pod_labels(manifests)
+    allowed: dict[str, tuple[set[str], list[int]]] = {}
+    for policy in by_kind(manifests, "NetworkPolicy").values():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]  # outbound stays open: S3, PostgreSQL, …
+        for target in _selected(spec["podSelector"], pods):
+            rules = spec.get("ingress", [])
+            sources = {p for r in rules for peer in r.get("from", []) for p in _selected(
+                peer.get("podSelector", {}), pods)}  # fmt: skip
+            ports = [port["port"] for r in rules for port in r.get("ports", [])]
+            allowed[target] = (sources, ports)
+    assert allowed == {
+        "ai-ai-assets-code": ({"ai-ai-assets-webserver", "ai-ai-assets-daemon"}, [4000]),
+        "ai-ai-assets-model": ({"ai-ai-assets-code", "run"}, [8000]),
+        "ai-ai-assets-daemon": (set(), []),
+        "run": (set(), []),
+        # any source, its port only: the ingress controller lives wherever the cluster has it
+        "ai-ai-assets-webserver": (set(), [3000]),
+    }
+    webserver = by_kind(manifests, "NetworkPolicy")["ai-ai-assets-webserver"]["spec"]
+    assert "from" not in webserver["ingress"][0]
+    assert not by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+    limited = render(
+        {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"m": "1"}}}]},
+         "modelService": {"enabled": True}}
+    )  # fmt: skip
+    peers = by_kind(limited, "NetworkPolicy")["ai-ai-assets-model"]["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {"m": "1"}}} in peers
 
 
 def test_manifests_reference_secrets_and_hold_none() -> None:
