@@ -66,7 +66,9 @@ reliability: install model
 screenshots: install model browser
 	AI_ASSETS_TEST_SCREENSHOTS_DIR=docs $(PY) -m pytest -q ai_assets_tests/test_ui_e2e.py -k pages
 
+# the feed (the run's own CPU per image around a near-zero model), then the whole-path throughput
 bench: install model
+	$(PY) bench/feed.py
 	$(PY) bench/throughput.py
 
 bench-sqs: install

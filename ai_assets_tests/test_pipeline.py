@@ -1,7 +1,8 @@
 import io
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ai_assets.decode import ImageError, decode_image
 from ai_assets.model import ImageClassifier, load_classifier
@@ -27,9 +28,61 @@ def test_undecodable_bytes_raise_a_clear_error(data: bytes, message: str) -> Non
         decode_image(data)
 
 
-def test_truncated_jpeg_is_an_error(jpegs: dict[str, bytes]) -> None:
+#: Both JPEG decoders: Pillow in full (min_side 0), libjpeg-turbo scaled for a 256 px input.
+DECODERS = pytest.mark.parametrize("min_side", [0, 256], ids=["pillow", "scaled"])
+
+
+@DECODERS
+def test_truncated_jpeg_is_an_error(jpegs: dict[str, bytes], min_side: int) -> None:
     with pytest.raises(ImageError, match="cannot decode"):
-        decode_image(jpegs["chelsea"][:2000])
+        decode_image(jpegs["chelsea"][:2000], min_side=min_side)
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [((640, 480), (640, 480)), ((480, 640), (480, 640)), ((2400, 1600), (600, 400)),
+     ((1000, 700), (500, 350)), ((4000, 3000), (500, 375)), ((200, 100), (200, 100))],
+)  # fmt: skip
+def test_a_jpeg_decodes_at_the_smallest_power_of_two_scale_that_covers_the_input(
+    size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    """1/2, 1/4 or 1/8 while both sides stay ≥ 256, the scales Pillow's draft mode picks."""
+    data = encode(Image.new("RGB", size, (200, 30, 30)), "JPEG")
+    assert decode_image(data, min_side=256).size == decoded
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft("RGB", (256, 256))
+    assert drafted.size == decoded
+
+
+def test_pillow_decides_whatever_libjpeg_turbo_refuses(
+    jpegs: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strict mode refuses streams with mere warnings; Pillow then decodes them, as before."""
+    import simplejpeg
+
+    def strict(*args: object, **kwargs: object) -> None:
+        raise ValueError("Corrupt JPEG data: 2 extraneous bytes before marker 0xd9")
+
+    expected = np.asarray(decode_image(jpegs["coffee"], min_side=256))
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", strict)
+    assert np.array_equal(np.asarray(decode_image(jpegs["coffee"], min_side=256)), expected)
+    with pytest.raises(ImageError, match="cannot decode"):  # a truncated one is still an error
+        decode_image(jpegs["chelsea"][:2000], min_side=256)
+
+
+def test_libjpeg_turbo_decodes_the_same_pixels_as_pillow(jpegs: dict[str, bytes]) -> None:
+    for data in jpegs.values():
+        with Image.open(io.BytesIO(data)) as pillow:
+            expected = np.asarray(ImageOps.exif_transpose(pillow).convert("RGB"))
+        assert np.array_equal(np.asarray(decode_image(data)), expected)
+
+
+@DECODERS
+def test_grey_and_cmyk_jpegs_become_rgb(min_side: int) -> None:
+    for mode in ("L", "CMYK"):
+        decoded = decode_image(encode(Image.new(mode, (640, 480), 120), "JPEG"), min_side=min_side)
+        assert decoded.mode == "RGB"
+        assert min(decoded.size) >= min(min_side, 480)
 
 
 def test_oversize_images_are_refused_before_decoding() -> None:
@@ -62,12 +115,14 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     assert decoded.getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_exif_rotation_is_applied() -> None:
+@DECODERS
+def test_exif_rotation_is_applied(min_side: int) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
     buffer = io.BytesIO()
-    Image.new("RGB", (40, 10)).save(buffer, "JPEG", exif=exif)
-    assert decode_image(buffer.getvalue()).size == (10, 40)
+    Image.new("RGB", (640, 320)).save(buffer, "JPEG", exif=exif)
+    expected = (320, 640)  # 320 // 256 = 1: decoded whole either way
+    assert decode_image(buffer.getvalue(), min_side=min_side).size == expected
 
 
 def test_animated_gif_uses_the_first_frame() -> None:

@@ -1,0 +1,346 @@
+"""The feed: the run process's own CPU per image around a near-zero-compute model.
+
+The model is a one-layer ViT of 224 px with the bundled model's image processor and its 1,000
+labels, so everything but the model is the real path. The corpus is N JPEGs (default 2,000) of
+384–640 px made from the sample photos. Measured in one run, on this machine:
+
+* memory – the run's loop (fetch ∥ decode ∥ preprocess, collate, model, rows, upsert into a real
+  PostgreSQL) over images already in memory: no GET; and side by side, memory_pillow, the same
+  with JPEGs decoded as before (Pillow's decoder instead of simplejpeg's);
+* s3     – the same loop, every image fetched from a local SeaweedFS with boto3, as runs do;
+* run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
+  runs it requests, in this process, with the model already loaded).
+
+For each: images/s, the process's CPU ms per image, split by stage (the CPU time of the thread
+doing each stage, wherever it runs: get, decode, preprocess, collate, model call with top-k,
+rows, upsert) and "other" (the rest: thread pools, generators, and in "run" Dagster itself),
+and the main thread's busy ms per image. torch runs one thread, so the model's CPU is the
+calling thread's. Model excluded means: all CPU but the "model" stage.
+
+Then the accuracy guard: top-1 agreement of the run's path (with the bundled model, fp32 and
+bf16) with transformers' own processor path, on corpus images and the sample photos.
+
+Ends with: RESULT cpu_ms_per_image=… (run, model excluded) run_img_s=… memory_img_s=… …
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import print_figures
+
+ACCESS, SECRET = "bench", "bench-secret"
+BUCKET = "feed"
+STAGES = ("get", "decode", "preprocess", "collate", "model", "rows", "upsert")
+
+
+def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
+    """``n`` distinct JPEGs of 384–640 px: crops, flips, colour jitter of the sample photos."""
+    from PIL import Image, ImageEnhance
+
+    from ai_assets_dev.samples import sample_images
+
+    bases = list(sample_images().items())
+    out = {}
+    for i in range(n):
+        rng = random.Random(seed * 1_000_003 + i)
+        name, image = bases[i % len(bases)]
+        w, h = image.size
+        scale = rng.uniform(0.6, 1.0)
+        cw, ch = int(w * scale), int(h * scale)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = image.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop = ImageEnhance.Color(crop).enhance(rng.uniform(0.7, 1.3))
+        side = rng.randint(384, 640)
+        crop = crop.resize(
+            (side, max(1, round(side * ch / cw))) if cw >= ch else
+            (max(1, round(side * cw / ch)), side),
+            Image.Resampling.BICUBIC,
+        )  # fmt: skip
+        buffer = io.BytesIO()
+        crop.save(buffer, "JPEG", quality=rng.randint(80, 95))
+        out[f"feed/{name}-{i:05}.jpg"] = buffer.getvalue()
+    return out
+
+
+def near_zero_model(directory: Path, like: Path) -> str:
+    """A one-layer 224 px ViT with ``like``'s image processor and labels: the model costs ~0."""
+    import torch
+    from transformers import AutoConfig, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    labels = AutoConfig.from_pretrained(like).id2label
+    config = ViTConfig(
+        image_size=224, patch_size=32, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    ViTForImageClassification(config).save_pretrained(directory)
+    shutil.copy(like / "preprocessor_config.json", directory / "preprocessor_config.json")
+    return str(directory)
+
+
+class Stages:
+    """CPU seconds per stage, each measured on the thread that runs it."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+
+    def timed(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def stage(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - started
+                with self.lock:
+                    self.seconds[name] += spent
+
+        return stage
+
+
+@contextlib.contextmanager
+def instrumented(stages: Stages) -> Iterator[None]:
+    """Every stage of the run's path timed where it is defined (undone afterwards)."""
+    from ai_assets import pipeline, table
+    from ai_assets.defs.images import assets
+    from ai_assets.model import ImageClassifier
+    from ai_assets.preprocess import FastPreprocessor
+
+    patches = [
+        (assets, "fetch_object", "get"),
+        (ImageClassifier, "decode", "decode"),
+        (ImageClassifier, "preprocess", "preprocess"),
+        (FastPreprocessor, "collate", "collate"),
+        (ImageClassifier, "classify_batch", "model"),
+        (pipeline, "result_rows", "rows"),
+        (table, "upsert_rows", "upsert"),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, stage in patches:
+        setattr(owner, name, stages.timed(stage, getattr(owner, name)))
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def pillow_jpeg_decoding() -> Iterator[None]:
+    """JPEGs decoded as before simplejpeg: by Pillow, in draft mode (the same scales)."""
+    from ai_assets import decode
+
+    def drafted(data: bytes, header: Any, min_side: int) -> Any:
+        if min_side:
+            header.draft(header.mode, (min_side, min_side))
+        header.load()
+        return header
+
+    saved = decode._scaled_jpeg
+    decode._scaled_jpeg = drafted
+    try:
+        yield
+    finally:
+        decode._scaled_jpeg = saved
+
+
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(name: str, images: int, work: Callable[[], None]) -> dict[str, float]:
+    """Run ``work`` with every stage timed; figures per image."""
+    stages = Stages()
+    with instrumented(stages):
+        cpu, main, wall = process_cpu(), time.thread_time(), time.perf_counter()
+        work()
+        wall = time.perf_counter() - wall
+        main = time.thread_time() - main
+        cpu = process_cpu() - cpu
+    per_image = {stage: stages.seconds[stage] * 1000 / images for stage in STAGES}
+    total = cpu * 1000 / images
+    figures = {
+        f"{name}_img_s": images / wall,
+        f"{name}_cpu_ms": total,
+        f"{name}_cpu_ms_no_model": total - per_image["model"],
+        f"{name}_main_thread_ms": main * 1000 / images,
+        **{f"{name}_{stage}_ms": value for stage, value in per_image.items()},
+        f"{name}_other_ms": total - sum(per_image.values()),
+    }
+    print(f"{name}: {images / wall:,.0f} images/s, {total:.2f} CPU ms per image", flush=True)
+    return figures
+
+
+def loop(
+    keys: list[str], fetch: Callable[[str], Any], classifier: Any, engine: Any, batch_size: int
+) -> None:
+    """The run's loop without Dagster: classify_objects and one upsert per batch."""
+    from ai_assets import table
+    from ai_assets.pipeline import Job, classify_objects
+    from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
+
+    jobs = (Job("2026-12-01", key) for key in keys)
+    for rows in classify_objects(
+        jobs, fetch, classifier, batch_size=batch_size, top_k=5,
+        concurrency=DEFAULT_DOWNLOAD_CONCURRENCY,
+    ):  # fmt: skip
+        table.upsert_rows(engine, rows)
+
+
+def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) -> float:
+    """Top-1 agreement of the run's path (scaled decode, fast preprocessing, ``precision``)
+    with transformers' own: Pillow's full decode and the model's image processor, in fp32."""
+    from transformers import AutoImageProcessor
+
+    from ai_assets.decode import decode_image
+    from ai_assets.model import load_classifier
+    from ai_assets.model_convert import ensure_default_model
+    from ai_assets.preprocess import ProcessorPreprocessor
+
+    model = str(ensure_default_model())
+    ours, reference = load_classifier(model, None, precision), load_classifier(model)
+    processor = ProcessorPreprocessor(AutoImageProcessor.from_pretrained(model))
+
+    def labels(classifier: Any, batches: Iterator[Any]) -> list[str]:
+        return [top[0].label for batch in batches for top in classifier.classify_batch(batch, 1)]
+
+    chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    mine = labels(ours, (ours.preprocessor.collate([ours.prepare(d) for d in c], "cpu")
+                         for c in chunks))  # fmt: skip
+    theirs = labels(reference, (processor.collate([processor(decode_image(d)) for d in c], "cpu")
+                                for c in chunks))  # fmt: skip
+    return sum(a == b for a, b in zip(mine, theirs, strict=True)) / len(images)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--images", type=int, default=2_000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--agreement-images", type=int, default=400, help="corpus images in the accuracy guard"
+    )
+    args = parser.parse_args()
+
+    import boto3
+    import dagster as dg
+    import sqlalchemy as sa
+    import torch
+
+    from ai_assets import migrations
+    from ai_assets.defs.images import assets
+    from ai_assets.model import load_classifier
+    from ai_assets.model_convert import ensure_default_model
+    from ai_assets.store import Fetched
+    from ai_assets_dev.inprocess import InProcessDaemon
+    from ai_assets_dev.localdev import postgres, seaweedfs
+
+    torch.set_num_threads(1)  # the model's CPU is then the calling thread's
+    images = corpus(args.images)
+    keys = sorted(images)
+    size = sum(map(len, images.values())) / len(images)
+    print(f"{len(images):,} JPEGs of 384–640 px, {size / 1024:.0f} KiB on average", flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="ai-assets-feed-") as tmp,
+        seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
+        postgres() as pg,
+    ):
+        model_dir = near_zero_model(Path(tmp) / "model", ensure_default_model())
+        os.environ.update(
+            {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
+             "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
+             "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": "",
+             "AI_ASSETS_MODEL": model_dir, "AI_ASSETS_BATCH_SIZE": str(args.batch_size),
+             "AI_ASSETS_MAX_OBJECTS_PER_RUN": str(len(images))}
+        )  # fmt: skip
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=images[k]), keys))
+        # the arguments ClassifierResource.load passes: the runs below reuse this model
+        classifier = load_classifier(model_dir, None, "fp32", True)
+        classifier.warm_up(args.batch_size)
+        figures: dict[str, float] = {"images": len(images), "batch_size": args.batch_size}
+
+        def database(name: str) -> Any:
+            engine = sa.create_engine(pg.create_database(name))
+            migrations.upgrade(engine)
+            return engine
+
+        def in_memory(key: str) -> Fetched:
+            data = images[key]
+            return Fetched(key=key, etag="e", size=len(data), data=data)
+
+        for name, decoding in (("memory_pillow", pillow_jpeg_decoding), ("memory", None)):
+            engine = database(name)
+
+            def in_memory_loop(engine: Any = engine) -> None:
+                loop(keys, in_memory, classifier, engine, args.batch_size)
+
+            with decoding() if decoding else contextlib.nullcontext():
+                figures |= measure(name, len(keys), in_memory_loop)
+        engine = database("s3")
+        figures |= measure(
+            "s3", len(keys),
+            lambda: loop(  # the GET through the run's own name, so that its stage is timed
+                keys, lambda key: assets.fetch_object(client, BUCKET, key, 50 << 20),
+                classifier, engine, args.batch_size,
+            ),
+        )  # fmt: skip
+
+        os.environ["AI_ASSETS_DATABASE_URL"] = pg.create_database("run")
+        with dg.instance_for_test() as instance:
+            daemon = InProcessDaemon(instance, log_level="WARNING")
+            result = daemon.evaluate()  # the sensor's tick: not the run's work
+            requests = result.run_requests or []
+
+            def run() -> None:
+                for request in requests:
+                    assert daemon.launch(request).success
+
+            figures |= measure("run", len(keys), run)
+            written = sa.create_engine(os.environ["AI_ASSETS_DATABASE_URL"])
+            with written.connect() as connection:
+                rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
+                assert rows.scalar_one() == len(keys), "the runs did not classify every image"
+            written.dispose()
+    figures["cpu_ms_per_image"] = figures["run_cpu_ms_no_model"]
+    torch.set_num_threads(os.cpu_count() or 1)
+    from ai_assets_dev.samples import sample_jpegs
+
+    guard = [images[k] for k in keys[: args.agreement_images]] + list(sample_jpegs().values())
+    for precision in ("fp32", "bf16"):
+        agree = figures[f"top1_agreement_{precision}"] = top1_agreement(guard, precision)
+        print(f"top-1 agreement with transformers' path, {precision}: {agree:.4f} on {len(guard)}")
+    print_figures(
+        figures,
+        ["cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "top1_agreement_fp32",
+         "top1_agreement_bf16", "memory_img_s",
+         "memory_cpu_ms_no_model", "memory_main_thread_ms", "s3_img_s", "s3_cpu_ms_no_model"],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
