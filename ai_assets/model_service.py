@@ -328,6 +328,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return top_k or settings.top_k
 
     @app.post("/classify/")
+    @app.post("/classify", include_in_schema=False)  # answered, not redirected with an empty 307
     async def classify(
         file: Annotated[UploadFile, File(description="the image")],
         top_k: TopK = None,

@@ -4,7 +4,7 @@ each batch still gets exactly one run, on the next tick, through the queue and t
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,8 +13,7 @@ from ai_assets import inventory
 from ai_assets.defs.images.assets import BATCH_TAG
 from ai_assets.resources import ImageBucketResource
 from ai_assets_dev.inprocess import InProcessDaemon
-from ai_assets_tests.sqs_server import fake_sqs
-from ai_assets_tests.test_notifications import s3_event, send
+from ai_assets_tests.test_notifications import fake_queue, s3_event, send  # noqa: F401
 from ai_assets_tests.util import configure, rows_by_key
 
 pytestmark = pytest.mark.reliability
@@ -76,26 +75,16 @@ def path(
     tmp_path,
     tiny_model_dir: str,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[tuple[str, Announce]]:
+) -> tuple[str, Announce]:
     """How new objects reach the sensor: S3 events on a queue, or only the listing."""
-    database = f"sqlite:///{tmp_path / 'results.sqlite'}"
     if request.param == "listing":
+        database = f"sqlite:///{tmp_path / 'results.sqlite'}"
         configure(monkeypatch, bucket, database, tiny_model_dir, prefix="in/")
-        yield "listing", lambda s3_client, etags: None
-        return
-    with fake_sqs() as sqs:
-        url = sqs.create_queue("image-events")
-        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", sqs.url)
-        configure(
-            monkeypatch, bucket, database, tiny_model_dir, prefix="in/",
-            AI_ASSETS_SQS_QUEUE_URL=url,
-        )  # fmt: skip
-        yield (
-            "sqs",
-            lambda s3_client, etags: send(
-                sqs, bucket, *(s3_event(k, etag=e, sequencer=f"0{k[3]}") for k, e in etags.items())
-            ),
-        )
+        return "listing", lambda s3_client, etags: None
+    sqs, _ = request.getfixturevalue("fake_queue")  # the same bucket, database and prefix
+    return "sqs", lambda s3_client, etags: send(
+        sqs, bucket, *(s3_event(k, etag=e, sequencer=f"0{k[3]}") for k, e in etags.items())
+    )
 
 
 @pytest.mark.parametrize("crash", CRASHES)

@@ -94,6 +94,12 @@ def test_the_seed_curl_contract_answers_chelsea_is_a_cat(
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True) and scores[-1] > 0 and sum(scores) <= 1 + 1e-6
     assert requests.get(f"{service}/healthz", timeout=5).json() == {"status": "ok"}
+    without_slash = requests.post(
+        f"{service}/classify", files={"file": ("test.jpg", jpegs["chelsea"])},
+        allow_redirects=False, timeout=60,
+    )  # fmt: skip
+    assert without_slash.status_code == 200
+    assert without_slash.json()["results"][0]["label"] == results[0]["label"]
 
 
 def test_64_concurrent_clients_are_batched_into_fewer_model_calls(

@@ -14,6 +14,7 @@ from ai_assets.preprocess import (
     FastPreprocessor,
     Geometry,
     ProcessorPreprocessor,
+    affine_of,
     build_preprocessor,
     max_difference,
     reference_image,
@@ -54,15 +55,25 @@ def test_fast_path_matches_on_real_photos(lite0_processor, jpegs: dict[str, byte
 
 def test_fixed_size_processors_get_the_fast_path_too() -> None:
     processor = ViTImageProcessorPil(size={"height": 32, "width": 48})
+    fast, slow = build_preprocessor(processor), ProcessorPreprocessor(processor)
+    assert isinstance(fast, FastPreprocessor) and fast.resize == "torch"
+    level = 1 / 255 / 0.5
+    assert max_difference(fast, slow, reference_image()) <= 2 * level + 1e-6  # torch's rounding
+    pillow = FastPreprocessor(fast.geometry, *affine_of(processor), resize="pillow")
+    assert max_difference(pillow, slow, reference_image()) < 1e-5  # Pillow's own passes: exact
+
+
+def test_filters_torch_cannot_reproduce_are_resized_by_pillow() -> None:
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 48}, resample=Image.LANCZOS)
     fast = build_preprocessor(processor)
-    assert isinstance(fast, FastPreprocessor)
+    assert isinstance(fast, FastPreprocessor) and fast.resize == "pillow"
     assert max_difference(fast, ProcessorPreprocessor(processor), reference_image()) < 1e-5
 
 
 def test_collate_gives_a_channels_last_float_batch(lite0_processor) -> None:
     fast = build_preprocessor(lite0_processor)
     tensors = [fast(reference_image(*size)) for size in SIZES[:3]]
-    assert all(t.dtype == torch.uint8 and t.shape == (224, 224, 3) for t in tensors)
+    assert all(t.dtype == torch.uint8 and t.shape == (3, 224, 224) for t in tensors)
     batch = fast.collate(tensors, "cpu")
     assert batch.shape == (3, 3, 224, 224) and batch.dtype == torch.float32
     assert batch.is_contiguous(memory_format=torch.channels_last)

@@ -90,19 +90,19 @@ def test_our_table_names_stay_clear_of_dagsters() -> None:
     assert OURS.isdisjoint(dagster_tables | {migrations.LEGACY_VERSION_TABLE})
 
 
+#: The newest revision a release before our own version table could have recorded.
+_LEGACY_HEAD = "0003"
+
+
 def _as_a_release_before_our_version_table(url: str) -> None:
-    """Our schema at head with its revision in ``alembic_version``, as releases up to 0003 left."""
+    """Our schema at 0003 with its revision in ``alembic_version``, as releases up to it left."""
     engine = sa.create_engine(url)
-    migrations.upgrade(engine)
+    migrations.upgrade(engine, _LEGACY_HEAD)
     with engine.begin() as connection:
         connection.execute(sa.text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         connection.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
         connection.execute(sa.text(f"INSERT INTO alembic_version VALUES ('{_LEGACY_HEAD}')"))
     engine.dispose()
-
-
-#: The newest revision a release before our own version table could have recorded.
-_LEGACY_HEAD = "0003"
 
 
 def test_a_revision_left_in_alembic_version_is_moved_then_dagster_starts(db_url: str) -> None:

@@ -5,8 +5,9 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 384–640 px made from the sample photos. Measured in one run, on this machine:
 
 * memory – the run's loop (fetch ∥ decode ∥ preprocess, collate, model, rows, upsert into a real
-  PostgreSQL) over images already in memory: no GET; and side by side, memory_pillow, the same
-  with JPEGs decoded as before (Pillow's decoder instead of simplejpeg's);
+  PostgreSQL) over images already in memory: no GET; and side by side, memory_before (Pillow
+  decodes and resizes, as before this round's levers) and memory_decode (libjpeg-turbo's
+  decode alone);
 * s3     – the same loop, every image fetched from a local SeaweedFS with boto3, as runs do;
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
   runs it requests, in this process, with the model already loaded).
@@ -28,9 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import io
 import os
-import random
 import resource
 import shutil
 import sys
@@ -52,35 +51,11 @@ BUCKET = "feed"
 STAGES = ("get", "decode", "preprocess", "collate", "model", "rows", "upsert")
 
 
-def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
-    """``n`` distinct JPEGs of 384–640 px: crops, flips, colour jitter of the sample photos."""
-    from PIL import Image, ImageEnhance
+def corpus(n: int) -> dict[str, bytes]:
+    """``n`` distinct JPEGs of 384–640 px made from the sample photos."""
+    from throughput import corpus as photos
 
-    from ai_assets_dev.samples import sample_images
-
-    bases = list(sample_images().items())
-    out = {}
-    for i in range(n):
-        rng = random.Random(seed * 1_000_003 + i)
-        name, image = bases[i % len(bases)]
-        w, h = image.size
-        scale = rng.uniform(0.6, 1.0)
-        cw, ch = int(w * scale), int(h * scale)
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = image.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        crop = ImageEnhance.Color(crop).enhance(rng.uniform(0.7, 1.3))
-        side = rng.randint(384, 640)
-        crop = crop.resize(
-            (side, max(1, round(side * ch / cw))) if cw >= ch else
-            (max(1, round(side * cw / ch)), side),
-            Image.Resampling.BICUBIC,
-        )  # fmt: skip
-        buffer = io.BytesIO()
-        crop.save(buffer, "JPEG", quality=rng.randint(80, 95))
-        out[f"feed/{name}-{i:05}.jpg"] = buffer.getvalue()
-    return out
+    return photos(n, sides=(384, 640), prefix="feed")
 
 
 def near_zero_model(directory: Path, like: Path) -> str:
@@ -164,6 +139,17 @@ def pillow_jpeg_decoding() -> Iterator[None]:
         yield
     finally:
         decode._scaled_jpeg = saved
+
+
+@contextlib.contextmanager
+def pillow_resizing(classifier: Any) -> Iterator[None]:
+    """Preprocessing as before torch's resize: Pillow's passes over the crop box."""
+    saved = classifier.preprocessor.resize
+    classifier.preprocessor.resize = "pillow"
+    try:
+        yield
+    finally:
+        classifier.preprocessor.resize = saved
 
 
 def process_cpu() -> float:
@@ -293,13 +279,22 @@ def main() -> None:
             data = images[key]
             return Fetched(key=key, etag="e", size=len(data), data=data)
 
-        for name, decoding in (("memory_pillow", pillow_jpeg_decoding), ("memory", None)):
+        def pillow_resize() -> contextlib.AbstractContextManager[None]:
+            return pillow_resizing(classifier)
+
+        for name, levers_off in (
+            ("memory_before", (pillow_jpeg_decoding, pillow_resize)),  # as before this round
+            ("memory_decode", (pillow_resize,)),  # libjpeg-turbo's decode alone
+            ("memory", ()),  # and torch's resize: the code as it runs
+        ):
             engine = database(name)
 
             def in_memory_loop(engine: Any = engine) -> None:
                 loop(keys, in_memory, classifier, engine, args.batch_size)
 
-            with decoding() if decoding else contextlib.nullcontext():
+            with contextlib.ExitStack() as stack:
+                for lever_off in levers_off:
+                    stack.enter_context(lever_off())
                 figures |= measure(name, len(keys), in_memory_loop)
         engine = database("s3")
         figures |= measure(

@@ -46,8 +46,13 @@ ACCESS, SECRET = "bench", "bench-secret"
 BUCKET = "bench"
 
 
-def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
-    """``n`` distinct ~512 px JPEGs: random crops, flips, colour jitter of the sample photos."""
+def corpus(
+    n: int, seed: int = 0, sides: tuple[int, int] | None = None, prefix: str = "bench"
+) -> dict[str, bytes]:
+    """``n`` distinct JPEGs: random crops, flips, colour jitter of the sample photos.
+
+    Each fits in 512 px, or with ``sides`` has its longer side drawn from that range.
+    """
     from ai_assets_dev.samples import sample_images
 
     bases = list(sample_images().items())
@@ -63,10 +68,16 @@ def corpus(n: int, seed: int = 0) -> dict[str, bytes]:
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         crop = ImageEnhance.Color(crop).enhance(rng.uniform(0.7, 1.3))
-        crop.thumbnail((512, 512), Image.Resampling.BICUBIC)
+        if sides is None:
+            crop.thumbnail((512, 512), Image.Resampling.BICUBIC)
+        else:
+            side = rng.randint(*sides)
+            ratio = side / max(crop.size)
+            size = (max(1, round(crop.width * ratio)), max(1, round(crop.height * ratio)))
+            crop = crop.resize(size, Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         crop.save(buffer, "JPEG", quality=rng.randint(80, 95))
-        out[f"bench/{name}-{i:05}.jpg"] = buffer.getvalue()
+        out[f"{prefix}/{name}-{i:05}.jpg"] = buffer.getvalue()
     return out
 
 
