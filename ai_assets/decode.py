@@ -35,11 +35,9 @@ def decode_image(
 ) -> Image.Image:
     """Decode bytes into an upright RGB image, refusing oversize images before decoding.
 
-    A JPEG in RGB or grey is decoded by libjpeg-turbo directly into an RGB array (simplejpeg:
-    ~30 % less CPU than Pillow's decoder and conversion). With ``min_side``, at 1/2, 1/4 or 1/8
-    scale (DCT scaling) while both sides stay at least ``min_side`` pixels: a 4000×3000 photo
-    bound for a 256 px model input decodes ~10× faster. Pillow decodes every other format, and
-    JPEGs in CMYK, with the same scales (its draft mode).
+    With ``min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    Pillow's draft mode) while both sides stay at least ``min_side`` pixels: a 4000×3000
+    photo bound for a 256 px model input decodes ~10× faster.
     """
     if not data:
         raise ImageError("empty object (0 bytes)", "empty")
@@ -53,9 +51,10 @@ def decode_image(
                 f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)",
                 "too_many_pixels",
             )
-        turbo = image.format == "JPEG" and image.mode in ("RGB", "L")
-        decoded = _scaled_jpeg(data, image, min_side) if turbo else None
-        image = decoded if decoded is not None else _load(image, min_side)
+        image.seek(0)  # first frame of animations
+        if min_side:
+            image.draft(image.mode, (min_side, min_side))  # a no-op unless JPEG
+        image.load()
         ImageOps.exif_transpose(image, in_place=True)
         return _to_rgb(_limit_aspect_ratio(image))
     except ImageError:
@@ -64,41 +63,6 @@ def decode_image(
         raise ImageError("not a recognised image format") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageError(f"cannot decode image: {exc}", "undecodable") from None
-
-
-def _load(image: Image.Image, min_side: int) -> Image.Image:
-    """Pillow's decode: other formats, CMYK JPEGs, and JPEGs libjpeg-turbo warned about."""
-    image.seek(0)  # first frame of animations
-    if min_side:
-        image.draft(image.mode, (min_side, min_side))  # a JPEG: 1/2, 1/4 or 1/8
-    image.load()
-    return image
-
-
-def _scaled_jpeg(data: bytes, header: Image.Image, min_side: int) -> Image.Image | None:
-    """The JPEG decoded by libjpeg-turbo at 1/1, 1/2, 1/4 or 1/8 scale, as Pillow's draft mode.
-
-    Only these scales: libjpeg-turbo's other eighths (3/8, 5/8, …) have no SIMD code, decode
-    slower than the full image, and moved top-1 labels on 5 % of bench/feed.py's corpus. The
-    header's EXIF travels with the pixels, so the orientation is applied as for Pillow. None
-    when libjpeg-turbo reports any problem (strict mode): Pillow then decides, as before, which
-    streams are unusable (truncated, corrupt) and which only carry a harmless warning.
-    """
-    import simplejpeg
-
-    width, height = header.size
-    fits = min(width // min_side, height // min_side) if min_side else 1
-    scale = next(d for d in (8, 4, 2, 1) if d <= max(fits, 1))  # Pillow's draft picks the same
-    try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=-(-height // scale), min_width=-(-width // scale)
-        )
-    except ValueError:
-        return None
-    image = Image.fromarray(pixels)
-    if "exif" in header.info:
-        image.info["exif"] = header.info["exif"]
-    return image
 
 
 def _limit_aspect_ratio(image: Image.Image) -> Image.Image:

@@ -5,9 +5,8 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 384–640 px made from the sample photos. Measured in one run, on this machine:
 
 * memory – the run's loop (fetch ∥ decode ∥ preprocess, collate, model, rows, upsert into a real
-  PostgreSQL) over images already in memory: no GET; and side by side, memory_before (Pillow
-  decodes and resizes, as before this round's levers) and memory_decode (libjpeg-turbo's
-  decode alone);
+  PostgreSQL) over images already in memory: no GET; and side by side, memory_before (the
+  preprocessing resize by Pillow, as before torch's);
 * s3     – the same loop, every image fetched from a local SeaweedFS with boto3, as runs do;
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
   runs it requests, in this process, with the model already loaded).
@@ -123,29 +122,10 @@ def instrumented(stages: Stages) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def pillow_jpeg_decoding() -> Iterator[None]:
-    """JPEGs decoded as before simplejpeg: by Pillow, in draft mode (the same scales)."""
-    from ai_assets import decode
-
-    def drafted(data: bytes, header: Any, min_side: int) -> Any:
-        if min_side:
-            header.draft(header.mode, (min_side, min_side))
-        header.load()
-        return header
-
-    saved = decode._scaled_jpeg
-    decode._scaled_jpeg = drafted
-    try:
-        yield
-    finally:
-        decode._scaled_jpeg = saved
-
-
-@contextlib.contextmanager
-def pillow_resizing(classifier: Any) -> Iterator[None]:
-    """Preprocessing as before torch's resize: Pillow's passes over the crop box."""
+def resized_by(classifier: Any, resize: str) -> Iterator[None]:
+    """The classifier's preprocessing resizing with ``resize`` ("torch" or "pillow") for a while."""
     saved = classifier.preprocessor.resize
-    classifier.preprocessor.resize = "pillow"
+    classifier.preprocessor.resize = resize
     try:
         yield
     finally:
@@ -279,22 +259,14 @@ def main() -> None:
             data = images[key]
             return Fetched(key=key, etag="e", size=len(data), data=data)
 
-        def pillow_resize() -> contextlib.AbstractContextManager[None]:
-            return pillow_resizing(classifier)
-
-        for name, levers_off in (
-            ("memory_before", (pillow_jpeg_decoding, pillow_resize)),  # as before this round
-            ("memory_decode", (pillow_resize,)),  # libjpeg-turbo's decode alone
-            ("memory", ()),  # and torch's resize: the code as it runs
-        ):
+        # Pillow's resize, as before torch's, side by side with the code as it runs
+        for name, resize in (("memory_before", "pillow"), ("memory", "torch")):
             engine = database(name)
 
             def in_memory_loop(engine: Any = engine) -> None:
                 loop(keys, in_memory, classifier, engine, args.batch_size)
 
-            with contextlib.ExitStack() as stack:
-                for lever_off in levers_off:
-                    stack.enter_context(lever_off())
+            with resized_by(classifier, resize):
                 figures |= measure(name, len(keys), in_memory_loop)
         engine = database("s3")
         figures |= measure(
