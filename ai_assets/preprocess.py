@@ -77,6 +77,12 @@ class Geometry:
         assert self.shortest_edge is not None
         return self.shortest_edge
 
+    def crop_origin(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The resized size and where the crop starts in it (numpy center_crop's offsets)."""
+        new_w, new_h = self.resized(width, height)
+        out_w, out_h = self.output
+        return (new_w, new_h), ((new_w - out_w) // 2, (new_h - out_h) // 2)
+
     @property
     def torch_mode(self) -> str | None:
         """torch's antialiased ``interpolate`` mode for this Pillow filter, if it has one."""
@@ -96,9 +102,8 @@ class Geometry:
         mode = self.torch_mode
         assert mode is not None, "a filter torch has no antialiased mode for"
         width, height = image.size
-        new_w, new_h = self.resized(width, height)
+        (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
-        left, top = (new_w - out_w) // 2, (new_h - out_h) // 2  # numpy center_crop's offsets
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         resized = functional.interpolate(
             pixels.unsqueeze(0), size=(new_h, new_w), mode=mode, antialias=True
@@ -112,9 +117,8 @@ class Geometry:
         boxed resize may take the other order and round differently.
         """
         width, height = image.size
-        new_w, new_h = self.resized(width, height)
+        (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
-        left, top = (new_w - out_w) // 2, (new_h - out_h) // 2  # numpy center_crop's offsets
         sx, sy = width / new_w, height / new_h
         columns = (left * sx, 0, (left + out_w) * sx, height)
         rows = (0, top * sy, out_w, (top + out_h) * sy)

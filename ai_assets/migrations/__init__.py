@@ -44,10 +44,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
-def _revisions() -> set[str]:
-    return {script.revision for script in _script_directory().walk_revisions()}
-
-
 def adopt_legacy_revision(connection: Connection) -> str | None:
     """Move our revision from ``alembic_version`` into our own table; return it if moved.
 
@@ -63,7 +59,9 @@ def adopt_legacy_revision(connection: Connection) -> str | None:
         return None
     legacy = sa.table(LEGACY_VERSION_TABLE, sa.column("version_num", sa.String))
     found = connection.execute(sa.select(legacy.c.version_num)).scalars().all()
-    ours = [revision for revision in found if revision in _revisions()]
+    scripts = _script_directory()
+    known = {script.revision for script in scripts.walk_revisions()}
+    ours = [revision for revision in found if revision in known]
     if not ours:
         return None
     if len(ours) > 1:
@@ -72,7 +70,7 @@ def adopt_legacy_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    context.stamp(_script_directory(), revision)
+    context.stamp(scripts, revision)
     if len(found) == 1:
         connection.execute(sa.text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
     else:
