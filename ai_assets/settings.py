@@ -74,6 +74,7 @@ CONTRACT: tuple[Variable, ...] = (
     Variable("AWS_REGION", "boto3's", "AWS region"),
     Variable("AWS_MAX_ATTEMPTS", "5", "botocore attempts per call"),
     Variable("AWS_RETRY_MODE", "standard", "botocore retry mode"),
+    Variable("AWS_CA_BUNDLE", "system roots", "CA bundle for a private S3 endpoint"),
     Variable("AI_ASSETS_DATABASE_URL", "SQLite under DAGSTER_HOME", "the project's database"),
     Variable("DAGSTER_HOME", "./.dagster_home", "Dagster's instance; the embedded database"),
     Variable("AI_ASSETS_START_DATE", DEFAULT_START_DATE, "first daily partition"),

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -127,6 +128,25 @@ class Written:
     def __add__(self, other: Written) -> Written:
         pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
         return Written(*(a + b for a, b in pairs))
+
+
+def upsert_behind(
+    engine: Engine, batches: Iterable[Sequence[ClassificationRow]]
+) -> Iterator[tuple[Sequence[ClassificationRow], Written]]:
+    """Upsert each batch on a writer thread while the next one is computed; yield it once written.
+
+    The database round trip overlaps the next batch's model call instead of following it. At
+    most one batch waits for its upsert, so a failing one stops the run a batch later at most.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="upsert") as writer:
+        pending: tuple[Sequence[ClassificationRow], Future[Written]] | None = None
+        for rows in batches:
+            written = writer.submit(upsert_rows, engine, rows)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = rows, written
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def upsert_rows(engine: Engine, rows: Sequence[ClassificationRow]) -> Written:

@@ -1,11 +1,19 @@
 """S3 access on a real S3 server (SeaweedFS): bounded slices, fetches, fast timestamps."""
 
+import dataclasses
 import datetime as dt
 import itertools
 
 import pytest
 
-from ai_assets.store import fetch_object, list_objects, list_slice, parse_timestamp
+from ai_assets.store import (
+    FetchError,
+    fetch_object,
+    list_objects,
+    list_slice,
+    obstore_can_fetch,
+    parse_timestamp,
+)
 
 
 def test_slices_resume_after_the_last_key_and_end_with_the_listing(s3_client, bucket: str) -> None:
@@ -121,3 +129,77 @@ def test_the_bucket_client_parses_timestamps_without_dateutil(
     fetched = fetch_object(resource.get_client(), bucket, "t/a.jpg", 10)
     assert listed.last_modified.tzinfo is not None
     assert abs(listed.last_modified - fetched.last_modified) < dt.timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("key", "kept"),
+    [
+        ("a/b.jpg", True),
+        ("keys/🐱 cat.jpg", True),
+        ("keys/100%25 real.jpg", True),
+        ("a/.hidden.jpg", True),
+        ("keys/....jpg", True),
+        ("/leading.jpg", False),
+        ("trailing.jpg/", False),
+        ("a//b.jpg", False),
+        ("a/./b.jpg", False),
+        ("a/../b.jpg", False),
+        ("new\nline.jpg", False),
+        ("c1\x85control.jpg", False),
+    ],
+)
+def test_keys_object_store_would_rewrite_are_recognised(key: str, kept: bool) -> None:
+    assert obstore_can_fetch(key) is kept
+
+
+def test_the_fetcher_reads_through_obstore_exactly_as_boto3_does(s3_client, bucket: str) -> None:
+    from ai_assets.resources import ImageBucketResource
+
+    keys = ["f/a.jpg", "f/кошка 🐱.jpg", "f/100%25.jpg", "f/tab\there.jpg", "f/big.jpg"]
+    for key in keys:
+        body = key.encode() * (300 if "big" in key else 1)
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    resource = ImageBucketResource(bucket=bucket, endpoint_url=s3_client.meta.endpoint_url)
+    fetcher = resource.get_fetcher(max_bytes=1000)
+    assert fetcher.store is not None  # SeaweedFS over http with the environment's keys
+    for key in [*keys, "f/missing.jpg"]:
+        fast, slow = fetcher(key), fetch_object(s3_client, bucket, key, max_bytes=1000)
+        assert dataclasses.replace(fast, last_modified=None) == dataclasses.replace(
+            slow, last_modified=None
+        )
+        if not fast.deleted:
+            assert fast.last_modified == slow.last_modified
+    assert fetcher("f/a.jpg").data == b"f/a.jpg"
+    assert "above the limit of 1,000" in (fetcher("f/big.jpg").error or "")
+
+
+def test_a_failed_get_names_the_object_and_the_retries_it_had(bucket: str) -> None:
+    from ai_assets.resources import ImageBucketResource
+
+    resource = ImageBucketResource(bucket=bucket, endpoint_url="http://127.0.0.1:9", max_attempts=3)
+    with pytest.raises(FetchError, match=rf"GET s3://{bucket}/x.jpg failed: .*after 2 retries"):
+        resource.get_fetcher(max_bytes=1000)("x.jpg")
+
+
+def test_obstore_gets_use_boto3s_credential_chain(
+    s3_env, s3_client, bucket: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile in a shared credentials file: boto3's chain reads it, as it reads web identity."""
+    from ai_assets.resources import ImageBucketResource
+
+    keys = s3_env["AWS_ACCESS_KEY_ID"], s3_env["AWS_SECRET_ACCESS_KEY"]
+
+    s3_client.put_object(Bucket=bucket, Key="p/a.jpg", Body=b"by profile")
+    credentials = tmp_path / "credentials"
+    credentials.write_text(
+        "[reader]\naws_access_key_id = {}\naws_secret_access_key = {}\n".format(*keys)
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    resource = ImageBucketResource(
+        bucket=bucket, endpoint_url=s3_client.meta.endpoint_url, profile_name="reader"
+    )
+    fetcher = resource.get_fetcher(max_bytes=1000)
+    assert fetcher.store is not None
+    assert fetcher("p/a.jpg").data == b"by profile"

@@ -106,3 +106,37 @@ def test_a_row_about_an_older_object_version_never_wins(engine) -> None:
     assert (row["label"], row["etag"]) == ("new", "e2")
     table.upsert_rows(engine, [ok_row("a.jpg", label="newer", etag="e3", last_modified=new)])
     assert table.fetch_rows(engine)[0]["label"] == "newer"  # same version re-run: replaced
+
+
+def test_upserts_behind_the_next_batch_write_every_batch_in_order(engine) -> None:
+    computed: list[int] = []
+
+    def batches():
+        for i, label in enumerate(["first", "second", "third"]):
+            computed.append(i)
+            yield [ok_row("same.jpg", label=label), ok_row(f"{i}.jpg")]
+
+    seen = []
+    for rows, written in table.upsert_behind(engine, batches()):
+        seen.append((rows[0].label, written))
+        if len(seen) == 1:  # batch 1 was computed while batch 0 was being written
+            assert computed == [0, 1]
+    assert seen == [(label, Written(rows=2)) for label in ("first", "second", "third")]
+    current = {row["s3_key"]: row["label"] for row in table.fetch_rows(engine)}
+    assert current == {"same.jpg": "third", "0.jpg": "tabby", "1.jpg": "tabby", "2.jpg": "tabby"}
+
+
+def test_a_failing_upsert_behind_stops_the_run_at_the_next_batch(engine) -> None:
+    bad = dataclasses.replace(ok_row("bad.jpg"), status="bogus")  # violates the CHECK constraint
+    computed: list[int] = []
+
+    def batches():
+        for i, rows in enumerate([[ok_row("a.jpg")], [bad], [ok_row("b.jpg")], [ok_row("c.jpg")]]):
+            computed.append(i)
+            yield rows
+
+    with pytest.raises(sa.exc.IntegrityError):
+        for _ in table.upsert_behind(engine, batches()):
+            pass
+    assert computed == [0, 1, 2]  # the batch after the failing one was computed, no further
+    assert {row["s3_key"] for row in table.fetch_rows(engine)} <= {"a.jpg", "b.jpg"}

@@ -7,7 +7,8 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 * memory – the run's loop (fetch ∥ decode ∥ preprocess, collate, model, rows, upsert into a real
   PostgreSQL) over images already in memory: no GET; and side by side, memory_before (the
   preprocessing resize by Pillow, as before torch's);
-* s3     – the same loop, every image fetched from a local SeaweedFS with boto3, as runs do;
+* s3     – the same loop, every image fetched from a local SeaweedFS as runs do (obstore); and
+  side by side, s3_boto3, every GET through boto3 as before;
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
   runs it requests, in this process, with the model already loaded).
 
@@ -98,12 +99,12 @@ class Stages:
 def instrumented(stages: Stages) -> Iterator[None]:
     """Every stage of the run's path timed where it is defined (undone afterwards)."""
     from ai_assets import pipeline, table
-    from ai_assets.defs.images import assets
     from ai_assets.model import ImageClassifier
     from ai_assets.preprocess import FastPreprocessor
+    from ai_assets.store import ObjectFetcher
 
     patches = [
-        (assets, "fetch_object", "get"),
+        (ObjectFetcher, "__call__", "get"),
         (ImageClassifier, "decode", "decode"),
         (ImageClassifier, "preprocess", "preprocess"),
         (FastPreprocessor, "collate", "collate"),
@@ -163,17 +164,18 @@ def measure(name: str, images: int, work: Callable[[], None]) -> dict[str, float
 def loop(
     keys: list[str], fetch: Callable[[str], Any], classifier: Any, engine: Any, batch_size: int
 ) -> None:
-    """The run's loop without Dagster: classify_objects and one upsert per batch."""
+    """The run's loop without Dagster: classify_objects, each batch upserted behind the next."""
     from ai_assets import table
     from ai_assets.pipeline import Job, classify_objects
     from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
 
     jobs = (Job("2026-12-01", key) for key in keys)
-    for rows in classify_objects(
+    batches = classify_objects(
         jobs, fetch, classifier, batch_size=batch_size, top_k=5,
         concurrency=DEFAULT_DOWNLOAD_CONCURRENCY,
-    ):  # fmt: skip
-        table.upsert_rows(engine, rows)
+    )  # fmt: skip
+    for _ in table.upsert_behind(engine, batches):
+        pass
 
 
 def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) -> float:
@@ -216,10 +218,10 @@ def main() -> None:
     import torch
 
     from ai_assets import migrations
-    from ai_assets.defs.images import assets
     from ai_assets.model import load_classifier
     from ai_assets.model_convert import ensure_default_model
-    from ai_assets.store import Fetched
+    from ai_assets.resources import ImageBucketResource
+    from ai_assets.store import Fetched, ObjectFetcher
     from ai_assets_dev.inprocess import InProcessDaemon
     from ai_assets_dev.localdev import postgres, seaweedfs
 
@@ -268,14 +270,20 @@ def main() -> None:
 
             with resized_by(classifier, resize):
                 figures |= measure(name, len(keys), in_memory_loop)
-        engine = database("s3")
-        figures |= measure(
-            "s3", len(keys),
-            lambda: loop(  # the GET through the run's own name, so that its stage is timed
-                keys, lambda key: assets.fetch_object(client, BUCKET, key, 50 << 20),
-                classifier, engine, args.batch_size,
-            ),
-        )  # fmt: skip
+        # boto3's GET, as before obstore's, side by side with the run's own fetcher
+        bucket = ImageBucketResource(bucket=BUCKET, endpoint_url=endpoint)
+        fetcher = bucket.get_fetcher(50 << 20)
+        assert fetcher.store is not None, "obstore is not configured"
+        for name, fetch in (
+            ("s3_boto3", ObjectFetcher(fetcher.client, BUCKET, 50 << 20)),
+            ("s3", fetcher),
+        ):
+            engine = database(name)
+
+            def s3_loop(engine: Any = engine, fetch: ObjectFetcher = fetch) -> None:
+                loop(keys, fetch, classifier, engine, args.batch_size)
+
+            figures |= measure(name, len(keys), s3_loop)
 
         os.environ["AI_ASSETS_DATABASE_URL"] = pg.create_database("run")
         with dg.instance_for_test() as instance:
@@ -305,7 +313,8 @@ def main() -> None:
         figures,
         ["cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "top1_agreement_fp32",
          "top1_agreement_bf16", "memory_img_s",
-         "memory_cpu_ms_no_model", "memory_main_thread_ms", "s3_img_s", "s3_cpu_ms_no_model"],
+         "memory_cpu_ms_no_model", "memory_main_thread_ms", "s3_img_s", "s3_cpu_ms_no_model",
+         "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms"],
     )  # fmt: skip
 
 

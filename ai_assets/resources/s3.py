@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 import re
+import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import boto3.session
 import botocore.session
@@ -14,6 +17,7 @@ from pydantic import Field
 
 from ai_assets.notifications import Drained, delete, drain, settle_version_removals
 from ai_assets.store import (
+    ObjectFetcher,
     S3Object,
     Slice,
     head_object,
@@ -21,6 +25,9 @@ from ai_assets.store import (
     list_slice,
     parse_timestamp,
 )
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,6 +69,65 @@ def _client(
             connect_timeout=5,
             read_timeout=60,
         ),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _boto3_credentials(profile_name: str | None, endpoint_url: str) -> Any:
+    """boto3's credential chain for obstore (refreshed as boto3 does), or None without any.
+
+    Cached per profile and endpoint, as the boto3 clients are.
+    """
+    from obstore.auth.boto3 import Boto3CredentialProvider
+
+    session = boto3.session.Session(profile_name=profile_name)
+    return Boto3CredentialProvider(session) if session.get_credentials() is not None else None
+
+
+@functools.lru_cache(maxsize=8)
+def _object_store(
+    bucket: str,
+    endpoint_url: str,
+    region: str,
+    verify: bool,
+    ca_bundle: str,
+    max_attempts: int,
+    credentials: tuple[tuple[str, Any], ...],
+) -> Any:
+    """One obstore S3 store per configuration (it pools its connections); see ``_client``."""
+    from obstore.store import S3Store
+
+    options: ClientConfig = {
+        "connect_timeout": "5s",
+        "timeout": "60s",
+        "allow_http": endpoint_url.startswith("http://"),
+        "allow_invalid_certificates": not verify,
+    }
+    if ca_bundle:  # trusted besides the system's roots (botocore trusts only the bundle)
+        options["root_certificate"] = Path(ca_bundle).read_bytes()
+    proxy = os.environ.get("HTTPS_PROXY" if endpoint_url.startswith("https") else "HTTP_PROXY")
+    if proxy:
+        options["proxy_url"] = proxy
+        if os.environ.get("NO_PROXY"):
+            options["proxy_excludes"] = os.environ["NO_PROXY"]
+    host = urllib.parse.urlsplit(endpoint_url).hostname or ""
+    on_aws = host == "amazonaws.com" or host.endswith(".amazonaws.com")
+    location: dict[str, Any] = (
+        # AWS itself: obstore builds the regional URL; virtual-hosted unless the name has dots
+        {"virtual_hosted_style_request": "." not in bucket}
+        if on_aws
+        else {"endpoint": endpoint_url}  # S3-compatible servers: path-style, as botocore's
+    )
+    return S3Store(
+        bucket,
+        region=region or "us-east-1",
+        client_options=options,
+        retry_config={
+            "max_retries": max(0, max_attempts - 1),
+            "retry_timeout": dt.timedelta(minutes=3),
+        },
+        **location,
+        **dict(credentials),
     )
 
 
@@ -118,6 +184,40 @@ class ImageBucketResource(S3Resource):
             self.max_attempts,
             self.retry_mode,
             self.max_pool_connections,
+        )
+
+    def get_fetcher(self, max_bytes: int) -> ObjectFetcher:
+        """GETs objects of the bucket: through obstore where it honours this configuration."""
+        client = self.get_client()
+        return ObjectFetcher(client, self.bucket, max_bytes, self._object_store(client))
+
+    def _object_store(self, client: Any) -> Any:
+        """obstore's S3 store for the bucket, configured from ``client``; None = boto3 only.
+
+        Endpoint and region come from the resolved boto3 client (``AWS_ENDPOINT_URL``,
+        ``AWS_REGION``, profiles), credentials from boto3's chain (keys, profiles, web identity
+        on Kubernetes, refreshed), retries from ``AWS_MAX_ATTEMPTS``, a CA bundle from
+        ``AWS_CA_BUNDLE``. Without credentials GETs stay on boto3, whose error names the cause.
+        """
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            credentials: dict[str, Any] = {
+                "access_key_id": self.aws_access_key_id,
+                "secret_access_key": self.aws_secret_access_key,
+                "token": self.aws_session_token,
+            }
+        else:
+            provider = _boto3_credentials(self.profile_name, client.meta.endpoint_url)
+            if provider is None:
+                return None
+            credentials = {"credential_provider": provider}
+        return _object_store(
+            self.bucket,
+            client.meta.endpoint_url,
+            client.meta.region_name,
+            self.verify is not False,
+            os.environ.get("AWS_CA_BUNDLE", ""),
+            self.max_attempts,
+            tuple(sorted(credentials.items(), key=lambda item: item[0])),
         )
 
     def s3_uri(self, key: str) -> str:

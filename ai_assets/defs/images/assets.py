@@ -19,7 +19,6 @@ from ai_assets.k8s import classification_run_tags
 from ai_assets.pipeline import Job, classify_objects
 from ai_assets.resources import ClassifierResource, ImageBucketResource, ResultsDatabaseResource
 from ai_assets.settings import database_kind
-from ai_assets.store import fetch_object
 
 GROUP = "images"
 OWNERS = ["team:ml-platform"]
@@ -122,7 +121,8 @@ def image_classifications(
 
     A sensor run (tag `ai_assets/batch`) classifies exactly its batch; any other run of a day
     (Materialize, a backfill) makes the day current. Objects stream in key order: fetched
-    concurrently, decoded, classified in batches, upserted one transaction per batch.
+    concurrently, decoded, classified in batches, upserted one transaction per batch while
+    the next batch is classified.
     """
     day = context.partition_key
     batch = context.run.tags.get(BATCH_TAG)
@@ -130,7 +130,6 @@ def image_classifications(
     loading = time.perf_counter()
     model = classifier.load()  # once per process; not part of the images/s figure
     model_load_s = time.perf_counter() - loading
-    client = s3.get_client()
     if batch:
         targets = inventory.batch_targets(engine, batch)
         context.log.info(f"classifying batch {batch} of {day} with {model.model_id}")
@@ -149,7 +148,7 @@ def image_classifications(
     started = time.perf_counter()
     batches = classify_objects(
         _jobs(targets),
-        lambda key: fetch_object(client, s3.bucket, key, classifier.max_image_bytes),
+        s3.get_fetcher(classifier.max_image_bytes),
         model,
         batch_size=classifier.batch_size,
         top_k=classifier.top_k,
@@ -157,8 +156,8 @@ def image_classifications(
         concurrency=classifier.download_concurrency,
         run_id=context.run.run_id,
     )
-    for rows in batches:
-        written += table.upsert_rows(engine, rows)
+    for rows, upserted in table.upsert_behind(engine, batches):
+        written += upserted
         statuses.update(row.status for row in rows)
         labels.update(row.label for row in rows if row.label)
         sample.extend(rows[: SAMPLE_ROWS - len(sample)])
