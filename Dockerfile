@@ -37,7 +37,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # the pyproject.toml whose [tool.dg] block `dg.load_from_defs_folder` reads
 COPY ai_assets ./ai_assets
 RUN pip install --no-deps . \
-    && python -c "from pathlib import Path; from ai_assets.model_convert import convert; convert(Path('$AI_ASSETS_MODEL'))" \
+    && python -c "from pathlib import Path; from ai_assets.vision.convert import convert; convert(Path('$AI_ASSETS_MODEL'))" \
     && mkdir -p "$DAGSTER_HOME" /opt/dagster/workspace \
     && chown -R dagster:dagster /opt/dagster
 

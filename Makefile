@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once serve test lint model browser reliability bench bench-sqs screenshots clean
+.PHONY: install install-demo demo demo-once serve test test-fast lint model browser reliability bench bench-sqs screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -27,7 +27,7 @@ install-demo: $(VENV)/.installed-demo
 install: $(VENV)/.installed
 
 model: install-demo
-	$(PY) -m ai_assets.model_convert
+	$(PY) -m ai_assets.vision.convert
 
 demo: model
 	$(PY) -m ai_assets_dev.demo
@@ -44,6 +44,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/basedpyright
+	$(VENV)/bin/lint-imports
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/dg check defs
 
 # Debian's Chromium and ChromeDriver for the UI test (installed when missing and root, as in CI)
@@ -59,12 +60,16 @@ browser:
 test: install lint model browser
 	$(PY) -m pytest
 
+# the tests that need no server: pure logic, SQLite, in-process Dagster (under a minute)
+test-fast: install model
+	$(PY) -m pytest -q -m "not integration"
+
 reliability: install model
 	$(PY) -m pytest -m reliability -q
 
 # refresh the README's UI screenshots (docs/ui-*.png); a plain `make test` writes them elsewhere
 screenshots: install model browser
-	AI_ASSETS_TEST_SCREENSHOTS_DIR=docs $(PY) -m pytest -q ai_assets_tests/test_ui_e2e.py -k pages
+	AI_ASSETS_TEST_SCREENSHOTS_DIR=docs $(PY) -m pytest -q ai_assets_tests/e2e/test_ui.py -k pages
 
 # the feed (the run's own CPU per image around a near-zero model), then the whole-path throughput
 bench: install model

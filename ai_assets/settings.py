@@ -2,7 +2,7 @@
 
 ``CONTRACT`` names each variable with its default and meaning; the README's Configuration
 table and the Helm chart's ConfigMap are checked against it, and so is every name the package's
-source mentions (ai_assets_tests/test_definitions.py). The defaults live here too.
+source mentions (ai_assets_tests/defs/test_definitions.py). The defaults live here too.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the model service reads its settings here without importing Dagster
-    import dagster as dg
 
 DEFAULT_BUCKET = "images"
 DEFAULT_WEBSERVER_URL = "http://localhost:3000"
@@ -33,9 +29,9 @@ DEFAULT_RECONCILE_MINUTES = 60.0
 #: Larger objects / images become error rows (AI_ASSETS_MAX_IMAGE_BYTES / _PIXELS).
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
-#: Fetch/decode threads per run: one per core plus one, at most 16. Each S3 GET costs ~1.2 ms
-#: of Python under the GIL, so more threads than cores only contend (bench/throughput.py);
-#: raise it where S3 is far away.
+#: Fetch/decode threads per run: one per core plus one, at most 16. Decoding and preprocessing
+#: keep them busy, so more threads than cores only contend (bench/throughput.py); raise it
+#: where S3 is far away.
 DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
     15, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 )
@@ -43,6 +39,8 @@ DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
 DEFAULT_BATCH_SIZE = 32
 #: Labels kept per image (AI_ASSETS_TOP_K).
 DEFAULT_TOP_K = 5
+#: Model precision (AI_ASSETS_PRECISION): fp32, or bf16 / fp16 where the device has them.
+DEFAULT_PRECISION = "fp32"
 #: The model service waits at most this long for a batch to fill (AI_ASSETS_BATCH_WAIT_MS).
 DEFAULT_BATCH_WAIT_MS = 5.0
 #: Images the model service lets wait; beyond, 503 + Retry-After (AI_ASSETS_QUEUE_LIMIT).
@@ -89,7 +87,7 @@ CONTRACT: tuple[Variable, ...] = (
     Variable("AI_ASSETS_BATCH_SIZE", str(DEFAULT_BATCH_SIZE), "images per model batch"),
     Variable("AI_ASSETS_TOP_K", str(DEFAULT_TOP_K), "labels kept per image"),
     Variable("AI_ASSETS_DOWNLOAD_CONCURRENCY", "cores + 1", "fetch/decode threads per run"),
-    Variable("AI_ASSETS_PRECISION", "fp32", "fp32, bf16 or fp16"),
+    Variable("AI_ASSETS_PRECISION", DEFAULT_PRECISION, "fp32, bf16 or fp16"),
     Variable("AI_ASSETS_INFERENCE_URL", "", "model service for runs"),
     Variable(
         "AI_ASSETS_INFERENCE_CONCURRENCY", str(DEFAULT_INFERENCE_CONCURRENCY), "requests in flight"
@@ -116,29 +114,16 @@ CONTRACT: tuple[Variable, ...] = (
 DECLARED = frozenset(variable.name for variable in CONTRACT)
 
 
-def _declared(name: str) -> str:
+def declared(name: str) -> str:
+    """``name``, after checking that the contract declares it."""
     if name not in DECLARED:
         raise KeyError(f"{name} is not in the configuration contract (ai_assets.settings)")
     return name
 
 
-def setting(name: str, default: str) -> str | dg.EnvVar:
-    """``dg.EnvVar(name)`` when the variable is set (resolved at run time), else the default."""
-    import dagster as dg
-
-    return dg.EnvVar(name) if os.environ.get(_declared(name)) else default
-
-
-def int_setting(name: str, default: int) -> int:
-    """``dg.EnvVar.int(name)`` (an int, resolved at run time) when set, else the default."""
-    import dagster as dg
-
-    return dg.EnvVar.int(name) if os.environ.get(_declared(name)) else default
-
-
 def _number(name: str, default: float, kind: type[int] | type[float], minimum: float) -> float:
     """A numeric variable read now (sensors read theirs each tick); a bad value says which."""
-    raw = os.environ.get(_declared(name), "").strip()
+    raw = os.environ.get(declared(name), "").strip()
     if not raw:
         return default
     try:
@@ -196,7 +181,7 @@ class ServiceSettings:
     """What ``uvicorn ai_assets.model_service:app`` reads from the configuration contract."""
 
     model: str = ""  # empty: the bundled EfficientNet-Lite0
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     batch_size: int = DEFAULT_BATCH_SIZE
     top_k: int = DEFAULT_TOP_K
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES

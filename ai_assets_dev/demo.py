@@ -97,7 +97,7 @@ def run_once() -> bool:
     """One sensor tick, the runs it requests, then label_summary (the daemon refreshes it later)."""
     import dagster as dg
 
-    from ai_assets import table
+    from ai_assets.db import results
     from ai_assets_dev.inprocess import InProcessDaemon
 
     with dg.DagsterInstance.get() as instance:
@@ -113,7 +113,7 @@ def run_once() -> bool:
         elapsed = time.perf_counter() - started
         database = daemon.defs.resources["results_db"].process_config_and_initialize()  # type: ignore[attr-defined]
         engine = database.get_engine()
-        rows = table.fetch_rows(engine)
+        rows = results.fetch_rows(engine)
     found = sum(e.metadata["new"].value for e in result.asset_events or [])  # type: ignore[misc]
     print(
         f"\n{found} new objects, {len(runs)} run(s), {elapsed:.1f} s; "

@@ -1,7 +1,8 @@
 """Fixtures for real services: PostgreSQL, SeaweedFS (S3), a tiny local model, the real model.
 
 Every server binds 127.0.0.1 on a free port and is stopped at the end of the session, even
-when tests fail.
+when tests fail. A test that uses a server, or lives in e2e/ or deploy/, is marked
+``integration`` here, so ``make test-fast`` (``-m "not integration"``) runs the rest alone.
 """
 
 from __future__ import annotations
@@ -18,10 +19,30 @@ import pytest
 
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_dev.localdev import PostgresServer, postgres, seaweedfs
+from ai_assets_tests.fakes.sqs_server import FakeSqs, fake_sqs
+from ai_assets_tests.support.util import ACCESS_KEY, SECRET_KEY, configure
 
-ACCESS_KEY = "ai-assets-test"
-SECRET_KEY = "ai-assets-test-secret"
 _counter = itertools.count()
+#: Fixtures that start a server (or need one): their tests are ``integration`` tests.
+SERVER_FIXTURES = frozenset(
+    {"pg_server", "s3_endpoint", "moto_endpoint", "slack_api", "fake_queue", "service_url"}
+)
+#: Folders whose every test runs real processes (dagster dev, helm, a browser, the demo).
+SERVER_FOLDERS = ("e2e", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        folder = item.path.parent.name
+        if (
+            fixtures & SERVER_FIXTURES
+            or params.get("db_url") == "postgresql"
+            or folder in SERVER_FOLDERS
+        ):
+            item.add_marker(pytest.mark.integration)
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -108,7 +129,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def lite0_dir() -> str:
     """The real converted EfficientNet-Lite0 (cached in the repo's .cache after the first run)."""
-    from ai_assets.model_convert import ensure_default_model
+    from ai_assets.vision.convert import ensure_default_model
 
     return str(ensure_default_model())
 
@@ -143,7 +164,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture
 def slack_api() -> Iterator[Any]:
-    from ai_assets_tests.slack_server import fake_slack
+    from ai_assets_tests.fakes.slack_server import fake_slack
 
     with fake_slack() as slack:
         yield slack
@@ -182,3 +203,27 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def make_daemon(instance: dg.DagsterInstance) -> Callable[[], InProcessDaemon]:
     """The in-process daemon, built once the test has set the environment it reads."""
     return lambda: InProcessDaemon(instance)
+
+
+@pytest.fixture
+def fake_queue(
+    s3_env: dict[str, str],
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path,
+    tiny_model_dir: str,
+) -> Iterator[tuple[FakeSqs, str]]:
+    """SeaweedFS for the bucket, the fast SQS server for its (hand-written) notifications."""
+    with fake_sqs() as sqs:
+        url = sqs.create_queue("image-events")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", sqs.url)
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+        configure(
+            monkeypatch,
+            bucket,
+            f"sqlite:///{tmp_path / 'results.sqlite'}",
+            tiny_model_dir,
+            prefix="in/",
+            AI_ASSETS_SQS_QUEUE_URL=url,
+        )
+        yield sqs, url

@@ -98,10 +98,11 @@ class Stages:
 @contextlib.contextmanager
 def instrumented(stages: Stages) -> Iterator[None]:
     """Every stage of the run's path timed where it is defined (undone afterwards)."""
-    from ai_assets import pipeline, table
-    from ai_assets.model import ImageClassifier
-    from ai_assets.preprocess import FastPreprocessor
-    from ai_assets.store import ObjectFetcher
+    from ai_assets.db import results
+    from ai_assets.s3.objects import ObjectFetcher
+    from ai_assets.vision import stream
+    from ai_assets.vision.model import ImageClassifier
+    from ai_assets.vision.preprocess import FastPreprocessor
 
     patches = [
         (ObjectFetcher, "__call__", "get"),
@@ -109,8 +110,8 @@ def instrumented(stages: Stages) -> Iterator[None]:
         (ImageClassifier, "preprocess", "preprocess"),
         (FastPreprocessor, "collate", "collate"),
         (ImageClassifier, "classify_batch", "model"),
-        (pipeline, "result_rows", "rows"),
-        (table, "upsert_rows", "upsert"),
+        (stream, "result_rows", "rows"),
+        (results, "upsert_rows", "upsert"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, stage in patches:
@@ -165,16 +166,16 @@ def loop(
     keys: list[str], fetch: Callable[[str], Any], classifier: Any, engine: Any, batch_size: int
 ) -> None:
     """The run's loop without Dagster: classify_objects, each batch upserted behind the next."""
-    from ai_assets import table
-    from ai_assets.pipeline import Job, classify_objects
+    from ai_assets.db import results
     from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
+    from ai_assets.vision.stream import Job, classify_objects
 
     jobs = (Job("2026-12-01", key) for key in keys)
     batches = classify_objects(
         jobs, fetch, classifier, batch_size=batch_size, top_k=5,
         concurrency=DEFAULT_DOWNLOAD_CONCURRENCY,
     )  # fmt: skip
-    for _ in table.upsert_behind(engine, batches):
+    for _ in results.upsert_behind(engine, batches):
         pass
 
 
@@ -183,10 +184,10 @@ def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) ->
     with transformers' own: Pillow's full decode and the model's image processor, in fp32."""
     from transformers import AutoImageProcessor
 
-    from ai_assets.decode import decode_image
-    from ai_assets.model import load_classifier
-    from ai_assets.model_convert import ensure_default_model
-    from ai_assets.preprocess import ProcessorPreprocessor
+    from ai_assets.vision.convert import ensure_default_model
+    from ai_assets.vision.decode import decode_image
+    from ai_assets.vision.model import load_classifier
+    from ai_assets.vision.preprocess import ProcessorPreprocessor
 
     model = str(ensure_default_model())
     ours, reference = load_classifier(model, None, precision), load_classifier(model)
@@ -217,11 +218,11 @@ def main() -> None:
     import sqlalchemy as sa
     import torch
 
-    from ai_assets import migrations
-    from ai_assets.model import load_classifier
-    from ai_assets.model_convert import ensure_default_model
+    from ai_assets.db import migrations
     from ai_assets.resources import ImageBucketResource
-    from ai_assets.store import Fetched, ObjectFetcher
+    from ai_assets.s3.objects import Fetched, ObjectFetcher
+    from ai_assets.vision.convert import ensure_default_model
+    from ai_assets.vision.model import load_classifier
     from ai_assets_dev.inprocess import InProcessDaemon
     from ai_assets_dev.localdev import postgres, seaweedfs
 

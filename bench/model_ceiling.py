@@ -37,14 +37,14 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ai_assets.model import ImageClassifier
-    from ai_assets.pipeline import Job, classify_objects
+    from ai_assets.s3.objects import Fetched
     from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
-    from ai_assets.store import Fetched
+    from ai_assets.vision.model import ImageClassifier
+    from ai_assets.vision.stream import Job, classify_objects
 
     model = args.model
     if not model:
-        from ai_assets.model_convert import ensure_default_model
+        from ai_assets.vision.convert import ensure_default_model
 
         model = str(ensure_default_model())
     images = corpus(args.images)

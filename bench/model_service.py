@@ -108,7 +108,7 @@ def load(url: str, photos: list[bytes], clients: int, requests_total: int) -> di
 
 
 def ceiling(model: str, photos: list[bytes], images: int, batch_size: int) -> float:
-    from ai_assets.model import load_classifier
+    from ai_assets.vision.model import load_classifier
 
     classifier = load_classifier(model)
     classifier.warm_up(batch_size)
@@ -138,9 +138,9 @@ def main() -> None:
 
     import boto3
 
-    from ai_assets.inference_client import RemoteClassifier
-    from ai_assets.model_convert import ensure_default_model
+    from ai_assets.service.client import RemoteClassifier
     from ai_assets.settings import DEFAULT_BATCH_SIZE
+    from ai_assets.vision.convert import ensure_default_model
     from ai_assets_dev.localdev import seaweedfs
     from ai_assets_dev.samples import sample_jpegs
 

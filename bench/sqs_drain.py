@@ -45,7 +45,7 @@ SENSOR_INTERVAL_S = 15  # s3_image_sensor's minimum_interval_seconds
 
 def sqs_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "ai_assets_tests.sqs_server", "--latency-ms", str(latency_ms)],
+        [sys.executable, "-m", "ai_assets_tests.fakes.sqs_server", "--latency-ms", str(latency_ms)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -97,7 +97,7 @@ def seed_inventory(url: str, rows: int) -> None:
     """``rows`` inventory rows written by SQL, as a long-running deployment would have them."""
     import sqlalchemy as sa
 
-    from ai_assets import migrations
+    from ai_assets.db import migrations
 
     engine = sa.create_engine(url)
     migrations.upgrade(engine)

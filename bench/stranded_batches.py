@@ -51,7 +51,7 @@ def waiting(engine, count: int) -> None:
 
     import sqlalchemy as sa
 
-    from ai_assets.table import image_batches
+    from ai_assets.db.results import image_batches
 
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as connection:
@@ -69,7 +69,7 @@ def waiting(engine, count: int) -> None:
 
 def tick_cost_ms(instance, engine, count: int, repeats: int) -> float:
     """Median ms of the sensor's stranded-batch step with ``count`` batches waiting."""
-    from ai_assets import inventory
+    from ai_assets.db import inventory
     from ai_assets.defs.images.sensor import lost_batches
 
     empty = inventory.SlicePlan(rows=[], batches=[], pending={}, days={}, skipped=[], listed=0)
@@ -92,7 +92,7 @@ def main() -> None:
     import dagster as dg
     import sqlalchemy as sa
 
-    from ai_assets import migrations
+    from ai_assets.db import migrations
     from ai_assets_dev.localdev import postgres
 
     with postgres() as pg:

@@ -282,7 +282,7 @@ def agreement(a: list[str], b: list[str]) -> float:
 
 def measure_draft(classifier: Any, photos: list[bytes]) -> tuple[float, float, float]:
     """JPEG draft mode on large photos: top-1 agreement; decode+preprocess ms, full and draft."""
-    from ai_assets.decode import decode_image
+    from ai_assets.vision.decode import decode_image
 
     def prepare(decode: Callable[[bytes], Image.Image]) -> tuple[list[Any], float]:
         started = time.process_time()
@@ -314,8 +314,8 @@ def main() -> None:
     n_seed = args.seed_images or (32 if args.quick else 64)
     ceiling_s = 3.0 if args.quick else 8.0
 
-    from ai_assets.model import ImageClassifier, load_classifier
-    from ai_assets.model_convert import ensure_default_model
+    from ai_assets.vision.convert import ensure_default_model
+    from ai_assets.vision.model import ImageClassifier, load_classifier
     from ai_assets_dev.localdev import postgres, seaweedfs
 
     model_dir = str(ensure_default_model())

@@ -18,13 +18,23 @@ from ai_assets.settings import (
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_PRECISION,
     DEFAULT_SLACK_API_URL,
     DEFAULT_TOP_K,
     DEFAULT_WEBSERVER_URL,
+    declared,
     default_database_url,
-    int_setting,
-    setting,
 )
+
+
+def setting(name: str, default: str) -> str | dg.EnvVar:
+    """``dg.EnvVar(name)`` when the variable is set (resolved at run time), else the default."""
+    return dg.EnvVar(name) if os.environ.get(declared(name)) else default
+
+
+def int_setting(name: str, default: int) -> int:
+    """``dg.EnvVar.int(name)`` (an int, resolved at run time) when set, else the default."""
+    return dg.EnvVar.int(name) if os.environ.get(declared(name)) else default
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
@@ -55,7 +65,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             download_concurrency=int_setting(
                 "AI_ASSETS_DOWNLOAD_CONCURRENCY", DEFAULT_DOWNLOAD_CONCURRENCY
             ),
-            precision=setting("AI_ASSETS_PRECISION", "fp32"),
+            precision=setting("AI_ASSETS_PRECISION", DEFAULT_PRECISION),
             inference_url=setting("AI_ASSETS_INFERENCE_URL", ""),
             inference_concurrency=int_setting(
                 "AI_ASSETS_INFERENCE_CONCURRENCY", DEFAULT_INFERENCE_CONCURRENCY

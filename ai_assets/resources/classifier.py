@@ -11,12 +11,13 @@ from ai_assets.settings import (
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_PRECISION,
     DEFAULT_TOP_K,
 )
 
 if TYPE_CHECKING:
-    from ai_assets.inference_client import RemoteClassifier
-    from ai_assets.model import ImageClassifier
+    from ai_assets.service.client import RemoteClassifier
+    from ai_assets.vision.model import ImageClassifier
 
 
 class ClassifierResource(dg.ConfigurableResource):
@@ -39,7 +40,9 @@ class ClassifierResource(dg.ConfigurableResource):
         default=DEFAULT_DOWNLOAD_CONCURRENCY,
         description="Objects fetched and decoded at once (AI_ASSETS_DOWNLOAD_CONCURRENCY).",
     )
-    precision: str = Field(default="fp32", description="fp32, bf16 or fp16 (AI_ASSETS_PRECISION).")
+    precision: str = Field(
+        default=DEFAULT_PRECISION, description="fp32, bf16 or fp16 (AI_ASSETS_PRECISION)."
+    )
     jpeg_draft: bool = Field(
         default=True,
         description="Decode large JPEGs at 1/2–1/8 scale when that still covers the model input.",
@@ -61,11 +64,11 @@ class ClassifierResource(dg.ConfigurableResource):
         With ``inference_url``, a client of the model service instead: torch is never imported.
         """
         if self.inference_url:
-            from ai_assets.inference_client import RemoteClassifier
+            from ai_assets.service.client import RemoteClassifier
 
             return RemoteClassifier(self.inference_url, concurrency=self.inference_concurrency)
-        from ai_assets.model import load_classifier
-        from ai_assets.model_convert import ensure_default_model
+        from ai_assets.vision.convert import ensure_default_model
+        from ai_assets.vision.model import load_classifier
 
         model = self.model or str(ensure_default_model())
         classifier = load_classifier(model, self.device or None, self.precision, self.jpeg_draft)

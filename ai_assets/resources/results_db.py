@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy.engine import Engine
 
-from ai_assets import migrations
+from ai_assets.db import migrations
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,7 +5,6 @@ import functools
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +14,15 @@ from botocore.config import Config
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from ai_assets.notifications import Drained, delete, drain, settle_version_removals
-from ai_assets.store import (
+from ai_assets.s3.objects import (
     ObjectFetcher,
     S3Object,
     Slice,
     head_object,
-    list_objects,
     list_slice,
     parse_timestamp,
 )
+from ai_assets.s3.sqs import Drained, delete, drain, settle_version_removals
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
@@ -222,9 +220,6 @@ class ImageBucketResource(S3Resource):
 
     def s3_uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
-
-    def list_objects(self) -> Iterator[S3Object]:
-        return list_objects(self.get_client(), self.bucket, self.prefix)
 
     def drain_events(
         self, *, max_messages: int, seconds: float, receivers: int, reserve: float = 0.0

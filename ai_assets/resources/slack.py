@@ -11,7 +11,7 @@ from slack_sdk.http_retry.builtin_handlers import (
     ServerErrorRetryHandler,
 )
 
-from ai_assets.settings import DEFAULT_SLACK_API_URL
+from ai_assets.settings import DEFAULT_SLACK_API_URL, DEFAULT_WEBSERVER_URL
 
 
 class BoundedRateLimitRetryHandler(RateLimitErrorRetryHandler):
@@ -38,7 +38,7 @@ class SlackNotifierResource(SlackResource):
         default=DEFAULT_SLACK_API_URL, description="Web API URL (AI_ASSETS_SLACK_API_URL)."
     )
     webserver_url: str = Field(
-        default="http://localhost:3000",
+        default=DEFAULT_WEBSERVER_URL,
         description="Dagster UI for links (AI_ASSETS_WEBSERVER_URL).",
     )
     timeout_s: int = Field(default=10, description="Per-request timeout.")

@@ -4,33 +4,28 @@ Per-object state lives in the project's database; Dagster sees days and batches,
 writes O(1) events however many images it classifies.
 """
 
-import collections
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from ai_assets import inventory, table
+from ai_assets.db import inventory, results
+from ai_assets.defs.images.jobs import BATCH_TAG
 from ai_assets.defs.images.partitions import images_daily
-from ai_assets.k8s import classification_run_tags
-from ai_assets.pipeline import Job, classify_objects
 from ai_assets.resources import ClassifierResource, ImageBucketResource, ResultsDatabaseResource
+from ai_assets.runs import Meta, Tally, md
 from ai_assets.settings import database_kind
+from ai_assets.vision.stream import Job, classify_objects
 
 GROUP = "images"
 OWNERS = ["team:ml-platform"]
 TAGS = {"domain": "vision"}
-#: Set by s3_image_sensor on each run it requests: the run classifies exactly that batch.
-BATCH_TAG = "ai_assets/batch"
 #: Above this share of error rows the error-rate check warns.
 MAX_ERROR_RATE = 0.05
 #: Error rows logged one by one per run (each log line is a Dagster event); the rest are counted.
 MAX_ERROR_LOGS = 20
-#: Rows in the Markdown sample of a run's results.
-SAMPLE_ROWS = 10
 #: label_summary is recomputed at most this often while runs keep finishing.
 SUMMARY_CRON = "*/5 * * * *"
 
@@ -61,7 +56,7 @@ def column_schema() -> dg.TableSchema:
                     nullable=column.nullable is not False, unique=column.primary_key
                 ),
             )
-            for column in table.image_classifications.columns
+            for column in results.image_classifications.columns
         ]
     )
 
@@ -85,7 +80,7 @@ class ClassifyConfig(dg.Config):
     tags=TAGS,
     metadata={
         "dagster/column_schema": column_schema(),
-        "dagster/table_name": table.image_classifications.name,
+        "dagster/table_name": results.image_classifications.name,
     },
     # a database restart or an S3 outage longer than botocore's retries: the whole step
     # re-runs (upserts are idempotent), then the run fails with the error
@@ -124,30 +119,16 @@ def image_classifications(
     concurrently, decoded, classified in batches, upserted one transaction per batch while
     the next batch is classified.
     """
-    day = context.partition_key
     batch = context.run.tags.get(BATCH_TAG)
     engine = results_db.get_engine()
     loading = time.perf_counter()
     model = classifier.load()  # once per process; not part of the images/s figure
     model_load_s = time.perf_counter() - loading
-    if batch:
-        targets = inventory.batch_targets(engine, batch)
-        context.log.info(f"classifying batch {batch} of {day} with {model.model_id}")
-    else:
-        targets = inventory.stale_targets(
-            engine, day, model.model_id, model.model_revision, config.reclassify
-        )
-        what = "every object" if config.reclassify else "the objects not current"
-        context.log.info(f"classifying {what} of {day} with {model.model_id} on {model.device}")
-
-    statuses: collections.Counter[str] = collections.Counter()
-    labels: collections.Counter[str] = collections.Counter()
-    written = table.Written()
-    sample: list[table.ClassificationRow] = []
-    logged = 0
+    targets = _targets(context, engine, model, batch, config.reclassify)
+    tally, written, logged = Tally(), results.Written(), 0
     started = time.perf_counter()
     batches = classify_objects(
-        _jobs(targets),
+        (Job(target.partition_key, target.s3_key) for target in targets),
         s3.get_fetcher(classifier.max_image_bytes),
         model,
         batch_size=classifier.batch_size,
@@ -156,82 +137,90 @@ def image_classifications(
         concurrency=classifier.download_concurrency,
         run_id=context.run.run_id,
     )
-    for rows, upserted in table.upsert_behind(engine, batches):
+    for rows, upserted in results.upsert_behind(engine, batches):
         written += upserted
-        statuses.update(row.status for row in rows)
-        labels.update(row.label for row in rows if row.label)
-        sample.extend(rows[: SAMPLE_ROWS - len(sample)])
-        for row in rows:
-            if row.status == "error" and logged < MAX_ERROR_LOGS:
-                context.log.warning(f"{row.s3_key!r}: {row.error}")
-                logged += 1
+        tally.add(rows)
+        logged += _log_errors(context, rows, MAX_ERROR_LOGS - logged)
     elapsed = time.perf_counter() - started
-    if statuses["error"] > logged:
+    if tally.statuses["error"] > logged:
         context.log.warning(
-            f"{statuses['error'] - logged:,} more objects failed to classify; "
+            f"{tally.statuses['error'] - logged:,} more objects failed to classify; "
             "the table's error column says why"
         )
+    metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
+    return dg.MaterializeResult(metadata=metadata, check_results=_checks(tally, written))
 
-    asked = sum(statuses.values())
-    classified = statuses["ok"] + statuses["error"]
-    error_rate = statuses["error"] / classified if classified else 0.0
+
+def _targets(
+    context: dg.AssetExecutionContext, engine: Any, model: Any, batch: str | None, redo: bool
+) -> Iterator[inventory.Target]:
+    """The sensor's batch when the run has one, else the day's objects that are not current."""
+    day = context.partition_key
+    if batch:
+        context.log.info(f"classifying batch {batch} of {day} with {model.model_id}")
+        return inventory.batch_targets(engine, batch)
+    what = "every object" if redo else "the objects not current"
+    context.log.info(f"classifying {what} of {day} with {model.model_id} on {model.device}")
+    return inventory.stale_targets(engine, day, model.model_id, model.model_revision, redo)
+
+
+def _log_errors(
+    context: dg.AssetExecutionContext, rows: Sequence[results.ClassificationRow], room: int
+) -> int:
+    """Log up to ``room`` error rows one by one (each line is an event); how many were."""
+    errors = [row for row in rows if row.status == "error"][: max(room, 0)]
+    for row in errors:
+        context.log.warning(f"{row.s3_key!r}: {row.error}")
+    return len(errors)
+
+
+def _run_metadata(
+    tally: Tally, model: Any, elapsed: float, model_load_s: float, batch: str | None
+) -> dict[str, Any]:
+    """What the UI shows for the run's materialization (and the Slack digest reads back)."""
+    asked = tally.asked
     metadata: dict[str, Any] = {
-        "images": dg.MetadataValue.int(asked),
-        "classified": dg.MetadataValue.int(statuses["ok"]),
-        "errors": dg.MetadataValue.int(statuses["error"]),
-        "deleted": dg.MetadataValue.int(statuses["deleted"]),
+        **{key: dg.MetadataValue.int(value) for key, value in tally.counts().items()},
         # the classification loop alone: fetch ∥ decode ∥ model → upsert, model already loaded
-        "images_per_second": dg.MetadataValue.float(round(asked / elapsed, 2) if asked else 0.0),
-        "loop_seconds": dg.MetadataValue.float(round(elapsed, 2)),
-        "model_load_seconds": dg.MetadataValue.float(round(model_load_s, 2)),
-        "top_labels": dg.MetadataValue.json(dict(labels.most_common(10))),
-        "model_id": dg.MetadataValue.text(model.model_id),
-        "model_revision": dg.MetadataValue.text(model.model_revision),
-        "device": dg.MetadataValue.text(model.device),
-        "precision": dg.MetadataValue.text(model.precision),
-        "batchnorms_folded": dg.MetadataValue.int(model.folded),
-        "sample": dg.MetadataValue.md(_sample_table(sample)),
+        Meta.IMAGES_PER_SECOND: dg.MetadataValue.float(round(asked / elapsed, 2) if asked else 0.0),
+        Meta.LOOP_SECONDS: dg.MetadataValue.float(round(elapsed, 2)),
+        Meta.MODEL_LOAD_SECONDS: dg.MetadataValue.float(round(model_load_s, 2)),
+        Meta.TOP_LABELS: dg.MetadataValue.json(tally.top_labels()),
+        Meta.MODEL_ID: dg.MetadataValue.text(model.model_id),
+        Meta.MODEL_REVISION: dg.MetadataValue.text(model.model_revision),
+        Meta.DEVICE: dg.MetadataValue.text(model.device),
+        Meta.PRECISION: dg.MetadataValue.text(model.precision),
+        Meta.BATCHNORMS_FOLDED: dg.MetadataValue.int(model.folded),
+        Meta.SAMPLE: dg.MetadataValue.md(tally.sample_table()),
     }
     if batch:
-        metadata["batch"] = dg.MetadataValue.text(batch)
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=SCORES_ARE_PROBABILITIES,
-                passed=written.bad_scores == 0,
-                metadata={"rows_with_bad_scores": written.bad_scores},
-            ),
-            dg.AssetCheckResult(
-                check_name=BATCH_FULLY_CLASSIFIED,
-                passed=written.rows + written.stale == asked,
-                metadata={
-                    "asked": asked,
-                    "written": written.rows,
-                    "kept_newer_version": written.stale,
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name=ERROR_RATE_BELOW_THRESHOLD,
-                passed=error_rate <= MAX_ERROR_RATE,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"error_rate": round(error_rate, 4), "errors": written.errors},
-            ),
-        ],
-    )
+        metadata[Meta.BATCH] = dg.MetadataValue.text(batch)
+    return {str(key): value for key, value in metadata.items()}
 
 
-def _jobs(targets: Iterator[inventory.Target]) -> Iterator[Job]:
-    return (Job(target.partition_key, target.s3_key) for target in targets)
-
-
-def _sample_table(rows: list[table.ClassificationRow]) -> str:
-    lines = "\n".join(
-        f"| `{_md(row.s3_key)}` | {_md(row.label or row.status)} | "
-        f"{'' if row.score is None else f'{row.score:.3f}'} |"
-        for row in rows
-    )
-    return f"| object | label | score |\n|---|---|---|\n{lines}"
+def _checks(tally: Tally, written: results.Written) -> list[dg.AssetCheckResult]:
+    return [
+        dg.AssetCheckResult(
+            check_name=SCORES_ARE_PROBABILITIES,
+            passed=written.bad_scores == 0,
+            metadata={"rows_with_bad_scores": written.bad_scores},
+        ),
+        dg.AssetCheckResult(
+            check_name=BATCH_FULLY_CLASSIFIED,
+            passed=written.rows + written.stale == tally.asked,
+            metadata={
+                "asked": tally.asked,
+                "written": written.rows,
+                "kept_newer_version": written.stale,
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name=ERROR_RATE_BELOW_THRESHOLD,
+            passed=tally.error_rate <= MAX_ERROR_RATE,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"error_rate": round(tally.error_rate, 4), "errors": written.errors},
+        ),
+    ]
 
 
 @dg.asset(
@@ -253,11 +242,11 @@ def label_summary(results_db: ResultsDatabaseResource) -> dg.MaterializeResult:
     wrote results since the last refresh: never once per batch, never left stale.
     """
     engine = results_db.get_engine()
-    labels = table.label_counts(engine)
-    statuses = table.status_counts(engine)
-    models = table.model_versions(engine)
-    rows = "\n".join(f"| {_md(label)} | {count} |" for label, count in labels)
-    recent = "\n".join(_recent_line(row) for row in table.recent_rows(engine))
+    labels = results.label_counts(engine)
+    statuses = results.status_counts(engine)
+    models = results.model_versions(engine)
+    rows = "\n".join(f"| {md(label)} | {count} |" for label, count in labels)
+    recent = "\n".join(_recent_line(row) for row in results.recent_rows(engine))
     return dg.MaterializeResult(
         metadata={
             "objects": dg.MetadataValue.int(sum(statuses.values())),
@@ -278,23 +267,8 @@ def label_summary(results_db: ResultsDatabaseResource) -> dg.MaterializeResult:
 def _recent_line(row: dict) -> str:
     score = "" if row["score"] is None else f"{row['score']:.3f}"
     when = f"{row['classified_at']:%Y-%m-%d %H:%M}"
-    return f"| `{_md(row['s3_key'])}` | {_md(row['label'] or row['status'])} | {score} | {when} |"
+    return f"| `{md(row['s3_key'])}` | {md(row['label'] or row['status'])} | {score} | {when} |"
 
-
-def _md(text: str) -> str:
-    """Keep object keys and labels from breaking a Markdown table."""
-    return text.replace("|", "\\|").replace("\n", " ").replace("`", "'")
-
-
-classify_images_job = dg.define_asset_job(
-    "classify_images_job",
-    selection=[image_classifications],
-    description=(
-        "Classify one day's images into the results table: the sensor's batch when the run has "
-        "the ai_assets/batch tag, else every object of the day that is not current."
-    ),
-    tags=classification_run_tags(os.environ),
-)
 
 label_summary_automation = dg.AutomationConditionSensorDefinition(
     "label_summary_automation",

@@ -29,10 +29,12 @@ from collections.abc import Collection, Iterable
 import dagster as dg
 from sqlalchemy.engine import Engine
 
-from ai_assets import inventory
-from ai_assets.defs.images.assets import BATCH_TAG, classify_images_job, s3_images
-from ai_assets.notifications import Drained
+from ai_assets.common import chunked
+from ai_assets.db import inventory
+from ai_assets.defs.images.assets import s3_images
+from ai_assets.defs.images.jobs import BATCH_TAG, classify_images_job
 from ai_assets.resources import ImageBucketResource, ResultsDatabaseResource
+from ai_assets.s3.sqs import Drained
 from ai_assets.settings import (
     list_seconds_per_tick,
     max_objects_per_run,
@@ -128,8 +130,8 @@ def launched(instance: dg.DagsterInstance, batches: Collection[str]) -> set[str]
     """The batches among ``batches`` that have a run (queued, running or finished)."""
     found: set[str] = set()
     ids = sorted(batches)
-    for i in range(0, len(ids), _RUN_LOOKUP_CHUNK):
-        runs = instance.get_runs(dg.RunsFilter(tags={BATCH_TAG: ids[i : i + _RUN_LOOKUP_CHUNK]}))
+    for chunk in chunked(ids, _RUN_LOOKUP_CHUNK):
+        runs = instance.get_runs(dg.RunsFilter(tags={BATCH_TAG: list(chunk)}))
         found.update(run.tags[BATCH_TAG] for run in runs)
     return found
 

@@ -1,0 +1,5 @@
+import sys
+
+from ai_assets.db.migrations import main
+
+sys.exit(main())

@@ -1,0 +1,22 @@
+"""The classification job and the names other Dagster glue (sensors, Slack) knows it by."""
+
+import os
+
+import dagster as dg
+
+from ai_assets.k8s import classification_run_tags
+
+#: Set by s3_image_sensor on each run it requests: the run classifies exactly that batch.
+BATCH_TAG = "ai_assets/batch"
+#: The asset the job materializes (defined in assets.py).
+CLASSIFICATIONS = dg.AssetKey("image_classifications")
+
+classify_images_job = dg.define_asset_job(
+    "classify_images_job",
+    selection=[CLASSIFICATIONS],
+    description=(
+        "Classify one day's images into the results table: the sensor's batch when the run has "
+        "the ai_assets/batch tag, else every object of the day that is not current."
+    ),
+    tags=classification_run_tags(os.environ),
+)

@@ -1,5 +1,0 @@
-import sys
-
-from ai_assets.migrations import main
-
-sys.exit(main())

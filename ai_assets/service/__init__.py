@@ -1,0 +1,1 @@
+"""The model as an HTTP service (app, routes, dynamic batching, metrics) and its client."""

@@ -1,0 +1,1 @@
+"""Slack message text about classification runs (pure formatting)."""

@@ -1,0 +1,75 @@
+"""One object's way through the stream (its job and outcome) and the result row it becomes."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from ai_assets.db.results import ClassificationRow
+from ai_assets.s3.objects import Fetched
+from ai_assets.vision.labels import Label
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One object to classify: its partition key and its S3 key."""
+
+    partition_key: str
+    object_key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A fetched object, decoded and preprocessed, or the reason it cannot be classified."""
+
+    job: Job
+    fetched: Fetched
+    prepared: Any = None  # a tensor in process, the bytes for the model service
+    error: str | None = None
+
+
+def result_rows(
+    outcomes: Sequence[Outcome],
+    answers: Sequence[list[Label] | str | None],
+    model_id: str,
+    model_revision: str,
+    run_id: str | None,
+) -> list[ClassificationRow]:
+    """One row per outcome: ``deleted``, ``error`` (why) or ``ok`` with its top-k labels.
+
+    ``answers`` holds, per outcome, the classifier's labels, its reason for refusing the
+    image, or None when the outcome never reached it.
+    """
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for outcome, labels in zip(outcomes, answers, strict=True):
+        deleted = ClassificationRow(
+            status="deleted",
+            s3_key=outcome.job.object_key,
+            partition_key=outcome.job.partition_key,
+            etag=outcome.fetched.etag,
+            size_bytes=outcome.fetched.size,
+            last_modified=outcome.fetched.last_modified,
+            model_id=model_id,
+            model_revision=model_revision,
+            classified_at=now,
+            run_id=run_id,
+        )
+        if outcome.fetched.deleted:
+            rows.append(deleted)
+        elif labels is None or isinstance(labels, str):
+            error = labels if isinstance(labels, str) else outcome.error
+            rows.append(dataclasses.replace(deleted, status="error", error=error))
+        else:
+            rows.append(
+                dataclasses.replace(
+                    deleted,
+                    status="ok",
+                    label=labels[0].label,
+                    score=labels[0].score,
+                    top_k=[dataclasses.asdict(label) for label in labels],
+                )
+            )
+    return rows

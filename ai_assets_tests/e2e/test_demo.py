@@ -1,0 +1,168 @@
+"""``make demo`` as a newcomer runs it: in the background, used with standard clients, stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import sqlalchemy as sa
+
+from ai_assets_dev.localdev import free_port
+from ai_assets_tests.support.util import answers
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _started_by(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker``: everything the demo started, any group."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """What ``source .demo/env.sh`` sets, read by a real shell."""
+    out = subprocess.run(
+        ["bash", "-c", f"set -a; source {path}; env -0"], capture_output=True, check=True
+    ).stdout.decode()
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+@pytest.mark.parametrize(
+    ("inherited_sigint", "stop_with"),
+    [(signal.SIG_IGN, signal.SIGTERM), (signal.SIG_DFL, signal.SIGINT)],
+    ids=["background-job-sigterm", "foreground-ctrl-c"],
+)
+def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
+    tmp_path: Path,
+    lite0_dir: str,
+    inherited_sigint: signal.Handlers,
+    stop_with: signal.Signals,
+) -> None:
+    ui_port, s3_port = free_port(), free_port()
+    demo_dir, log = tmp_path / "demo", tmp_path / "demo.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "AWS_"))}
+    env |= {"AI_ASSETS_DEMO_DIR": str(demo_dir), "AI_ASSETS_MODEL": lite0_dir}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "ai_assets_dev.demo", "--ui-port", str(ui_port),
+         "--s3-port", str(s3_port)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        # a background job of a non-interactive shell starts with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited_sigint),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not answers(f"http://127.0.0.1:{ui_port}/server_info"):
+            assert demo.poll() is None, "the demo exited before serving the UI"
+            assert time.monotonic() < deadline, "the UI never answered"
+            time.sleep(1)
+
+        client_env = _env_file(demo_dir / "env.sh")
+        assert client_env["DAGSTER_HOME"] == str(demo_dir / "dagster_home")
+        client = boto3.client(
+            "s3",
+            endpoint_url=client_env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=client_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=client_env["AWS_SECRET_ACCESS_KEY"],
+            region_name=client_env["AWS_REGION"],
+        )
+        listed = client.list_objects_v2(Bucket=client_env["AI_ASSETS_S3_BUCKET"])
+        assert len(listed["Contents"]) == 7
+        engine = sa.create_engine(client_env["AI_ASSETS_DATABASE_URL"])
+        with engine.connect() as connection:
+            rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
+            assert rows.scalar_one() == 7
+        engine.dispose()
+
+        os.killpg(demo.pid, stop_with)
+        demo.wait(30)
+        deadline = time.monotonic() + 30
+        marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
+        while _started_by(marker) or _listening(ui_port) or _listening(s3_port):
+            assert time.monotonic() < deadline, "processes or ports outlived the signal by 30 s"
+            time.sleep(0.5)
+        output = log.read_text()
+        assert "demo stopped; its servers are down" in output
+        for noise in ("SupersessionWarning", "will not be used", "BetaWarning", "Traceback"):
+            assert noise not in output
+    finally:
+        for pid in _started_by(f"AI_ASSETS_DEMO_DIR={demo_dir}"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_cli_run_in_the_repository_without_the_demo_environment_works(tmp_path: Path) -> None:
+    """No DAGSTER_HOME: a temporary instance from the top-level (local) dagster.yaml."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
+    env["AI_ASSETS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'nested' / 'results.sqlite'}"
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    done = subprocess.run(
+        [dagster, "asset", "materialize", "-m", "ai_assets.definitions", "--select",
+         "label_summary"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "DAGSTER_PG" not in done.stderr
+    assert (tmp_path / "nested" / "results.sqlite").exists()  # its directory was created
+
+
+def test_dagster_dev_in_the_repository_without_any_environment_starts(tmp_path: Path) -> None:
+    """The top-level dagster.yaml is the local instance: no DAGSTER_HOME, variables or server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
+    env["AI_ASSETS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    port = free_port()
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    log = tmp_path / "dagster-dev.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [dagster, "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        query = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { '
+        query += b'loadStatus } } } }"}'
+        deadline = time.monotonic() + 180
+        while b"LOADED" not in _post(f"http://127.0.0.1:{port}/graphql", query):
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+    text = log.read_text()
+    assert "DAGSTER_PG" not in text and "will not be used" not in text
+    assert not list(ROOT.glob(".tmp_dagster_home_*")), "dagster dev left its temporary home"
+
+
+def _post(url: str, body: bytes) -> bytes:
+    import urllib.request
+
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.read()
+    except OSError:
+        return b""

@@ -1,0 +1,353 @@
+"""The Dagster UI path with the real processes: `dagster dev` (webserver + daemon) on Dagster's
+Postgres storage, the S3 sensor, a backfill of a date range and a UI-style materialization
+through GraphQL, and the pages a user opens (the daily partitions view), in headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+from dagster_graphql import DagsterGraphQLClient
+
+from ai_assets.db import results
+from ai_assets_dev.localdev import (
+    PostgresServer,
+    dagster_dev_command,
+    free_port,
+    local_instance,
+    stop_process,
+)
+from ai_assets_tests.support.util import answers
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+#: ``make screenshots`` refreshes the README's pictures; a plain test run leaves docs/ alone.
+SCREENSHOTS = os.environ.get("AI_ASSETS_TEST_SCREENSHOTS_DIR", "")
+LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
+T = TypeVar("T")
+TODAY = dt.datetime.now(dt.UTC).date().isoformat()
+YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 180) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class DagsterDev:
+    url: str
+    port: int
+    results_url: str
+    log: Path
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        engine = sa.create_engine(self.results_url)
+        try:
+            return {row["s3_key"]: row for row in results.fetch_rows(engine)}
+        except sa.exc.ProgrammingError:  # the table does not exist yet
+            return {}
+        finally:
+            engine.dispose()
+
+    def runs(self, job: str = "classify_images_job") -> list[dict[str, Any]]:
+        data = self.graphql(
+            """query($job: String!) { runsOrError(filter: {pipelineName: $job}) {
+                 ... on Runs { results { runId status tags { key value } } } } }""",
+            {"job": job},
+        )
+        return data["runsOrError"]["results"]
+
+
+@pytest.fixture(scope="module")
+def dagster_dev(
+    pg_server: PostgresServer, s3_endpoint: str, lite0_dir: str
+) -> Iterator[DagsterDev]:
+    import boto3
+
+    from ai_assets_tests.support.util import ACCESS_KEY, SECRET_KEY
+
+    home = Path(tempfile.mkdtemp(prefix="ai-assets-e2e-"))
+    # one database for Dagster's storage and our tables, as the chart's defaults set it up
+    results_url = pg_server.create_database(f"e2e_shared_{os.getpid()}")
+    storage = {"postgres": {"postgres_url": results_url.replace("+psycopg2", "")}}
+    local_instance(home, storage=storage)
+    bucket = f"e2e-{os.getpid()}"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+        "AI_ASSETS_S3_BUCKET": bucket,
+        "AI_ASSETS_S3_PREFIX": "",
+        "AI_ASSETS_MODEL": lite0_dir,  # the real model: the screenshots show real labels
+        "AI_ASSETS_DATABASE_URL": results_url,
+        "HF_HUB_OFFLINE": "1",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    port = free_port()
+    log = home / "dagster-dev.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            dagster_dev_command(home, "127.0.0.1", port),
+            cwd=home,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # a non-interactive shell leaves SIGINT ignored, and dagster dev then ignores it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    dev = DagsterDev(f"http://127.0.0.1:{port}", port, results_url, log)
+    try:
+        wait_for("the webserver", lambda: answers(f"{dev.url}/server_info"))
+        wait_for("the code location", lambda: _location_loaded(dev))
+        yield dev
+    finally:
+        stop_process(process, timeout=30)
+        shutil.copy(log, Path(tempfile.gettempdir()) / "ai-assets-e2e-dagster-dev.log")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _location_loaded(dev: DagsterDev) -> bool:
+    data = dev.graphql(
+        """{ workspaceOrError { ... on Workspace { locationEntries {
+             name loadStatus locationOrLoadError { __typename } } } } }"""
+    )
+    entries = data["workspaceOrError"]["locationEntries"]
+    return any(
+        e["name"] == "ai_assets"
+        and e["loadStatus"] == "LOADED"
+        and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+        for e in entries
+    )
+
+
+def _sensor(dev: DagsterDev, name: str) -> dict[str, Any]:
+    data = dev.graphql(
+        """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+             ... on Sensor { id sensorState { status } } } }""",
+        {"selector": {**LOCATION, "sensorName": name}},
+    )
+    return data["sensorOrError"]
+
+
+def test_sensor_backfill_and_materialize_through_the_ui_api(
+    dagster_dev: DagsterDev, s3_client: Any, jpegs: dict[str, bytes]
+) -> None:
+    dev = dagster_dev
+    bucket = os.environ.get("AI_ASSETS_S3_BUCKET_E2E") or f"e2e-{os.getpid()}"
+    sensor = _sensor(dev, "s3_image_sensor")
+    stopped = dev.graphql(
+        """mutation($id: String!) { stopSensor(id: $id) {
+             ... on StopSensorMutationResult { instigationState { status } } } }""",
+        {"id": sensor["id"]},
+    )
+    assert stopped["stopSensor"]["instigationState"]["status"] == "STOPPED"
+
+    keys = [f"{name}-{i}.jpg" for i in range(2) for name in ("chelsea", "coffee", "rocket")]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs[key.split("-")[0]])
+    started = dev.graphql(
+        """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+             ... on Sensor { sensorState { status } } } }""",
+        {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
+    )
+    assert started["startSensor"]["sensorState"]["status"] == "RUNNING"
+
+    rows = wait_for("a row per image", lambda: (r := dev.rows()) and len(r) == len(keys) and r)
+    runs = wait_for(
+        "successful runs",
+        lambda: (r := dev.runs()) and all(x["status"] == "SUCCESS" for x in r) and r,
+    )
+    assert len(runs) == 1  # one batched run for six new images, not one per image
+    assert sorted(rows) == sorted(keys)
+
+    assert {r["partition_key"] for r in rows.values()} == {TODAY}
+
+    # three rows go missing; a backfill of a date range (one run per day) makes the days current
+    missing = sorted(keys)[:3]
+    engine = sa.create_engine(dev.results_url)
+    with engine.begin() as connection:
+        t = results.image_classifications
+        connection.execute(t.delete().where(t.c.s3_key.in_(missing)))
+    engine.dispose()
+    launched = dev.graphql(
+        """mutation($params: LaunchBackfillParams!) {
+             launchPartitionBackfill(backfillParams: $params) {
+             __typename ... on LaunchBackfillSuccess { backfillId }
+             ... on PythonError { message } } }""",
+        {"params": {"partitionsByAssets": [{
+                        "assetKey": {"path": ["image_classifications"]},
+                        "partitions": {"range": {"start": YESTERDAY, "end": TODAY}}}],
+                    "fromFailure": False}},
+    )  # fmt: skip
+    backfill_id = launched["launchPartitionBackfill"]["backfillId"]
+
+    def backfill_status() -> str | None:
+        status = dev.graphql(
+            """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+                 ... on PartitionBackfill { status } } }""",
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]["status"]
+        return None if status in ("REQUESTED", "CANCELING", "FAILING") else status
+
+    assert wait_for("the backfill", backfill_status, timeout=240) == "COMPLETED_SUCCESS"
+    backfill_runs = [
+        run
+        for run in dev.runs("__ASSET_JOB")
+        if {"key": "dagster/backfill", "value": backfill_id} in run["tags"]
+    ]
+    assert len(backfill_runs) == 2  # one run per day
+    assert {run["status"] for run in backfill_runs} == {"SUCCESS"}
+    [today_run] = [
+        r for r in backfill_runs if {"key": "dagster/partition", "value": TODAY} in r["tags"]
+    ]
+    rewritten = dev.rows()
+    assert sorted(rewritten) == sorted(keys)
+    for key in missing:
+        assert rewritten[key]["run_id"] == today_run["runId"]
+    untouched = sorted(keys)[3]
+    assert rewritten[untouched]["run_id"] == rows[untouched]["run_id"]
+
+    # the asset page's Materialize with the launchpad's config: redo every object of the day
+    launched = dev.graphql(
+        """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+             __typename ... on LaunchRunSuccess { run { runId } }
+             ... on PythonError { message } } }""",
+        {"params": {"selector": {**LOCATION, "pipelineName": "__ASSET_JOB",
+                                 "assetSelection": [{"path": ["image_classifications"]}]},
+                    "executionMetadata": {"tags": [{"key": "dagster/partition",
+                                                    "value": TODAY}]},
+                    "runConfigData": {"ops": {"image_classifications": {
+                        "config": {"reclassify": True}}}},
+                    "mode": "default"}},
+    )  # fmt: skip
+    run_id = launched["launchRun"]["run"]["runId"]
+    client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
+    finished = {"SUCCESS", "FAILURE", "CANCELED"}
+    status = wait_for(
+        "the materialization",
+        lambda: (s := client.get_run_status(run_id).value) in finished and s,
+    )
+    assert status == "SUCCESS"
+    data = dev.graphql(
+        """query($partition: String!) { assetOrError(assetKey: {path: ["image_classifications"]}) {
+             ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
+               runId partition metadataEntries { label
+                 ... on MarkdownMetadataEntry { mdStr } ... on FloatMetadataEntry { floatValue }
+                 ... on IntMetadataEntry { intValue } } } } } }""",
+        {"partition": TODAY},
+    )
+    [materialization] = data["assetOrError"]["assetMaterializations"]
+    assert materialization["runId"] == run_id
+    entries = {e["label"]: e for e in materialization["metadataEntries"]}
+    assert entries["images"]["intValue"] == len(keys)
+    assert entries["images_per_second"]["floatValue"] > 0
+    assert dev.rows()["coffee-0.jpg"]["label"] in entries["sample"]["mdStr"]
+    assert {row["run_id"] for row in dev.rows().values()} == {run_id}
+
+
+def dismiss_community_dialog(driver: Any) -> None:
+    """The first visit shows a 'Join the Dagster community' dialog over the page."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    time.sleep(2)
+    try:
+        for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+            button.click()
+    except WebDriverException:
+        pass
+
+
+ERROR_TEXTS = ("Something went wrong", "An unexpected error", "Unexpected GraphQL error")
+
+
+@pytest.mark.skipif(not shutil.which("chromedriver"), reason="chromium-driver not installed")
+def test_the_pages_a_user_opens_render_without_errors(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dev = dagster_dev
+    runs = wait_for("a run to show", lambda: dev.runs() or dev.runs("__ASSET_JOB"), timeout=240)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1440,900"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    pages = {
+        "asset-graph": ("/asset-groups/images", "image_classifications"),
+        "partitions": ("/assets/image_classifications?view=partitions", TODAY),
+        "run": (f"/runs/{runs[0]['runId']}", "image_classifications"),
+    }
+    try:
+        driver.get(dev.url)
+        dismiss_community_dialog(driver)
+        for name, (path, expected) in pages.items():
+            driver.get(dev.url + path)
+            dismiss_community_dialog(driver)
+            WebDriverWait(driver, 60).until(
+                lambda d, text=expected: (
+                    text.lower() in d.find_element(By.TAG_NAME, "body").text.lower()
+                )
+            )
+            with contextlib.suppress(TimeoutException):  # live data still loading is no error
+                WebDriverWait(driver, 30).until(
+                    lambda d: "Loading" not in d.find_element(By.TAG_NAME, "body").text
+                )
+            time.sleep(1)
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert not [e for e in ERROR_TEXTS if e in body], body[:2000]
+            driver.save_screenshot(str(shots / f"ui-{name}.png"))
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -1,0 +1,111 @@
+"""The fast preprocessing path gives the model what its transformers image processor gives it."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTImageProcessorPil
+
+from ai_assets.vision.convert import build_image_processor
+from ai_assets.vision.decode import decode_image
+from ai_assets.vision.preprocess import (
+    FastPreprocessor,
+    Geometry,
+    ProcessorPreprocessor,
+    affine_of,
+    build_preprocessor,
+    max_difference,
+    reference_image,
+)
+from ai_assets_dev.samples import encode
+
+LEVEL = 1 / 255 / 0.5  # one uint8 level after EfficientNet-Lite0's rescale and normalise
+SIZES = [(331, 217), (217, 331), (640, 480), (512, 512), (100, 60), (3000, 400), (256, 256)]
+
+
+@pytest.fixture(scope="module")
+def lite0_processor():
+    return build_image_processor()
+
+
+def test_the_bundled_model_gets_the_fast_path(lite0_processor) -> None:
+    fast = build_preprocessor(lite0_processor)
+    assert isinstance(fast, FastPreprocessor)
+    assert fast.geometry == Geometry(resample=3, shortest_edge=256, crop=(224, 224))
+    assert fast.min_decode_side == 256
+
+
+@pytest.mark.parametrize("size", SIZES, ids=str)
+def test_fast_path_matches_the_processor_to_rounding(lite0_processor, size) -> None:
+    image = reference_image(*size)
+    fast, slow = build_preprocessor(lite0_processor), ProcessorPreprocessor(lite0_processor)
+    assert max_difference(fast, slow, image) <= 2 * LEVEL + 1e-6
+
+
+def test_fast_path_matches_on_real_photos(lite0_processor, jpegs: dict[str, bytes]) -> None:
+    fast, slow = build_preprocessor(lite0_processor), ProcessorPreprocessor(lite0_processor)
+    for data in jpegs.values():
+        image = decode_image(data)
+        a, b = fast.collate([fast(image)], "cpu"), slow.collate([slow(image)], "cpu")
+        assert (a - b).abs().max() <= 2 * LEVEL + 1e-6
+        assert (a - b).abs().mean() < 0.01 * LEVEL  # almost every value is identical
+
+
+def test_fixed_size_processors_get_the_fast_path_too() -> None:
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 48})
+    fast, slow = build_preprocessor(processor), ProcessorPreprocessor(processor)
+    assert isinstance(fast, FastPreprocessor) and fast.resize == "torch"
+    level = 1 / 255 / 0.5
+    assert max_difference(fast, slow, reference_image()) <= 2 * level + 1e-6  # torch's rounding
+    pillow = FastPreprocessor(fast.geometry, *affine_of(processor), resize="pillow")
+    assert max_difference(pillow, slow, reference_image()) < 1e-5  # Pillow's own passes: exact
+
+
+def test_filters_torch_cannot_reproduce_are_resized_by_pillow() -> None:
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 48}, resample=Image.LANCZOS)
+    fast = build_preprocessor(processor)
+    assert isinstance(fast, FastPreprocessor) and fast.resize == "pillow"
+    assert max_difference(fast, ProcessorPreprocessor(processor), reference_image()) < 1e-5
+
+
+def test_collate_gives_a_channels_last_float_batch(lite0_processor) -> None:
+    fast = build_preprocessor(lite0_processor)
+    tensors = [fast(reference_image(*size)) for size in SIZES[:3]]
+    assert all(t.dtype == torch.uint8 and t.shape == (3, 224, 224) for t in tensors)
+    batch = fast.collate(tensors, "cpu")
+    assert batch.shape == (3, 3, 224, 224) and batch.dtype == torch.float32
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert float(batch.min()) >= -1.0 - 1e-6 and float(batch.max()) <= 1.0 + 1e-6  # one FMA
+
+
+def test_unsupported_configurations_use_the_processor(lite0_processor) -> None:
+    padded = ViTImageProcessorPil(size={"height": 32, "width": 32}, do_pad=True)
+    longest = ViTImageProcessorPil(size={"longest_edge": 64})
+    no_resize = ViTImageProcessorPil(do_resize=False)
+    for processor in (padded, longest, no_resize):
+        assert isinstance(build_preprocessor(processor), ProcessorPreprocessor)
+
+
+def test_a_processor_the_fast_path_cannot_reproduce_is_used_as_it_is(
+    lite0_processor, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Mirrored(type(lite0_processor)):  # its config says one thing, its code does more
+        def resize(self, image: np.ndarray, *args, **kwargs) -> np.ndarray:
+            return super().resize(np.ascontiguousarray(image[:, :, ::-1]), *args, **kwargs)
+
+    processor = Mirrored(**lite0_processor.to_dict())
+    with caplog.at_level(logging.WARNING, logger="ai_assets.vision.preprocess"):
+        chosen = build_preprocessor(processor)
+    assert isinstance(chosen, ProcessorPreprocessor)
+    assert "using the image processor" in caplog.text
+
+
+def test_draft_decoding_keeps_both_sides_at_least_min_side() -> None:
+    data = encode(Image.new("RGB", (2048, 1100), (120, 30, 200)))
+    assert decode_image(data).size == (2048, 1100)
+    assert decode_image(data, min_side=256).size == (512, 275)  # 1/4: 1/8 would be 137 high
+    assert decode_image(data, min_side=2000).size == (2048, 1100)  # no scale keeps 2000
+    png = encode(Image.new("RGB", (900, 900)), "PNG")
+    assert decode_image(png, min_side=64).size == (900, 900)  # draft is JPEG only

@@ -1,0 +1,234 @@
+import io
+
+import pytest
+from PIL import Image
+
+from ai_assets.s3.objects import Fetched
+from ai_assets.vision.decode import ImageError, decode_image
+from ai_assets.vision.model import ImageClassifier, load_classifier
+from ai_assets.vision.stream import Job, classify_objects
+from ai_assets_dev.samples import encode
+
+
+def png(image: Image.Image) -> bytes:
+    return encode(image, "PNG")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty object"),
+        (b"\x00\x01garbage" * 100, "not a recognised image format"),
+        (b"plain text, not a png", "not a recognised image format"),
+    ],
+)
+def test_undecodable_bytes_raise_a_clear_error(data: bytes, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)
+
+
+#: JPEGs decoded in full (min_side 0) and in draft mode for a 256 px model input.
+DECODERS = pytest.mark.parametrize("min_side", [0, 256], ids=["full", "draft"])
+
+
+@DECODERS
+def test_truncated_jpeg_is_an_error(jpegs: dict[str, bytes], min_side: int) -> None:
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode_image(jpegs["chelsea"][:2000], min_side=min_side)
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [((640, 480), (640, 480)), ((480, 640), (480, 640)), ((2400, 1600), (600, 400)),
+     ((1000, 700), (500, 350)), ((4000, 3000), (500, 375)), ((200, 100), (200, 100))],
+)  # fmt: skip
+def test_a_jpeg_decodes_at_the_smallest_draft_scale_that_covers_the_input(
+    size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    """1/2, 1/4 or 1/8 while both sides stay ≥ 256."""
+    data = encode(Image.new("RGB", size, (200, 30, 30)), "JPEG")
+    assert decode_image(data, min_side=256).size == decoded
+
+
+@DECODERS
+def test_grey_and_cmyk_jpegs_become_rgb(min_side: int) -> None:
+    for mode in ("L", "CMYK"):
+        decoded = decode_image(encode(Image.new(mode, (640, 480), 120), "JPEG"), min_side=min_side)
+        assert decoded.mode == "RGB"
+        assert min(decoded.size) >= min(min_side, 480)
+
+
+def test_oversize_images_are_refused_before_decoding() -> None:
+    data = png(Image.new("L", (3000, 3000)))
+    with pytest.raises(ImageError, match="9,000,000 pixels, above the limit of 1,000,000"):
+        decode_image(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (20, 10), (255, 0, 0, 0)),
+        Image.new("P", (20, 10)),
+        Image.new("I;16", (20, 10), 40000),
+        Image.new("CMYK", (20, 10)),
+        Image.new("LA", (20, 10)),
+        Image.new("1", (1, 1)),
+    ],
+    ids=lambda image: image.mode,
+)
+def test_every_mode_becomes_rgb(image: Image.Image) -> None:
+    fmt = "JPEG" if image.mode == "CMYK" else "PNG"
+    decoded = decode_image(encode(image, fmt))
+    assert decoded.mode == "RGB"
+    assert decoded.size == image.size
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    decoded = decode_image(png(Image.new("I;16", (4, 4), 65535)))
+    assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+@DECODERS
+def test_exif_rotation_is_applied(min_side: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buffer = io.BytesIO()
+    Image.new("RGB", (640, 320)).save(buffer, "JPEG", exif=exif)
+    expected = (320, 640)  # 320 // 256 = 1: decoded whole either way
+    assert decode_image(buffer.getvalue(), min_side=min_side).size == expected
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buffer.getvalue()).getpixel((0, 0))[0] > 200
+
+
+def test_classify_objects_turns_bad_objects_into_error_rows(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    objects = {
+        "chelsea.jpg": jpegs["chelsea"],
+        "broken.jpg": b"not an image",
+        "coffee.jpg": jpegs["coffee"],
+        "empty.png": b"",
+    }
+
+    def fetch(key: str) -> Fetched:
+        if key in objects:
+            data = objects[key]
+            return Fetched(key=key, etag=f"etag-{key}", size=len(data), data=data)
+        return Fetched(key=key, deleted=True)
+
+    classifier = load_classifier(tiny_model_dir, "cpu")
+    jobs = [Job(key, key) for key in [*objects, "gone.jpg"]]
+    batches = list(
+        classify_objects(jobs, fetch, classifier, batch_size=2, top_k=3, concurrency=2, run_id="r")
+    )
+    assert [len(batch) for batch in batches] == [2, 2, 1]
+    rows = {row.s3_key: row for batch in batches for row in batch}
+    assert {key: row.status for key, row in rows.items()} == {
+        "chelsea.jpg": "ok",
+        "broken.jpg": "error",
+        "coffee.jpg": "ok",
+        "empty.png": "error",
+        "gone.jpg": "deleted",
+    }
+    chelsea = rows["chelsea.jpg"]
+    assert chelsea.label in {"alpha", "beta", "gamma", "delta"}
+    assert chelsea.top_k is not None and len(chelsea.top_k) == 3
+    assert chelsea.top_k[0] == {"label": chelsea.label, "score": chelsea.score}
+    assert 0.0 <= (chelsea.score or -1) <= 1.0
+    assert chelsea.etag == "etag-chelsea.jpg" and chelsea.run_id == "r"
+    assert rows["broken.jpg"].error == "not a recognised image format"
+    assert rows["empty.png"].error == "empty object (0 bytes)"
+    assert rows["broken.jpg"].label is None
+
+
+def test_predictions_do_not_depend_on_batch_composition(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    classifier = load_classifier(tiny_model_dir, "cpu")
+    pixels = [classifier.preprocess(decode_image(data)) for data in jpegs.values()]
+    alone = [classifier.predict([p], top_k=1)[0][0].label for p in pixels]
+    together = [labels[0].label for labels in classifier.predict(pixels, top_k=1)]
+    assert alone == together
+
+
+def test_extreme_aspect_ratios_keep_only_the_centre() -> None:
+    assert decode_image(png(Image.new("L", (10000, 3)))).size == (24, 3)
+    assert decode_image(png(Image.new("L", (2, 5000)))).size == (2, 16)
+    assert decode_image(png(Image.new("L", (800, 100)))).size == (800, 100)
+
+
+def test_fetch_threads_yield_the_cpu_to_inference() -> None:
+    import os
+    import threading
+
+    from ai_assets.vision.threads import yield_to_inference
+
+    seen: list[int] = []
+
+    def worker() -> None:
+        yield_to_inference()
+        seen.append(os.sched_getscheduler(0))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread keeps its policy
+
+
+def test_precision_is_validated_and_bf16_classifies(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_classifier(tiny_model_dir, "cpu", "int3")
+    classifier = load_classifier(tiny_model_dir, "cpu", "bf16")
+    assert next(classifier.model.parameters()).dtype == torch.bfloat16
+    pixels = [classifier.preprocess(classifier.decode(data)) for data in jpegs.values()]
+    labels = classifier.predict(pixels, top_k=2)
+    assert all(0.0 <= label.score <= 1.0 for row in labels for label in row)
+
+
+def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> None:
+    classifier = ImageClassifier(tiny_model_dir, "cpu")  # a fresh one: nothing warmed yet
+    calls: list[int] = []
+    original = classifier.classify_batch
+    monkeypatch.setattr(
+        classifier,
+        "classify_batch",
+        lambda batch, k: calls.append(len(batch)) or original(batch, k),
+    )
+    for size in (4, 4, 2):
+        classifier.warm_up(size)
+    assert calls == [4, 2]
+
+
+def test_the_bundled_model_runs_with_folded_batchnorms_and_the_same_labels(
+    lite0_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    folded, plain = load_classifier(lite0_dir, "cpu"), ImageClassifier(lite0_dir, "cpu", fold=False)
+    assert folded.folded == 49 and plain.folded == 0
+    pixels = [folded.preprocess(folded.decode(data)) for data in jpegs.values()]
+    for a, b in zip(folded.predict(pixels, 5), plain.predict(pixels, 5), strict=True):
+        assert [label.label for label in a] == [label.label for label in b]
+        assert [label.score for label in a] == pytest.approx([label.score for label in b], abs=1e-4)
+
+
+@pytest.mark.integration  # a subprocess or a server
+def test_importing_the_package_changes_no_pillow_global() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from PIL import Image; default = Image.MAX_IMAGE_PIXELS; "
+        "import ai_assets.definitions, ai_assets.model_service, ai_assets.vision.stream; "
+        "print(Image.MAX_IMAGE_PIXELS == default)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "True", done.stderr[-2000:]
