@@ -129,7 +129,8 @@ def _number(name: str, default: float, kind: type[int] | type[float], minimum: f
     try:
         value = kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
@@ -149,6 +150,30 @@ def max_objects_per_run() -> int:
     return int(_number("AI_ASSETS_MAX_OBJECTS_PER_RUN", DEFAULT_MAX_OBJECTS_PER_RUN, int, 1))
 
 
+#: How to reach the bucket, named once for every message about a missing setting.
+S3_SETUP_HINT = (
+    "set AI_ASSETS_S3_BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile or an "
+    "IAM role) and, for an S3-compatible server, AWS_ENDPOINT_URL; for the demo's local "
+    "server: `make demo-once`, then `source .demo/env.sh` before `dagster dev`"
+)
+
+
+def s3_setup_problem(has_credentials: bool, endpoint_url: str | None) -> str | None:
+    """Why the bucket cannot be read as configured, with the fix; None when it can be tried.
+
+    The default bucket name is for S3-compatible servers: on AWS itself it would be someone
+    else's bucket, so there the name must be set.
+    """
+    if not has_credentials:
+        return f"no S3 credentials found: {S3_SETUP_HINT}"
+    if not os.environ.get("AI_ASSETS_S3_BUCKET", "").strip() and not endpoint_url:
+        return (
+            f"AI_ASSETS_S3_BUCKET is not set, and the default {DEFAULT_BUCKET!r} would be looked "
+            f"up on AWS itself: {S3_SETUP_HINT}"
+        )
+    return None
+
+
 def list_seconds_per_tick() -> float:
     return _number("AI_ASSETS_LIST_SECONDS_PER_TICK", DEFAULT_LIST_SECONDS_PER_TICK, float, 0.1)
 
@@ -159,6 +184,30 @@ def reconcile_minutes() -> float:
 
 def slack_digest_minutes() -> float:
     return _number("AI_ASSETS_SLACK_DIGEST_MINUTES", DEFAULT_SLACK_DIGEST_MINUTES, float, 0)
+
+
+#: Whole numbers the runs read at run time (``dg.EnvVar.int``): checked up front by ``problems``.
+_RUN_INTEGERS = (
+    "AI_ASSETS_BATCH_SIZE", "AI_ASSETS_TOP_K", "AI_ASSETS_MAX_IMAGE_BYTES",
+    "AI_ASSETS_MAX_IMAGE_PIXELS", "AI_ASSETS_DOWNLOAD_CONCURRENCY",
+    "AI_ASSETS_INFERENCE_CONCURRENCY", "AWS_MAX_ATTEMPTS",
+)  # fmt: skip
+
+
+def problems() -> list[str]:
+    """Every set variable whose value cannot work, one message each: what to check before
+    anything starts (the demo does; a sensor or run would otherwise fail later, buried)."""
+    checks = [start_date, max_objects_per_run, list_seconds_per_tick, reconcile_minutes,
+              slack_digest_minutes, service_settings]  # fmt: skip
+    checks += [lambda name=name: _number(name, 1, int, 1) for name in _RUN_INTEGERS]
+    found = []
+    for check in checks:
+        try:
+            check()
+        except ValueError as exc:
+            if str(exc) not in found:
+                found.append(str(exc))
+    return found
 
 
 def database_kind() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import boto3
 
+from ai_assets.settings import problems
 from ai_assets_dev.localdev import (
     dagster_dev_command,
     free_port,
@@ -179,6 +180,10 @@ def main() -> int:
     # the in-process first pass, whose runs defer interrupts until they finish.
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    if mistakes := problems():  # before any server starts or any photo is uploaded
+        for mistake in mistakes:
+            print(f"configuration error: {mistake}", file=sys.stderr)
+        return 2
     port = args.s3_port or (DEMO_S3_PORT if _port_free(DEMO_S3_PORT) else free_port())
     try:
         with seaweedfs(ROOT / "s3", port=port, **_keys()) as endpoint:

@@ -8,24 +8,25 @@ import pytest
 
 from ai_assets.common import Counters, as_utc, chunked
 from ai_assets.settings import (
+    CONTRACT,
     DEFAULT_BATCH_SIZE,
     DEFAULT_PRECISION,
     DEFAULT_QUEUE_LIMIT,
     ServiceSettings,
     declared,
+    problems,
     service_settings,
 )
 
-SERVICE_VARIABLES = (
-    "AI_ASSETS_MODEL", "AI_ASSETS_PRECISION", "AI_ASSETS_BATCH_SIZE", "AI_ASSETS_TOP_K",
-    "AI_ASSETS_MAX_IMAGE_BYTES", "AI_ASSETS_MAX_IMAGE_PIXELS", "AI_ASSETS_BATCH_WAIT_MS",
-    "AI_ASSETS_QUEUE_LIMIT",
-)  # fmt: skip
+#: Every variable of ours the readers below look at (AWS_MAX_ATTEMPTS is read as a run integer).
+OUR_VARIABLES = [
+    v.name for v in CONTRACT if v.name.startswith("AI_ASSETS_") or v.name == "AWS_MAX_ATTEMPTS"
+]
 
 
 @pytest.fixture
 def clean(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in SERVICE_VARIABLES:
+    for name in OUR_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -54,7 +55,7 @@ def test_the_service_reads_every_variable_it_documents(clean) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("AI_ASSETS_BATCH_SIZE", "many", "AI_ASSETS_BATCH_SIZE must be a int, got 'many'"),
+        ("AI_ASSETS_BATCH_SIZE", "many", "AI_ASSETS_BATCH_SIZE must be a whole number, got 'many'"),
         ("AI_ASSETS_TOP_K", "0", "AI_ASSETS_TOP_K must be at least 1, got '0'"),
         ("AI_ASSETS_BATCH_WAIT_MS", "-1", "AI_ASSETS_BATCH_WAIT_MS must be at least 0"),
     ],
@@ -87,3 +88,17 @@ def test_the_shared_helpers() -> None:
         b: int = 0
 
     assert Pair(1, 2) + Pair(3, 4) == Pair(4, 6)
+
+
+def test_every_bad_setting_is_found_up_front_one_message_each(clean) -> None:
+    assert problems() == []
+    clean.setenv("AI_ASSETS_START_DATE", "yesterday")
+    clean.setenv("AI_ASSETS_BATCH_SIZE", "lots")  # read by the service and by runs: said once
+    clean.setenv("AWS_MAX_ATTEMPTS", "0")
+    clean.setenv("AI_ASSETS_RECONCILE_MINUTES", "soon")
+    assert problems() == [
+        "AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got 'yesterday'",
+        "AI_ASSETS_RECONCILE_MINUTES must be a number, got 'soon'",
+        "AI_ASSETS_BATCH_SIZE must be a whole number, got 'lots'",
+        "AWS_MAX_ATTEMPTS must be at least 1, got '0'",
+    ]

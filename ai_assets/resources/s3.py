@@ -23,6 +23,7 @@ from ai_assets.s3.objects import (
     parse_timestamp,
 )
 from ai_assets.s3.sqs import Drained, delete, drain, settle_version_removals
+from ai_assets.settings import s3_setup_problem
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig
@@ -108,8 +109,7 @@ def _object_store(
         options["proxy_url"] = proxy
         if os.environ.get("NO_PROXY"):
             options["proxy_excludes"] = os.environ["NO_PROXY"]
-    host = urllib.parse.urlsplit(endpoint_url).hostname or ""
-    on_aws = host == "amazonaws.com" or host.endswith(".amazonaws.com")
+    on_aws = _on_aws(endpoint_url)
     location: dict[str, Any] = (
         # AWS itself: obstore builds the regional URL; virtual-hosted unless the name has dots
         {"virtual_hosted_style_request": "." not in bucket}
@@ -127,6 +127,11 @@ def _object_store(
         **location,
         **dict(credentials),
     )
+
+
+def _on_aws(endpoint_url: str) -> bool:
+    host = urllib.parse.urlsplit(endpoint_url).hostname or ""
+    return host == "amazonaws.com" or host.endswith(".amazonaws.com")
 
 
 def queue_region(queue_url: str) -> str:
@@ -183,6 +188,14 @@ class ImageBucketResource(S3Resource):
             self.retry_mode,
             self.max_pool_connections,
         )
+
+    def setup_problem(self) -> str | None:
+        """Why the bucket cannot be read as configured (no credentials, no bucket on AWS)."""
+        endpoint = self.get_client().meta.endpoint_url
+        has_credentials = bool(self.aws_access_key_id and self.aws_secret_access_key) or (
+            _boto3_credentials(self.profile_name, endpoint) is not None
+        )
+        return s3_setup_problem(has_credentials, None if _on_aws(endpoint) else endpoint)
 
     def get_fetcher(self, max_bytes: int) -> ObjectFetcher:
         """GETs objects of the bucket: through obstore where it honours this configuration."""

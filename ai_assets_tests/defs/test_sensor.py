@@ -354,3 +354,43 @@ def test_the_cursor_learns_the_cost_per_object_from_ticks_large_enough() -> None
     assert Cursor.parse(learned.dumps(), "p/") == learned
     old = '{"prefix": "p/", "after": "k", "passes": 1, "listed": 5, "started": 7}'
     assert Cursor.parse(old, "p/").cost_us == DEFAULT_COST_US  # a cursor from before the cost
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (  # a local S3 server and a bucket, but no keys anywhere
+            {"AI_ASSETS_S3_BUCKET": "photos", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
+            "no S3 credentials found",
+        ),
+        (  # keys but no bucket, on AWS itself: the default name would be someone else's bucket
+            {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret"},
+            "AI_ASSETS_S3_BUCKET is not set, and the default 'images' would be looked up on AWS",
+        ),
+    ],
+)
+def test_without_credentials_or_a_bucket_the_sensor_skips_and_names_the_fix(
+    instance: dg.DagsterInstance,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_ENDPOINT_URL", "AI_ASSETS_S3_BUCKET", "AI_ASSETS_SQS_QUEUE_URL"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find here
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AI_ASSETS_DATABASE_URL", f"sqlite:///{tmp_path / 'results.sqlite'}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    daemon = InProcessDaemon(instance)
+    for _ in range(2):  # every tick skips the same way; none fails
+        result = daemon.evaluate()
+        assert not result.run_requests and not result.asset_events
+        message = result.skip_reason.skip_message if result.skip_reason else ""
+        assert message.startswith(expected)
+        for fix in ("AI_ASSETS_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", ".demo/env.sh"):
+            assert fix in message

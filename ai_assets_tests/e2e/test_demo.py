@@ -166,3 +166,20 @@ def _post(url: str, body: bytes) -> bytes:
             return response.read()
     except OSError:
         return b""
+
+
+def test_a_bad_setting_stops_the_demo_before_anything_starts() -> None:
+    """One line per mistake naming the variable and the form; no server, no upload, no trace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AI_ASSETS_")}
+    env |= {"AI_ASSETS_START_DATE": "yesterday", "AI_ASSETS_MAX_OBJECTS_PER_RUN": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ai_assets_dev.demo", "--once", "--s3-port", str(free_port())],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "configuration error: AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), "
+        "got 'yesterday'",
+        "configuration error: AI_ASSETS_MAX_OBJECTS_PER_RUN must be at least 1, got '0'",
+    ]
+    assert "SeaweedFS" not in done.stdout and "uploaded" not in done.stdout

@@ -289,6 +289,8 @@ def s3_image_sensor(
     s3: ImageBucketResource,
     results_db: ResultsDatabaseResource,
 ) -> dg.SensorResult:
+    if problem := s3.setup_problem():  # every tick until fixed: a skip, not a failure
+        return dg.SensorResult(skip_reason=problem)
     cursor = Cursor.parse(context.cursor, s3.prefix)
     engine = results_db.get_engine()
     deadline = time.monotonic() + list_seconds_per_tick()  # one budget for the whole tick
