@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once serve test test-fast lint model browser reliability bench bench-sqs screenshots clean
+.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser reliability bench bench-sqs screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -78,6 +78,10 @@ bench: install model
 
 bench-sqs: install
 	$(PY) bench/sqs_drain.py
+
+# the demo's bucket, database and Dagster home: the next `make demo` starts from the samples
+demo-clean:
+	rm -rf .demo
 
 clean:
 	rm -rf $(VENV) .cache .demo .dagster_home

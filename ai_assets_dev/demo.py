@@ -8,7 +8,6 @@ environment is written to ``.demo/env.sh`` for the AWS CLI, ``sqlite3`` and the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import signal
@@ -80,13 +79,17 @@ def write_env_file(path: Path) -> None:
     )
 
 
-def upload_samples() -> int:
+def upload_samples() -> int | None:
+    """The sample photos, into a new bucket only: an existing one stays as the user left it
+    (photos deleted, overwritten or added); None then. ``make demo-clean`` starts over."""
     from ai_assets_dev.samples import sample_jpegs
 
     client = boto3.client("s3")
     bucket = os.environ["AI_ASSETS_S3_BUCKET"]
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+    try:
         client.create_bucket(Bucket=bucket)
+    except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+        return None
     prefix = os.environ.get("AI_ASSETS_S3_PREFIX", "")
     samples = sample_jpegs()
     for name, data in samples.items():
@@ -188,7 +191,14 @@ def main() -> int:
     try:
         with seaweedfs(ROOT / "s3", port=port, **_keys()) as endpoint:
             configure(endpoint)
-            print(f"S3 (SeaweedFS) at {endpoint}; uploaded {upload_samples()} sample photos")
+            uploaded = upload_samples()
+            bucket = os.environ["AI_ASSETS_S3_BUCKET"]
+            what = (
+                f"uploaded {uploaded} sample photos into a new bucket {bucket!r}"
+                if uploaded is not None
+                else f"bucket {bucket!r} kept as you left it (make demo-clean starts over)"
+            )
+            print(f"S3 (SeaweedFS) at {endpoint}; {what}")
             if not run_once():
                 print("the first pass failed; see the logs above", file=sys.stderr)
                 return 1

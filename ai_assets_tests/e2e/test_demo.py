@@ -183,3 +183,23 @@ def test_a_bad_setting_stops_the_demo_before_anything_starts() -> None:
         "configuration error: AI_ASSETS_MAX_OBJECTS_PER_RUN must be at least 1, got '0'",
     ]
     assert "SeaweedFS" not in done.stdout and "uploaded" not in done.stdout
+
+
+def test_a_rerun_of_the_demo_keeps_what_the_user_did_to_its_bucket(
+    s3_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ai_assets_dev.demo import upload_samples
+
+    bucket = f"demo-{os.getpid()}-{time.monotonic_ns()}"
+    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
+    monkeypatch.setenv("AI_ASSETS_S3_PREFIX", "")
+    uploaded = upload_samples()  # a new bucket: the samples
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert uploaded == len(keys) > 0
+    s3_client.delete_object(Bucket=bucket, Key=keys[0])
+    s3_client.put_object(Bucket=bucket, Key=keys[1], Body=b"the user's own version")
+    assert upload_samples() is None  # the bucket exists: left as the user left it
+    after = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert after == keys[1:]
+    body = s3_client.get_object(Bucket=bucket, Key=keys[1])["Body"].read()
+    assert body == b"the user's own version"
