@@ -477,6 +477,38 @@ def batch_targets(engine: Engine, batch: str) -> Iterator[Target]:
     return _paged(engine, query, o.c.s3_key)
 
 
+@dataclasses.dataclass(frozen=True)
+class DayTotals(Counters):
+    """Where one day's objects stand: what its partition page should say, not only a batch."""
+
+    objects: int = 0  # live objects of the day
+    current: int = 0  # live objects whose row has their etag (ok or error)
+    waiting: int = 0  # live objects without a current row yet
+    errors: int = 0  # current rows that are errors
+    deleted: int = 0  # keys of the day deleted from the bucket
+
+
+def day_totals(engine: Engine, day: str) -> DayTotals:
+    """The day's totals in one statement over its key range (index on partition_key, s3_key)."""
+    o, c = image_objects, image_classifications
+    live = o.c.deleted_at.is_(None)
+    current = live & c.c.status.in_(["ok", "error"]) & (c.c.etag == o.c.etag)
+
+    def count(condition: Any) -> Any:
+        return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+    query = (
+        sa.select(
+            count(live), count(current), count(current & (c.c.status == "error")), count(~live)
+        )
+        .select_from(o.outerjoin(c, c.c.s3_key == o.c.s3_key))
+        .where(o.c.partition_key == day)
+    )
+    with engine.connect() as connection:
+        objects, done, errors, deleted = connection.execute(query).one()
+    return DayTotals(int(objects), int(done), int(objects - done), int(errors), int(deleted))
+
+
 def stale_targets(
     engine: Engine, day: str, model_id: str, model_revision: str, reclassify: bool = False
 ) -> Iterator[Target]:

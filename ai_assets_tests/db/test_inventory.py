@@ -218,3 +218,24 @@ def test_batches_wait_with_their_rows_until_forgotten(engine) -> None:
     assert list(inventory.unconfirmed_batches(engine, limit=1)) == ["batch-1"]  # oldest first
     inventory.forget_batches(engine, ["batch-1", "batch-2"])
     assert inventory.unconfirmed_batches(engine) == {}
+
+
+def test_a_days_totals_say_where_all_its_objects_stand(engine) -> None:
+    def result(key: str, status: str = "ok", etag: str = "e1") -> results.ClassificationRow:
+        score = 0.5 if status == "ok" else None
+        return results.ClassificationRow(key, "2026-03-09", status, etag=etag, score=score)  # type: ignore[arg-type]
+
+    gone = MARCH_9 + dt.timedelta(hours=1)
+    inventory.write_rows(engine, [
+        inventory_row("ok.jpg"), inventory_row("error.jpg"),
+        inventory_row("changed.jpg", etag="e2"), inventory_row("new.jpg"),
+        inventory_row("gone.jpg", deleted_at=gone),
+        inventory_row("other-day.jpg", day="2026-03-10"),
+    ])  # fmt: skip
+    results.upsert_rows(engine, [
+        result("ok.jpg"), result("error.jpg", "error"), result("changed.jpg"),
+        result("gone.jpg", "deleted"), result("other-day.jpg"),
+    ])  # fmt: skip
+    totals = inventory.day_totals(engine, "2026-03-09")
+    assert totals == inventory.DayTotals(objects=4, current=2, waiting=2, errors=1, deleted=1)
+    assert inventory.day_totals(engine, "2026-03-11") == inventory.DayTotals()

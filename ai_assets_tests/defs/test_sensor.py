@@ -119,6 +119,14 @@ def test_changed_deleted_and_new_objects_are_classified_and_marked(
     assert after["in/e.jpg"]["status"] == "ok"
     assert after["in/a.jpg"]["run_id"] == before["in/a.jpg"]["run_id"]  # untouched
     assert inventory(db)["in/c.jpg"]["deleted_at"] is not None
+    # the run's own counts, then where the whole day stands after it
+    [run] = runs
+    metadata = run.asset_materializations_for_node("image_classifications")[0].metadata
+    assert {k: metadata[k].value for k in ("images", "classified", "deleted")} == {
+        "images": 3, "classified": 2, "deleted": 1,
+    }  # fmt: skip
+    day = {k: metadata[f"day_{k}"].value for k in ("objects", "current", "waiting", "deleted")}
+    assert day == {"objects": 4, "current": 4, "waiting": 0, "deleted": 1}
 
     again, _ = daemon.tick()
     assert not again.run_requests and not again.asset_events

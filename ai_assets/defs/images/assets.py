@@ -148,6 +148,7 @@ def image_classifications(
             "the table's error column says why"
         )
     metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
+    metadata |= _day_metadata(inventory.day_totals(engine, context.partition_key))
     return dg.MaterializeResult(metadata=metadata, check_results=_checks(tally, written))
 
 
@@ -196,6 +197,18 @@ def _run_metadata(
     if batch:
         metadata[Meta.BATCH] = dg.MetadataValue.text(batch)
     return {str(key): value for key, value in metadata.items()}
+
+
+def _day_metadata(totals: inventory.DayTotals) -> dict[str, Any]:
+    """The partition's own state after the run: the partition page describes the day."""
+    keys = {
+        Meta.DAY_OBJECTS: totals.objects,
+        Meta.DAY_CURRENT: totals.current,
+        Meta.DAY_WAITING: totals.waiting,
+        Meta.DAY_ERRORS: totals.errors,
+        Meta.DAY_DELETED: totals.deleted,
+    }
+    return {str(key): dg.MetadataValue.int(value) for key, value in keys.items()}
 
 
 def _checks(tally: Tally, written: results.Written) -> list[dg.AssetCheckResult]:
