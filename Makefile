@@ -57,8 +57,9 @@ browser:
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium-driver is missing: the browser test will be skipped"; fi; }
 
+# two workers: most tests wait on servers and subprocesses, so CI's two cores overlap them
 test: install lint model browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # the tests that need no server: pure logic, SQLite, in-process Dagster (under a minute)
 test-fast: install model

@@ -3,6 +3,7 @@
 Every server binds 127.0.0.1 on a free port and is stopped at the end of the session, even
 when tests fail. A test that uses a server, or lives in e2e/ or deploy/, is marked
 ``integration`` here, so ``make test-fast`` (``-m "not integration"``) runs the rest alone.
+``make test`` runs two workers (pytest-xdist); the e2e tests share one of them.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or folder in SERVER_FOLDERS
         ):
             item.add_marker(pytest.mark.integration)
+        if folder == "e2e":  # real dagster dev and the demo: one at a time (make test's -n 2)
+            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

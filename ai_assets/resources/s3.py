@@ -71,16 +71,24 @@ def _client(
     )
 
 
-@functools.lru_cache(maxsize=8)
+#: boto3 credential providers found, per profile and endpoint (as the boto3 clients are cached).
+_providers: dict[tuple[str | None, str], Any] = {}
+
+
 def _boto3_credentials(profile_name: str | None, endpoint_url: str) -> Any:
     """boto3's credential chain for obstore (refreshed as boto3 does), or None without any.
 
-    Cached per profile and endpoint, as the boto3 clients are.
+    A miss is not remembered: credentials that appear later (a mounted token) are found then.
     """
     from obstore.auth.boto3 import Boto3CredentialProvider
 
-    session = boto3.session.Session(profile_name=profile_name)
-    return Boto3CredentialProvider(session) if session.get_credentials() is not None else None
+    key = (profile_name, endpoint_url)
+    if key not in _providers:
+        session = boto3.session.Session(profile_name=profile_name)
+        if session.get_credentials() is None:
+            return None
+        _providers[key] = Boto3CredentialProvider(session)
+    return _providers[key]
 
 
 @functools.lru_cache(maxsize=8)

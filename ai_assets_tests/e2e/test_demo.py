@@ -74,7 +74,8 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
+        # seconds when the machine is idle; `make test` runs a second test worker beside it
+        deadline = time.monotonic() + 600
         while not answers(f"http://127.0.0.1:{ui_port}/server_info"):
             assert demo.poll() is None, "the demo exited before serving the UI"
             assert time.monotonic() < deadline, "the UI never answered"
@@ -99,10 +100,11 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
 
         os.killpg(demo.pid, stop_with)
         demo.wait(30)
-        deadline = time.monotonic() + 30
+        # seconds when the machine is idle; `make test` runs a second test worker beside it
+        deadline = time.monotonic() + 60
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
         while _started_by(marker) or _listening(ui_port) or _listening(s3_port):
-            assert time.monotonic() < deadline, "processes or ports outlived the signal by 30 s"
+            assert time.monotonic() < deadline, "processes or ports outlived the signal by 60 s"
             time.sleep(0.5)
         output = log.read_text()
         assert "demo stopped; its servers are down" in output
