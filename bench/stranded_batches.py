@@ -1,11 +1,14 @@
-"""What finding stranded batches adds to every sensor tick, at 1,000,000 inventory rows.
+"""What finding stranded batches adds to every sensor tick, at 1,000,000 inventory rows; and
+what a run's day totals cost when one day holds them all.
 
 Each tick reads ``image_batches`` (batches committed but not yet seen as runs, oldest first,
 each with an indexed EXISTS on the inventory), asks Dagster which of them have runs and forgets
 those. This fills PostgreSQL with N inventory rows (default 1,000,000, spread over batches of
 2,000) and times that step, as the sensor runs it, with the table holding one tick's new
 batches (the usual case) and with it full (1,000 batches, the bound), Dagster's storage on the
-same server. Ends with: RESULT inventory_rows=… usual_ms=… full_ms=…
+same server. Then, with a results row for every object (every tenth an error), the query each
+run makes for its day's totals (inventory.day_totals) over that one day of N objects.
+Ends with: RESULT inventory_rows=… usual_ms=… full_ms=… day_totals_ms=…
 """
 
 from __future__ import annotations
@@ -43,6 +46,33 @@ def fill(engine, rows: int) -> None:
             {"rows": rows, "batches": FULL},
         )
         connection.execute(sa.text("ANALYZE image_objects"))
+
+
+def fill_results(engine) -> None:
+    """A results row for every inventory row, current, every tenth an error."""
+    import sqlalchemy as sa
+
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO image_classifications (s3_key, partition_key, etag, status, label, "
+                "score, classified_at) SELECT s3_key, partition_key, etag, CASE WHEN "
+                "right(s3_key, 5) LIKE '0.jpg' THEN 'error' ELSE 'ok' END, 'tabby', 0.5, now() "
+                "FROM image_objects"
+            )
+        )
+        connection.execute(sa.text("ANALYZE"))
+
+
+def day_totals_ms(engine, repeats: int) -> tuple[float, object]:
+    from ai_assets.db import inventory
+
+    times, totals = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        totals = inventory.day_totals(engine, "2026-12-01", timeout_ms=600_000)  # its full cost
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), totals
 
 
 def waiting(engine, count: int) -> None:
@@ -106,11 +136,14 @@ def main() -> None:
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
             usual = tick_cost_ms(instance, engine, USUAL, args.repeats)
             full = tick_cost_ms(instance, engine, FULL, args.repeats)
+        fill_results(engine)
+        day_ms, totals = day_totals_ms(engine, 5)
+        print(f"day totals over {args.rows:,} objects of one day: {totals}")
         engine.dispose()
     print_figures(
         {"inventory_rows": args.rows, "usual_batches": USUAL,
-         "usual_ms": usual, "full_batches": FULL, "full_ms": full},
-        ["inventory_rows", "usual_ms", "full_ms"],
+         "usual_ms": usual, "full_batches": FULL, "full_ms": full, "day_totals_ms": day_ms},
+        ["inventory_rows", "usual_ms", "full_ms", "day_totals_ms"],
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from ai_assets.common import Counters, as_utc, chunked
 from ai_assets.db.results import image_batches, image_classifications, image_objects, insert
@@ -488,8 +489,16 @@ class DayTotals(Counters):
     deleted: int = 0  # keys of the day deleted from the bucket
 
 
-def day_totals(engine: Engine, day: str) -> DayTotals:
-    """The day's totals in one statement over its key range (index on partition_key, s3_key)."""
+#: A run's day totals give up after this long (PostgreSQL): ~1.4 s for a day of 1M objects
+#: (bench/stranded_batches.py), more than a GPU run of a batch takes.
+DAY_TOTALS_TIMEOUT_MS = 500
+
+
+def day_totals(
+    engine: Engine, day: str, timeout_ms: int = DAY_TOTALS_TIMEOUT_MS
+) -> DayTotals | None:
+    """The day's totals in one statement over its key range (index on partition_key, s3_key);
+    None when PostgreSQL cannot count the day within ``timeout_ms``."""
     o, c = image_objects, image_classifications
     live = o.c.deleted_at.is_(None)
     current = live & c.c.status.in_(["ok", "error"]) & (c.c.etag == o.c.etag)
@@ -504,8 +513,15 @@ def day_totals(engine: Engine, day: str) -> DayTotals:
         .select_from(o.outerjoin(c, c.c.s3_key == o.c.s3_key))
         .where(o.c.partition_key == day)
     )
-    with engine.connect() as connection:
-        objects, done, errors, deleted = connection.execute(query).one()
+    try:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(sa.text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+            objects, done, errors, deleted = connection.execute(query).one()
+    except OperationalError as exc:
+        if "statement timeout" not in str(exc):
+            raise
+        return None
     return DayTotals(int(objects), int(done), int(objects - done), int(errors), int(deleted))
 
 

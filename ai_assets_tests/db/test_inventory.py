@@ -239,3 +239,16 @@ def test_a_days_totals_say_where_all_its_objects_stand(engine) -> None:
     totals = inventory.day_totals(engine, "2026-03-09")
     assert totals == inventory.DayTotals(objects=4, current=2, waiting=2, errors=1, deleted=1)
     assert inventory.day_totals(engine, "2026-03-11") == inventory.DayTotals()
+
+
+def test_a_day_too_large_to_total_in_time_gives_no_totals_on_postgresql(pg_url: str) -> None:
+    with database(pg_url) as engine:
+        with engine.begin() as connection:
+            connection.execute(sa.text(
+                "INSERT INTO image_objects (s3_key, partition_key, etag, first_seen) "
+                "SELECT 'k' || i, '2026-03-09', 'e', now() FROM generate_series(1, 300000) i"
+            ))  # fmt: skip
+        assert inventory.day_totals(engine, "2026-03-09", timeout_ms=1) is None
+        assert inventory.day_totals(engine, "2026-03-09") == inventory.DayTotals(
+            objects=300_000, waiting=300_000
+        )

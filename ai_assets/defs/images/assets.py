@@ -148,7 +148,10 @@ def image_classifications(
             "the table's error column says why"
         )
     metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
-    metadata |= _day_metadata(inventory.day_totals(engine, context.partition_key))
+    if totals := inventory.day_totals(engine, context.partition_key):
+        metadata |= _day_metadata(totals)
+    else:
+        context.log.info("the day holds too many objects to total within the run's budget")
     return dg.MaterializeResult(metadata=metadata, check_results=_checks(tally, written))
 
 
