@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator, Sequence
-from typing import Any, Self, TypeVar
+from typing import Self, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +27,3 @@ class Counters:
     def __add__(self, other: Self) -> Self:
         pairs = zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)  # type: ignore[call-overload]
         return type(self)(*(a + b for a, b in pairs))
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]

@@ -479,7 +479,7 @@ def batch_targets(engine: Engine, batch: str) -> Iterator[Target]:
 
 
 @dataclasses.dataclass(frozen=True)
-class DayTotals(Counters):
+class DayTotals:
     """Where one day's objects stand: what its partition page should say, not only a batch."""
 
     objects: int = 0  # live objects of the day

@@ -200,17 +200,26 @@ class ImageBucketResource(S3Resource):
     def setup_problem(self) -> str | None:
         """Why the bucket cannot be read as configured (no credentials, no bucket on AWS)."""
         endpoint = self.get_client().meta.endpoint_url
-        has_credentials = bool(self.aws_access_key_id and self.aws_secret_access_key) or (
-            _boto3_credentials(self.profile_name, endpoint) is not None
-        )
+        has_credentials = self._credentials(endpoint) is not None
         return s3_setup_problem(has_credentials, None if _on_aws(endpoint) else endpoint)
 
     def get_fetcher(self, max_bytes: int) -> ObjectFetcher:
         """GETs objects of the bucket: through obstore where it honours this configuration."""
         client = self.get_client()
-        return ObjectFetcher(client, self.bucket, max_bytes, self._object_store(client))
+        return ObjectFetcher(client, self.bucket, max_bytes, self._store(client))
 
-    def _object_store(self, client: Any) -> Any:
+    def _credentials(self, endpoint_url: str) -> dict[str, Any] | None:
+        """The resource's own keys, else boto3's chain (a refreshing provider); None: none."""
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            return {
+                "access_key_id": self.aws_access_key_id,
+                "secret_access_key": self.aws_secret_access_key,
+                "token": self.aws_session_token,
+            }
+        provider = _boto3_credentials(self.profile_name, endpoint_url)
+        return None if provider is None else {"credential_provider": provider}
+
+    def _store(self, client: Any) -> Any:
         """obstore's S3 store for the bucket, configured from ``client``; None = boto3 only.
 
         Endpoint and region come from the resolved boto3 client (``AWS_ENDPOINT_URL``,
@@ -218,17 +227,9 @@ class ImageBucketResource(S3Resource):
         on Kubernetes, refreshed), retries from ``AWS_MAX_ATTEMPTS``, a CA bundle from
         ``AWS_CA_BUNDLE``. Without credentials GETs stay on boto3, whose error names the cause.
         """
-        if self.aws_access_key_id and self.aws_secret_access_key:
-            credentials: dict[str, Any] = {
-                "access_key_id": self.aws_access_key_id,
-                "secret_access_key": self.aws_secret_access_key,
-                "token": self.aws_session_token,
-            }
-        else:
-            provider = _boto3_credentials(self.profile_name, client.meta.endpoint_url)
-            if provider is None:
-                return None
-            credentials = {"credential_provider": provider}
+        credentials = self._credentials(client.meta.endpoint_url)
+        if credentials is None:
+            return None
         return _object_store(
             self.bucket,
             client.meta.endpoint_url,
@@ -236,7 +237,7 @@ class ImageBucketResource(S3Resource):
             self.verify is not False,
             os.environ.get("AWS_CA_BUNDLE", ""),
             self.max_attempts,
-            tuple(sorted(credentials.items(), key=lambda item: item[0])),
+            tuple(sorted(credentials.items())),  # hashable, for the cache
         )
 
     def s3_uri(self, key: str) -> str:
