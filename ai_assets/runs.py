@@ -36,12 +36,13 @@ class Meta(enum.StrEnum):
     BATCHNORMS_FOLDED = "batchnorms_folded"
     SAMPLE = "sample"
     BATCH = "batch"
-    # the whole day after the run, not only its batch (db.inventory.day_totals)
+    # the whole day after the run, not only its batch (db.status.day_totals)
     DAY_OBJECTS = "day_objects"
     DAY_CURRENT = "day_current"
     DAY_WAITING = "day_waiting"
     DAY_ERRORS = "day_errors"
     DAY_DELETED = "day_deleted"
+    DAY_OLDEST_WAITING_SECONDS = "day_oldest_waiting_seconds"
 
 
 @dataclasses.dataclass

@@ -50,6 +50,8 @@ DEFAULT_INFERENCE_CONCURRENCY = 4
 #: Minutes between Slack digests of successful runs; 0 = one message per run.
 DEFAULT_SLACK_DIGEST_MINUTES = 15
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+#: An object waiting longer than this for its result makes the freshness check warn.
+DEFAULT_MAX_WAIT_MINUTES = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,9 @@ CONTRACT: tuple[Variable, ...] = (
     ),
     Variable("AI_ASSETS_SLACK_API_URL", DEFAULT_SLACK_API_URL, "Slack Web API base URL"),
     Variable("AI_ASSETS_WEBSERVER_URL", DEFAULT_WEBSERVER_URL, "Dagster UI base URL for links"),
+    Variable(
+        "AI_ASSETS_MAX_WAIT_MINUTES", str(DEFAULT_MAX_WAIT_MINUTES), "longest wait before a WARN"
+    ),
 )
 DECLARED = frozenset(variable.name for variable in CONTRACT)
 
@@ -182,6 +187,10 @@ def reconcile_minutes() -> float:
     return _number("AI_ASSETS_RECONCILE_MINUTES", DEFAULT_RECONCILE_MINUTES, float, 0)
 
 
+def max_wait_minutes() -> float:
+    return _number("AI_ASSETS_MAX_WAIT_MINUTES", DEFAULT_MAX_WAIT_MINUTES, float, 0)
+
+
 def slack_digest_minutes() -> float:
     return _number("AI_ASSETS_SLACK_DIGEST_MINUTES", DEFAULT_SLACK_DIGEST_MINUTES, float, 0)
 
@@ -198,7 +207,7 @@ def problems() -> list[str]:
     """Every set variable whose value cannot work, one message each: what to check before
     anything starts (the demo does; a sensor or run would otherwise fail later, buried)."""
     checks = [start_date, max_objects_per_run, list_seconds_per_tick, reconcile_minutes,
-              slack_digest_minutes, service_settings]  # fmt: skip
+              slack_digest_minutes, max_wait_minutes, service_settings]  # fmt: skip
     checks += [lambda name=name: _number(name, 1, int, 1) for name in _RUN_INTEGERS]
     found = []
     for check in checks:
@@ -218,6 +227,11 @@ def database_kind() -> str:
 
 def dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home")
+
+
+def database_url() -> str:
+    """``AI_ASSETS_DATABASE_URL``, else the embedded default."""
+    return os.environ.get("AI_ASSETS_DATABASE_URL", "").strip() or default_database_url()
 
 
 def default_database_url() -> str:

@@ -16,7 +16,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from ai_assets.common import Counters, as_utc, chunked
 from ai_assets.db.results import image_batches, image_classifications, image_objects, insert
@@ -330,6 +329,10 @@ def _key_range(column: sa.ColumnElement[str], listing: Slice, prefix: str) -> sa
     return sa.and_(*bounds)
 
 
+#: The inventory columns a diff reads (``updated_at`` is the exporter's, not the sensor's).
+_KNOWN_COLUMNS = [column.name for column in image_objects.c if column.name != "updated_at"]
+
+
 def _known(inventory: Iterable[sa.Row], results: dict[str, sa.Row]) -> dict[str, Known]:
     """Merge inventory rows with the results rows of the same keys (``results`` is consumed)."""
     known: dict[str, Known] = {}
@@ -362,7 +365,8 @@ def _read(
         row.s3_key: row
         for row in connection.execute(sa.select(*result_columns).where(where(c.c.s3_key)))
     }
-    inventory = connection.execute(sa.select(o).where(where(o.c.s3_key))).all()
+    known_columns = [o.c[name] for name in _KNOWN_COLUMNS]
+    inventory = connection.execute(sa.select(*known_columns).where(where(o.c.s3_key))).all()
     return _known(inventory, results)
 
 
@@ -404,6 +408,7 @@ def write_rows(
         },
     ).returning(o.c.s3_key)  # RETURNING lets SQLAlchemy send multi-row INSERTs, not one per row
     now = dt.datetime.now(dt.UTC)
+    rows = [row | {"updated_at": now} for row in rows]  # the exporter recounts changed days
     requested = [
         {"batch_id": b.batch_id, "partition_key": b.day, "objects": b.size, "requested_at": now}
         for b in batches
@@ -476,53 +481,6 @@ def batch_targets(engine: Engine, batch: str) -> Iterator[Target]:
     o = image_objects
     query = sa.select(o.c.s3_key, o.c.partition_key).where(o.c.batch_id == batch)
     return _paged(engine, query, o.c.s3_key)
-
-
-@dataclasses.dataclass(frozen=True)
-class DayTotals:
-    """Where one day's objects stand: what its partition page should say, not only a batch."""
-
-    objects: int = 0  # live objects of the day
-    current: int = 0  # live objects whose row has their etag (ok or error)
-    waiting: int = 0  # live objects without a current row yet
-    errors: int = 0  # current rows that are errors
-    deleted: int = 0  # keys of the day deleted from the bucket
-
-
-#: A run's day totals give up after this long (PostgreSQL): ~1.4 s for a day of 1M objects
-#: (bench/stranded_batches.py), more than a GPU run of a batch takes.
-DAY_TOTALS_TIMEOUT_MS = 500
-
-
-def day_totals(
-    engine: Engine, day: str, timeout_ms: int = DAY_TOTALS_TIMEOUT_MS
-) -> DayTotals | None:
-    """The day's totals in one statement over its key range (index on partition_key, s3_key);
-    None when PostgreSQL cannot count the day within ``timeout_ms``."""
-    o, c = image_objects, image_classifications
-    live = o.c.deleted_at.is_(None)
-    current = live & c.c.status.in_(["ok", "error"]) & (c.c.etag == o.c.etag)
-
-    def count(condition: Any) -> Any:
-        return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
-
-    query = (
-        sa.select(
-            count(live), count(current), count(current & (c.c.status == "error")), count(~live)
-        )
-        .select_from(o.outerjoin(c, c.c.s3_key == o.c.s3_key))
-        .where(o.c.partition_key == day)
-    )
-    try:
-        with engine.begin() as connection:
-            if engine.dialect.name == "postgresql":
-                connection.execute(sa.text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
-            objects, done, errors, deleted = connection.execute(query).one()
-    except OperationalError as exc:
-        if "statement timeout" not in str(exc):
-            raise
-        return None
-    return DayTotals(int(objects), int(done), int(objects - done), int(errors), int(deleted))
 
 
 def stale_targets(

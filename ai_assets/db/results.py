@@ -43,8 +43,10 @@ image_objects = sa.Table(
         sa.Text,
         comment="S3 event sequencer of the version recorded; NULL when a listing recorded it",
     ),
+    sa.Column("updated_at", sa.DateTime(timezone=True), comment="when the sensor last wrote it"),
     sa.Index("ix_image_objects_partition_key", "partition_key", "s3_key"),
     sa.Index("ix_image_objects_batch_id", "batch_id"),
+    sa.Index("ix_image_objects_updated_at", "updated_at"),
     comment="Inventory of the watched prefix, written only by s3_image_sensor.",
 )
 
@@ -85,6 +87,7 @@ image_classifications = sa.Table(
     sa.Column("run_id", sa.Text),
     sa.CheckConstraint("status IN ('ok', 'error', 'deleted')", name="status_valid"),
     sa.Index("ix_image_classifications_label", "label"),
+    sa.Index("ix_image_classifications_classified_at", "classified_at"),
     comment="Current classification of every object, written only by runs.",
 )
 

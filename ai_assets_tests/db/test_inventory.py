@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ai_assets.db import inventory, results
 from ai_assets.db.inventory import Known, day_of, plan_slice
 from ai_assets.s3.objects import S3Object, Slice
-from ai_assets_tests.support.util import database
+from ai_assets_tests.support.util import database, inventory_row
 
 START = dt.date(2024, 1, 1)
 NOW = dt.datetime(2026, 3, 10, 12, tzinfo=dt.UTC)
@@ -129,19 +129,6 @@ def engine(db_url: str):
         yield engine
 
 
-def inventory_row(key: str, day: str = "2026-03-09", **changes) -> dict:
-    return {
-        "s3_key": key,
-        "partition_key": day,
-        "etag": "e1",
-        "size_bytes": 1,
-        "last_modified": MARCH_9,
-        "first_seen": MARCH_9,
-        "deleted_at": None,
-        "batch_id": None,
-    } | changes
-
-
 def test_ranges_follow_s3_byte_order_and_stay_inside_the_prefix(engine) -> None:
     keys = ["p/B.jpg", "p/a.jpg", "p/é.jpg", "p/z.jpg", "p0.jpg", "o.jpg", "p/\U0001f431.jpg"]
     inventory.write_rows(engine, [inventory_row(key) for key in keys])
@@ -218,37 +205,3 @@ def test_batches_wait_with_their_rows_until_forgotten(engine) -> None:
     assert list(inventory.unconfirmed_batches(engine, limit=1)) == ["batch-1"]  # oldest first
     inventory.forget_batches(engine, ["batch-1", "batch-2"])
     assert inventory.unconfirmed_batches(engine) == {}
-
-
-def test_a_days_totals_say_where_all_its_objects_stand(engine) -> None:
-    def result(key: str, status: str = "ok", etag: str = "e1") -> results.ClassificationRow:
-        score = 0.5 if status == "ok" else None
-        return results.ClassificationRow(key, "2026-03-09", status, etag=etag, score=score)  # type: ignore[arg-type]
-
-    gone = MARCH_9 + dt.timedelta(hours=1)
-    inventory.write_rows(engine, [
-        inventory_row("ok.jpg"), inventory_row("error.jpg"),
-        inventory_row("changed.jpg", etag="e2"), inventory_row("new.jpg"),
-        inventory_row("gone.jpg", deleted_at=gone),
-        inventory_row("other-day.jpg", day="2026-03-10"),
-    ])  # fmt: skip
-    results.upsert_rows(engine, [
-        result("ok.jpg"), result("error.jpg", "error"), result("changed.jpg"),
-        result("gone.jpg", "deleted"), result("other-day.jpg"),
-    ])  # fmt: skip
-    totals = inventory.day_totals(engine, "2026-03-09")
-    assert totals == inventory.DayTotals(objects=4, current=2, waiting=2, errors=1, deleted=1)
-    assert inventory.day_totals(engine, "2026-03-11") == inventory.DayTotals()
-
-
-def test_a_day_too_large_to_total_in_time_gives_no_totals_on_postgresql(pg_url: str) -> None:
-    with database(pg_url) as engine:
-        with engine.begin() as connection:
-            connection.execute(sa.text(
-                "INSERT INTO image_objects (s3_key, partition_key, etag, first_seen) "
-                "SELECT 'k' || i, '2026-03-09', 'e', now() FROM generate_series(1, 300000) i"
-            ))  # fmt: skip
-        assert inventory.day_totals(engine, "2026-03-09", timeout_ms=1) is None
-        assert inventory.day_totals(engine, "2026-03-09") == inventory.DayTotals(
-            objects=300_000, waiting=300_000
-        )

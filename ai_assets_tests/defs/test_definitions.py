@@ -51,6 +51,7 @@ def test_definitions_load_with_the_contract_names() -> None:
         "scores_are_probabilities",
         "batch_fully_classified",
         "error_rate_below_threshold",
+        "no_object_waits_too_long",
     }
 
 

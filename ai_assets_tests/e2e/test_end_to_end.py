@@ -71,11 +71,14 @@ def test_bucket_to_table_end_to_end(
     assert checks["batch_fully_classified"].metadata["asked"].value == len(objects)
     assert not checks["error_rate_below_threshold"].passed  # 1 of 9 is above 5 %: a WARN
     assert checks["error_rate_below_threshold"].severity == dg.AssetCheckSeverity.WARN
+    assert checks["no_object_waits_too_long"].passed  # the day's only batch: nothing waits
+    assert checks["no_object_waits_too_long"].metadata["waiting"].value == 0
+    assert metadata["day_oldest_waiting_seconds"].value == 0
     # O(1) Dagster events per run, however many images: one materialization and its checks
     records = daemon.instance.get_records_for_run(run.run_id, limit=1000).records
     kinds = [r.event_log_entry.dagster_event_type for r in records]
     assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 1
-    assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 3
+    assert kinds.count(dg.DagsterEventType.ASSET_CHECK_EVALUATION) == 4
 
     # nothing changed: nothing to do, and re-running the same partitions is idempotent
     again, _ = daemon.tick()
@@ -125,6 +128,31 @@ def test_a_day_run_without_a_batch_makes_the_day_current(
         == 2
     )
     assert {r["run_id"] for r in rows_by_key(pg_url).values()} == {redo.run_id}
+
+
+def test_the_freshness_check_warns_while_an_object_of_the_day_waits_too_long(
+    daemon: InProcessDaemon,
+    s3_client: Any,
+    bucket: str,
+    jpegs: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AI_ASSETS_MAX_OBJECTS_PER_RUN", "1")
+    monkeypatch.setenv("AI_ASSETS_MAX_WAIT_MINUTES", "0")
+    for name in ("coffee", "chelsea"):
+        s3_client.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=jpegs[name])
+    first, second = daemon.evaluate().run_requests or []  # two batches of one object
+
+    def freshness(request: dg.RunRequest) -> dg.AssetCheckEvaluation:
+        run = daemon.launch(request)
+        checks = {c.check_name: c for c in run.get_asset_check_evaluations()}
+        return checks["no_object_waits_too_long"]
+
+    waiting = freshness(first)  # the other batch's object still waits
+    assert (waiting.passed, waiting.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert waiting.metadata["waiting"].value == 1
+    assert waiting.metadata["oldest_waiting_seconds"].value > 0
+    assert freshness(second).passed  # the day is current
 
 
 def test_label_summary_is_computed_from_the_table(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import threading
 import urllib.request
@@ -121,3 +122,19 @@ def bucket_etags(client: Any, bucket: str, prefix: str = "") -> dict[str, str]:
     """Every object under ``prefix``, key → ETag without quotes, straight from boto3."""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return {o["Key"]: o["ETag"].strip('"') for page in pages for o in page.get("Contents", ())}
+
+
+MARCH_9 = dt.datetime(2026, 3, 9, 23, 59, tzinfo=dt.UTC)
+
+
+def inventory_row(key: str, day: str = "2026-03-09", **changes) -> dict:
+    return {
+        "s3_key": key,
+        "partition_key": day,
+        "etag": "e1",
+        "size_bytes": 1,
+        "last_modified": MARCH_9,
+        "first_seen": MARCH_9,
+        "deleted_at": None,
+        "batch_id": None,
+    } | changes

@@ -4,6 +4,7 @@ Per-object state lives in the project's database; Dagster sees days and batches,
 writes O(1) events however many images it classifies.
 """
 
+import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -11,12 +12,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from ai_assets.db import inventory, results
+from ai_assets.db import inventory, results, status
 from ai_assets.defs.images.jobs import BATCH_TAG
 from ai_assets.defs.images.partitions import images_daily
 from ai_assets.resources import ClassifierResource, ImageBucketResource, ResultsDatabaseResource
 from ai_assets.runs import Meta, Tally, md
-from ai_assets.settings import database_kind
+from ai_assets.settings import database_kind, max_wait_minutes
 from ai_assets.vision.stream import Job, classify_objects
 
 GROUP = "images"
@@ -64,6 +65,7 @@ def column_schema() -> dg.TableSchema:
 SCORES_ARE_PROBABILITIES = "scores_are_probabilities"
 BATCH_FULLY_CLASSIFIED = "batch_fully_classified"
 ERROR_RATE_BELOW_THRESHOLD = "error_rate_below_threshold"
+NO_OBJECT_WAITS_TOO_LONG = "no_object_waits_too_long"
 
 
 class ClassifyConfig(dg.Config):
@@ -102,6 +104,14 @@ class ClassifyConfig(dg.Config):
             ERROR_RATE_BELOW_THRESHOLD,
             asset="image_classifications",
             description=f"At most {MAX_ERROR_RATE:.0%} of the run's objects failed to classify.",
+        ),
+        dg.AssetCheckSpec(
+            NO_OBJECT_WAITS_TOO_LONG,
+            asset="image_classifications",
+            description=(
+                "After the run, no object of the day has waited for its result longer than "
+                "AI_ASSETS_MAX_WAIT_MINUTES (WARN): the backlog, where Dagster users look."
+            ),
         ),
     ],
 )
@@ -148,11 +158,12 @@ def image_classifications(
             "the table's error column says why"
         )
     metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
-    if totals := inventory.day_totals(engine, context.partition_key):
+    if totals := status.day_totals(engine, context.partition_key):
         metadata |= _day_metadata(totals)
     else:
         context.log.info("the day holds too many objects to total within the run's budget")
-    return dg.MaterializeResult(metadata=metadata, check_results=_checks(tally, written))
+    checks = [*_checks(tally, written), _freshness(totals)]
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def _targets(
@@ -202,7 +213,7 @@ def _run_metadata(
     return {str(key): value for key, value in metadata.items()}
 
 
-def _day_metadata(totals: inventory.DayTotals) -> dict[str, Any]:
+def _day_metadata(totals: status.Totals) -> dict[str, Any]:
     """The partition's own state after the run: the partition page describes the day."""
     keys = {
         Meta.DAY_OBJECTS: totals.objects,
@@ -211,7 +222,39 @@ def _day_metadata(totals: inventory.DayTotals) -> dict[str, Any]:
         Meta.DAY_ERRORS: totals.errors,
         Meta.DAY_DELETED: totals.deleted,
     }
-    return {str(key): dg.MetadataValue.int(value) for key, value in keys.items()}
+    metadata = {str(key): dg.MetadataValue.int(value) for key, value in keys.items()}
+    waited = _waited_seconds(totals)
+    metadata[str(Meta.DAY_OLDEST_WAITING_SECONDS)] = dg.MetadataValue.float(round(waited, 1))
+    return metadata
+
+
+def _waited_seconds(totals: status.Totals) -> float:
+    """How long the day's oldest waiting object has waited (0 when none waits)."""
+    if totals.oldest_waiting is None:
+        return 0.0
+    return max((dt.datetime.now(dt.UTC) - totals.oldest_waiting).total_seconds(), 0.0)
+
+
+def _freshness(totals: status.Totals | None) -> dg.AssetCheckResult:
+    """WARN when an object of the day has waited longer than AI_ASSETS_MAX_WAIT_MINUTES."""
+    limit_s = max_wait_minutes() * 60
+    if totals is None:
+        return dg.AssetCheckResult(
+            check_name=NO_OBJECT_WAITS_TOO_LONG,
+            passed=True,
+            description="The day holds too many objects to count within the run's budget.",
+        )
+    waited = _waited_seconds(totals)
+    return dg.AssetCheckResult(
+        check_name=NO_OBJECT_WAITS_TOO_LONG,
+        passed=waited <= limit_s,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "oldest_waiting_seconds": round(waited, 1),
+            "waiting": totals.waiting,
+            "limit_seconds": limit_s,
+        },
+    )
 
 
 def _checks(tally: Tally, written: results.Written) -> list[dg.AssetCheckResult]:

@@ -8,6 +8,8 @@ from ai_assets.k8s import classification_run_tags
 
 #: Set by s3_image_sensor on each run it requests: the run classifies exactly that batch.
 BATCH_TAG = "ai_assets/batch"
+#: The sensor that requests the job's runs (sensor.py); the exporter reads its ticks.
+SENSOR_NAME = "s3_image_sensor"
 #: The asset the job materializes (defined in assets.py).
 CLASSIFICATIONS = dg.AssetKey("image_classifications")
 

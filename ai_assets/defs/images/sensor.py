@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from ai_assets.common import chunked
 from ai_assets.db import inventory
 from ai_assets.defs.images.assets import s3_images
-from ai_assets.defs.images.jobs import BATCH_TAG, classify_images_job
+from ai_assets.defs.images.jobs import BATCH_TAG, SENSOR_NAME, classify_images_job
 from ai_assets.resources import ImageBucketResource, ResultsDatabaseResource
 from ai_assets.s3.sqs import Drained
 from ai_assets.settings import (
@@ -275,6 +275,7 @@ def plan_summary(plan: inventory.SlicePlan) -> str:
 
 
 @dg.sensor(
+    name=SENSOR_NAME,
     job=classify_images_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,

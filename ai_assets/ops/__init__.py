@@ -1,0 +1,1 @@
+"""Operating the pipeline: the Prometheus exporter."""

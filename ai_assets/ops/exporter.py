@@ -1,0 +1,275 @@
+"""``ai-assets-exporter``: the pipeline's state for Prometheus, from our tables and Dagster's.
+
+How far behind the bucket are we, and is anything stuck? Objects by state and the oldest
+waiting object's age (db.status.BucketStatus: per-day counts, recounted as days change),
+classifications and errors as counters, the sensor's last good tick, runs by status. A
+background loop refreshes every ``--interval`` seconds; a scrape only reads the last refresh,
+so it costs microseconds whatever the bucket's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dagster as dg
+import prometheus_client as prom
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.scheduler.instigation import TickStatus
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ai_assets import settings
+from ai_assets.db.status import BucketStatus, Totals
+from ai_assets.defs.images.jobs import SENSOR_NAME, classify_images_job
+from ai_assets.resources.results_db import ResultsDatabaseResource
+
+log = logging.getLogger("ai_assets.exporter")
+
+DEFAULT_PORT = 9108
+#: Runs that finished recently: the window of ``ai_assets_runs_finished``.
+FINISHED_WINDOW = dt.timedelta(hours=1)
+ACTIVE = {"queued": dg.DagsterRunStatus.QUEUED, "started": dg.DagsterRunStatus.STARTED}
+FINISHED = {
+    "success": dg.DagsterRunStatus.SUCCESS,
+    "failure": dg.DagsterRunStatus.FAILURE,
+    "canceled": dg.DagsterRunStatus.CANCELED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DagsterState:
+    """What the Dagster instance says about the sensor and the classification runs."""
+
+    sensor_running: bool  # False when stopped or never started
+    last_good_tick: float | None  # when its last tick that did not fail began (epoch s)
+    runs: dict[str, int]  # queued / started now
+    finished: dict[str, int]  # success / failure / canceled within FINISHED_WINDOW
+
+
+def read_dagster(instance: dg.DagsterInstance, now: dt.datetime) -> DagsterState:
+    """A few indexed reads of Dagster's storage: one sensor's state and ticks, run counts."""
+    running, last = False, None
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.instigator_name != SENSOR_NAME:
+            continue
+        running = running or state.is_running
+        good = [TickStatus.SUCCESS, TickStatus.SKIPPED]
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, 1, statuses=good)
+        if ticks and (last is None or ticks[0].timestamp > last):
+            last = ticks[0].timestamp
+    job = classify_images_job.name
+
+    def count(status: dg.DagsterRunStatus, **window: Any) -> int:
+        return instance.get_runs_count(dg.RunsFilter(job_name=job, statuses=[status], **window))
+
+    since = now - FINISHED_WINDOW
+    return DagsterState(
+        running,
+        last,
+        {name: count(status) for name, status in ACTIVE.items()},
+        {name: count(status, updated_after=since) for name, status in FINISHED.items()},
+    )
+
+
+class Source:
+    """One thing the exporter reads: its last value, whether that read worked, what it cost."""
+
+    def __init__(self, name: str, read: Callable[[dt.datetime], Any]) -> None:
+        self.name, self.read = name, read
+        self.value: Any = None
+        self.up = False
+        self.seconds = 0.0
+        self.refreshed: float | None = None
+
+    def refresh(self, now: dt.datetime) -> None:
+        started = time.perf_counter()
+        try:
+            self.value = self.read(now)
+            self.up, self.refreshed = True, time.time()
+        except Exception:  # a database or instance outage: keep the last value, say so
+            log.exception("reading %s failed; its metrics keep their last values", self.name)
+            self.up = False
+        self.seconds = time.perf_counter() - started
+
+
+class PipelineCollector(Collector):
+    """Serves the sources' last values as Prometheus metrics."""
+
+    def __init__(self, bucket: BucketStatus, instance: dg.DagsterInstance) -> None:
+        self.bucket = bucket
+        self.database = Source("database", self._read_database)
+        self.dagster = Source("dagster", lambda now: read_dagster(instance, now))
+        self.sources = (self.database, self.dagster)
+        self.scrape_seconds = 0.0
+
+    def _read_database(self, now: dt.datetime) -> Totals:
+        self.bucket.refresh(now)
+        return self.bucket.totals()
+
+    def refresh(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        for source in self.sources:
+            source.refresh(now)
+
+    def collect(self) -> Iterator[Any]:
+        started = time.perf_counter()
+        yield from self._database_metrics()
+        yield from self._dagster_metrics()
+        yield from self._own_metrics()
+        self.scrape_seconds = time.perf_counter() - started
+
+    def _database_metrics(self) -> Iterator[Any]:
+        totals: Totals | None = self.database.value
+        if totals is None:  # not counted yet: no numbers rather than wrong ones
+            return
+        objects = GaugeMetricFamily(
+            "ai_assets_objects",
+            "Objects under the prefix by state: waiting (no current result), current (classified), "
+            "error (current error row), deleted (gone from the bucket)",
+            labels=["state"],
+        )
+        for state, value in (
+            ("waiting", totals.waiting),
+            ("current", totals.current - totals.errors),
+            ("error", totals.errors),
+            ("deleted", totals.deleted),
+        ):
+            objects.add_metric([state], value)
+        yield objects
+        oldest = totals.oldest_waiting
+        age = (dt.datetime.now(dt.UTC) - oldest).total_seconds() if oldest else 0.0
+        yield GaugeMetricFamily(
+            "ai_assets_oldest_waiting_age_seconds",
+            "Age of the oldest object version still waiting for a result, since it appeared "
+            "(the later of its LastModified and the sensor's first sight); 0 when none waits",
+            value=max(age, 0.0),
+        )
+        classified = CounterMetricFamily(
+            "ai_assets_classifications",
+            "Results written since the exporter started, by status (ok, error, deleted)",
+            labels=["status"],
+        )
+        for status, count in sorted(self.bucket.classified.items()):
+            classified.add_metric([status], count)
+        yield classified
+        errors = CounterMetricFamily(
+            "ai_assets_classification_errors",
+            "Error results written since the exporter started, by kind",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.bucket.errors.items()):
+            errors.add_metric([kind], count)
+        yield errors
+
+    def _dagster_metrics(self) -> Iterator[Any]:
+        state: DagsterState | None = self.dagster.value
+        if state is None:
+            return
+        yield GaugeMetricFamily(
+            "ai_assets_sensor_running",
+            f"1 when {SENSOR_NAME} is running in the Dagster instance",
+            value=float(state.sensor_running),
+        )
+        if state.last_good_tick is not None:
+            yield GaugeMetricFamily(
+                "ai_assets_sensor_last_good_tick_age_seconds",
+                f"Seconds since {SENSOR_NAME}'s last tick that did not fail began",
+                value=max(time.time() - state.last_good_tick, 0.0),
+            )
+        runs = GaugeMetricFamily(
+            "ai_assets_runs", "Classification runs queued or started now", labels=["status"]
+        )
+        for status, count in state.runs.items():
+            runs.add_metric([status], count)
+        yield runs
+        finished = GaugeMetricFamily(
+            "ai_assets_runs_finished_last_hour",
+            "Classification runs that ended within the last hour, by status",
+            labels=["status"],
+        )
+        for status, count in state.finished.items():
+            finished.add_metric([status], count)
+        yield finished
+
+    def _own_metrics(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            "ai_assets_exporter_source_up",
+            "1 when the last read of the source (database, dagster) worked",
+            labels=["source"],
+        )
+        seconds = GaugeMetricFamily(
+            "ai_assets_exporter_refresh_duration_seconds",
+            "How long the last read of the source took",
+            labels=["source"],
+        )
+        last = GaugeMetricFamily(
+            "ai_assets_exporter_last_refresh_timestamp_seconds",
+            "When the source was last read successfully (Unix time)",
+            labels=["source"],
+        )
+        for source in self.sources:
+            up.add_metric([source.name], float(source.up))
+            seconds.add_metric([source.name], source.seconds)
+            if source.refreshed is not None:
+                last.add_metric([source.name], source.refreshed)
+        yield from (up, seconds, last)
+        yield GaugeMetricFamily(
+            "ai_assets_exporter_scrape_duration_seconds",
+            "How long the previous scrape of this exporter took to answer",
+            value=self.scrape_seconds,
+        )
+
+
+def serve(
+    collector: PipelineCollector, host: str, port: int, interval: float, stop: threading.Event
+) -> None:
+    """Serve /metrics and refresh every ``interval`` seconds until ``stop`` is set."""
+    registry = prom.CollectorRegistry()
+    registry.register(collector)
+    server, thread = prom.start_http_server(port, host, registry=registry)
+    log.info("serving metrics on http://%s:%d/metrics every %.0f s", host, port, interval)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            collector.refresh()
+            stop.wait(max(interval - (time.monotonic() - started), 0.0))
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds between reads")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=1.0,
+        help="seconds per refresh for recounting the days counted longest ago",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    problems = settings.problems()
+    if problems:
+        parser.exit(2, "ai-assets-exporter: " + "\n".join(problems) + "\n")
+    engine = ResultsDatabaseResource(url=settings.database_url()).get_engine()
+    bucket = BucketStatus(engine, settings.start_date(), budget_s=args.budget)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with dg.DagsterInstance.get() as instance:
+        serve(PipelineCollector(bucket, instance), args.host, args.port, args.interval, stop)
+
+
+if __name__ == "__main__":
+    main()
