@@ -222,9 +222,9 @@ def _day_metadata(totals: status.Totals) -> dict[str, Any]:
         Meta.DAY_ERRORS: totals.errors,
         Meta.DAY_DELETED: totals.deleted,
     }
-    metadata = {str(key): dg.MetadataValue.int(value) for key, value in keys.items()}
-    waited = _waited_seconds(totals)
-    metadata[str(Meta.DAY_OLDEST_WAITING_SECONDS)] = dg.MetadataValue.float(round(waited, 1))
+    metadata: dict[str, Any] = {str(k): dg.MetadataValue.int(v) for k, v in keys.items()}
+    waited = round(_waited_seconds(totals), 1)
+    metadata[str(Meta.DAY_OLDEST_WAITING_SECONDS)] = dg.MetadataValue.float(waited)
     return metadata
 
 
