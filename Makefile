@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser reliability bench bench-sqs screenshots clean
+.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-sqs screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -57,8 +57,18 @@ browser:
 	      || echo "could not install chromium: the browser test will be skipped"; \
 	  else echo "chromium-driver is missing: the browser test will be skipped"; fi; }
 
+# Debian's Prometheus and promtool for the monitoring tests (installed when missing and root)
+prometheus:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q prometheus >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } \
+	      || echo "could not install prometheus: the monitoring tests will be skipped"; \
+	  else echo "prometheus is missing: the monitoring tests will be skipped"; fi; }
+
 # two workers: most tests wait on servers and subprocesses, so CI's two cores overlap them
-test: install lint model browser
+test: install lint model browser prometheus
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 # the tests that need no server: pure logic, SQLite, in-process Dagster (under a minute)
@@ -68,9 +78,9 @@ test-fast: install model
 reliability: install model
 	$(PY) -m pytest -m reliability -q
 
-# refresh the README's UI screenshots (docs/ui-*.png); a plain `make test` writes them elsewhere
-screenshots: install model browser
-	AI_ASSETS_TEST_SCREENSHOTS_DIR=docs $(PY) -m pytest -q ai_assets_tests/e2e/test_ui.py -k pages
+# refresh the README's screenshots (docs/ui-*.png, docs/prometheus-objects.png); make test writes them elsewhere
+screenshots: install model browser prometheus
+	AI_ASSETS_TEST_SCREENSHOTS_DIR=docs $(PY) -m pytest -q ai_assets_tests/e2e/test_ui.py
 
 # the feed (the run's own CPU per image around a near-zero model), then the whole-path throughput
 bench: install model

@@ -1,6 +1,7 @@
-"""Throwaway local servers for the demo, tests and benchmarks: SeaweedFS (S3) and PostgreSQL.
+"""Throwaway local servers for the demo, tests and benchmarks: SeaweedFS (S3), PostgreSQL and
+Prometheus.
 
-Both bind 127.0.0.1 on free ports and are stopped by their context managers, even on error.
+All bind 127.0.0.1 on free ports and are stopped by their context managers, even on error.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 PG_BIN = Path(os.environ.get("AI_ASSETS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 _SEAWEED_PORTS = (
@@ -250,3 +252,97 @@ def postgres(base_dir: Path | None = None) -> Iterator[PostgresServer]:
     finally:
         server.stop("immediate")
         server.remove()
+
+
+class PrometheusServer:
+    """A running Prometheus: its URL and a client for its HTTP API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET /api/v1/<path>; the ``data`` of a successful answer."""
+        import urllib.parse
+        import urllib.request
+
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=10) as answer:
+            body = json.loads(answer.read())
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus answered {body}")
+        return body["data"]
+
+    def value(self, expr: str) -> float | None:
+        """The single value of an instant query, or None when it has no sample."""
+        result = self.api("query", query=expr)["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def alerts(self) -> dict[str, str]:
+        """Active alerts by name: pending or firing."""
+        return {a["labels"]["alertname"]: a["state"] for a in self.api("alerts")["alerts"]}
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus")
+
+
+@contextlib.contextmanager
+def prometheus(
+    data_dir: Path,
+    targets: dict[str, str],
+    rule_files: Sequence[Path] = (),
+    interval: str = "1s",
+) -> Iterator[PrometheusServer]:
+    """Debian's Prometheus on loopback scraping ``targets`` (job → host:port) every ``interval``
+    and evaluating ``rule_files`` as often; stopped on exit, even on error."""
+    binary = prometheus_binary()
+    if binary is None:
+        raise FileNotFoundError("prometheus is missing: apt-get install prometheus (make does)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [target]}]}
+            for job, target in targets.items()
+        ],
+    }
+    (data_dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    port = free_port()
+    args = [
+        binary, f"--config.file={data_dir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={data_dir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+    ]  # fmt: skip
+    log = open(data_dir / "prometheus.log", "ab")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        args,
+        cwd=data_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    server = PrometheusServer(f"http://127.0.0.1:{port}")
+    try:
+        wait_for_port(port, timeout=60, process=process)
+        deadline = time.monotonic() + 60
+        while not _ready(server.url):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"Prometheus did not become ready: see {data_dir}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def _ready(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

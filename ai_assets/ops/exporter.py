@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import json
 import logging
 import signal
 import threading
@@ -62,7 +63,9 @@ def read_dagster(instance: dg.DagsterInstance, now: dt.datetime) -> DagsterState
             continue
         running = running or state.is_running
         good = [TickStatus.SUCCESS, TickStatus.SKIPPED]
-        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, 1, statuses=good)
+        ticks = instance.get_ticks(
+            state.instigator_origin_id, state.selector_id, limit=1, statuses=good
+        )
         if ticks and (last is None or ticks[0].timestamp > last):
             last = ticks[0].timestamp
     job = classify_images_job.name
@@ -246,24 +249,63 @@ def serve(
         thread.join()
 
 
+TEXT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for Loki or Elasticsearch (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between reads")
+    parser.add_argument("--log-format", choices=["colored", "json"], default="colored")
+    parser.add_argument(
+        "--lag",
+        type=float,
+        default=120.0,
+        help="seconds a result may take from its classified_at to its commit and still be counted",
+    )
     parser.add_argument(
         "--budget",
         type=float,
         default=1.0,
-        help="seconds per refresh for recounting the days counted longest ago",
+        help="seconds per refresh for recounting days that did not change (see --recount-minutes)",
+    )
+    parser.add_argument(
+        "--recount-minutes",
+        type=float,
+        default=15.0,
+        help="recount a day that did not change after this long (a moved object leaves one)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else logging.Formatter(TEXT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     problems = settings.problems()
     if problems:
         parser.exit(2, "ai-assets-exporter: " + "\n".join(problems) + "\n")
     engine = ResultsDatabaseResource(url=settings.database_url()).get_engine()
-    bucket = BucketStatus(engine, settings.start_date(), budget_s=args.budget)
+    bucket = BucketStatus(
+        engine,
+        settings.start_date(),
+        budget_s=args.budget,
+        lag=dt.timedelta(seconds=args.lag),
+        cycle=dt.timedelta(minutes=args.recount_minutes),
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -166,5 +166,8 @@ def test_a_day_an_object_left_is_recounted_within_the_budgets_cycle(engine) -> N
     assert tracker.days["2026-03-09"].objects == 4  # not yet: no change was recorded
     assert status.day_totals(engine, "2026-03-09").objects == 3  # type: ignore[union-attr]
     tracker.budget_s = 60.0
-    tracker.refresh(hour + dt.timedelta(seconds=60))
+    tracker.refresh(hour + dt.timedelta(seconds=60))  # within the cycle: not yet recounted
+    assert tracker.days["2026-03-09"].objects == 4
+    tracker.cycle = dt.timedelta(0)
+    tracker.refresh(hour + dt.timedelta(seconds=90))
     assert tracker.days["2026-03-09"] == status.day_totals(engine, "2026-03-09")

@@ -41,13 +41,38 @@ def test_chart_lints_clean(values: dict[str, Any]) -> None:
 def test_every_manifest_validates_strictly_against_kubernetes(values: dict[str, Any]) -> None:
     manifests = render(values)
     kinds = sorted(m["kind"] for m in manifests)
-    expected = ["ConfigMap"] * 3 + ["Deployment"] * 3 + ["Role", "RoleBinding"]
-    expected += ["Service"] * 2 + ["ServiceAccount"] + ["NetworkPolicy"] * 4
+    expected = ["ConfigMap"] * 3 + ["Deployment"] * 4 + ["Role", "RoleBinding"]
+    expected += ["Service"] * 3 + ["ServiceAccount"] + ["NetworkPolicy"] * 5  # with the exporter
     if values:  # production: an ingress, the model service's Deployment, Service and policy
         expected += ["Ingress", "Deployment", "Service", "NetworkPolicy"]
+        # and monitoring: the rules, a ServiceMonitor each for the exporter and the service,
+        # the dashboard
+        expected += ["PrometheusRule", "ServiceMonitor", "ServiceMonitor", "ConfigMap"]
     assert kinds == sorted(expected)
     for manifest in manifests:  # a missing schema raises too, and fails the test
-        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+        if manifest["apiVersion"] == "monitoring.coreos.com/v1":
+            _validate_operator_object(manifest)  # no CRD schema offline: checked below
+        else:
+            kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def _validate_operator_object(manifest: dict[str, Any]) -> None:
+    """A Prometheus Operator object's required structure (its CRD schema is not offline here);
+    the rules themselves pass promtool in ai_assets_tests/ops/test_exporter.py."""
+    assert set(manifest) == {"apiVersion", "kind", "metadata", "spec"}
+    assert manifest["metadata"]["name"] and manifest["metadata"]["labels"]
+    spec = manifest["spec"]
+    if manifest["kind"] == "PrometheusRule":
+        for group in spec["groups"]:
+            assert set(group) == {"name", "rules"}
+            for rule in group["rules"]:
+                assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
+                assert isinstance(rule["expr"], str) and rule["alert"]
+    else:
+        assert manifest["kind"] == "ServiceMonitor"
+        assert spec["selector"]["matchLabels"]
+        for endpoint in spec["endpoints"]:
+            assert set(endpoint) == {"port", "path", "interval"}
 
 
 def _pod_labels(manifests: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -85,6 +110,8 @@ def test_network_policies_let_in_only_the_pods_that_need_each_port() -> None:
         "ai-ai-assets-code": ({"ai-ai-assets-webserver", "ai-ai-assets-daemon"}, [4000]),
         "ai-ai-assets-model": ({"ai-ai-assets-code", "run"}, [8000]),
         "ai-ai-assets-daemon": (set(), []),
+        # any source by default (networkPolicy.metricsFrom narrows it), its metrics port only
+        "ai-ai-assets-exporter": (set(), [9108]),
         "run": (set(), []),
         # any source, its port only: the ingress controller lives wherever the cluster has it
         "ai-ai-assets-webserver": (set(), [3000]),
@@ -98,6 +125,54 @@ def test_network_policies_let_in_only_the_pods_that_need_each_port() -> None:
     )  # fmt: skip
     peers = by_kind(limited, "NetworkPolicy")["ai-ai-assets-model"]["spec"]["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"m": "1"}}} in peers
+
+
+def test_monitoring_targets_the_exporter_and_the_service_and_ships_rules_and_dashboard() -> None:
+    manifests = render(PRODUCTION)
+    services = by_kind(manifests, "Service")
+    for monitor in by_kind(manifests, "ServiceMonitor").values():
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        [service] = [s for s in services.values() if wanted <= s["metadata"]["labels"].items()]
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        assert monitor["spec"]["endpoints"][0]["port"] in ports
+    exporter = services["ai-ai-assets-exporter"]["metadata"]["annotations"]
+    assert exporter["prometheus.io/scrape"] == "true"
+    [rule] = by_kind(manifests, "PrometheusRule").values()
+    shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())["groups"]
+    for group, rendered in zip(shipped, rule["spec"]["groups"], strict=True):
+        for mine, out in zip(group["rules"], rendered["rules"], strict=True):
+            assert {k: v for k, v in out.items() if k != "annotations"} == {
+                k: v for k, v in mine.items() if k != "annotations"
+            }
+            assert out["annotations"]["runbook_url"] == (
+                "https://git.acme.example/platform/ai-assets/-/blob/main/README.md#"
+                + mine["alert"].lower()
+            )
+    dashboard = by_kind(manifests, "ConfigMap")["ai-ai-assets-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["ai-assets.json"])["uid"] == "ai-assets"
+    assert not {"PrometheusRule", "ServiceMonitor"} & {m["kind"] for m in render()}
+
+
+def test_json_logs_reach_every_process_and_every_run() -> None:
+    def args_and_instance(values: dict[str, Any]) -> tuple[dict[str, list[str]], dict]:
+        manifests = render(values)
+        args = {
+            name: d["spec"]["template"]["spec"]["containers"][0]["args"]
+            for name, d in by_kind(manifests, "Deployment").items()
+        }
+        configmap = by_kind(manifests, "ConfigMap")["ai-ai-assets-instance"]
+        return args, yaml.safe_load(configmap["data"]["dagster.yaml"])
+
+    args, instance = args_and_instance({"logFormat": "json"})
+    for name in ("webserver", "daemon", "code", "exporter"):
+        assert args[f"ai-ai-assets-{name}"][-2:] == ["--log-format", "json"], name
+    handlers = instance["python_logs"]["dagster_handler_config"]["handlers"]
+    assert handlers["json_stdout"]["stream"] == "ext://sys.stdout"
+    args, instance = args_and_instance({})
+    assert not any("--log-format" in a for a in args.values())
+    assert "python_logs" not in instance
 
 
 def test_manifests_reference_secrets_and_hold_none() -> None:

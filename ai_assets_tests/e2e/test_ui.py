@@ -1,6 +1,7 @@
 """The Dagster UI path with the real processes: `dagster dev` (webserver + daemon) on Dagster's
 Postgres storage, the S3 sensor, a backfill of a date range and a UI-style materialization
-through GraphQL, and the pages a user opens (the daily partitions view), in headless Chromium."""
+through GraphQL, the pages a user opens (the daily partitions view) in headless Chromium, and
+the exporter beside it all, scraped by a real Prometheus that evaluates the shipped alerts."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -21,22 +23,29 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from dagster_graphql import DagsterGraphQLClient
 
-from ai_assets.db import results
+from ai_assets.db import inventory, results
 from ai_assets_dev.localdev import (
     PostgresServer,
     dagster_dev_command,
     free_port,
     local_instance,
+    prometheus,
+    prometheus_binary,
     stop_process,
+    wait_for_port,
 )
+from ai_assets_tests.support.helm import CHART
+from ai_assets_tests.support.service import uvicorn_service
 from ai_assets_tests.support.util import answers
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 #: ``make screenshots`` refreshes the README's pictures; a plain test run leaves docs/ alone.
 SCREENSHOTS = os.environ.get("AI_ASSETS_TEST_SCREENSHOTS_DIR", "")
+RULES = CHART / "files" / "prometheus-rules.yaml"
 LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
 T = TypeVar("T")
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
@@ -59,6 +68,7 @@ class DagsterDev:
     port: int
     results_url: str
     log: Path
+    env: dict[str, str]
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -136,7 +146,7 @@ def dagster_dev(
             # a non-interactive shell leaves SIGINT ignored, and dagster dev then ignores it
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
-    dev = DagsterDev(f"http://127.0.0.1:{port}", port, results_url, log)
+    dev = DagsterDev(f"http://127.0.0.1:{port}", port, results_url, log, env)
     try:
         wait_for("the webserver", lambda: answers(f"{dev.url}/server_info"))
         wait_for("the code location", lambda: _location_loaded(dev))
@@ -299,21 +309,12 @@ def dismiss_community_dialog(driver: Any) -> None:
         pass
 
 
-ERROR_TEXTS = ("Something went wrong", "An unexpected error", "Unexpected GraphQL error")
-
-
-@pytest.mark.skipif(not shutil.which("chromedriver"), reason="chromium-driver not installed")
-def test_the_pages_a_user_opens_render_without_errors(
-    dagster_dev: DagsterDev, tmp_path: Path
-) -> None:
+def chromium() -> tuple[Any, str]:
+    """Headless Debian Chromium through chromedriver, with a profile of its own (removed by
+    the caller after ``driver.quit()``)."""
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    dev = dagster_dev
-    runs = wait_for("a run to show", lambda: dev.runs() or dev.runs("__ASSET_JOB"), timeout=240)
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     profile = tempfile.mkdtemp(prefix="chromium-")
@@ -321,7 +322,23 @@ def test_the_pages_a_user_opens_render_without_errors(
                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
                  f"--user-data-dir={profile}", "--window-size=1440,900"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options), profile
+
+
+ERROR_TEXTS = ("Something went wrong", "An unexpected error", "Unexpected GraphQL error")
+
+
+@pytest.mark.skipif(not shutil.which("chromedriver"), reason="chromium-driver not installed")
+def test_the_pages_a_user_opens_render_without_errors(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    dev = dagster_dev
+    runs = wait_for("a run to show", lambda: dev.runs() or dev.runs("__ASSET_JOB"), timeout=240)
+    driver, profile = chromium()
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     pages = {
@@ -348,6 +365,162 @@ def test_the_pages_a_user_opens_render_without_errors(
             body = driver.find_element(By.TAG_NAME, "body").text
             assert not [e for e in ERROR_TEXTS if e in body], body[:2000]
             driver.save_screenshot(str(shots / f"ui-{name}.png"))
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# -- monitoring: the exporter beside the real dagster dev, scraped by a real Prometheus --
+
+
+@contextlib.contextmanager
+def exporter(env: dict[str, str], log: Path) -> Iterator[str]:
+    """``ai-assets-exporter`` reading every second (JSON logs); yields its host:port."""
+    port = free_port()
+    command = [sys.executable, "-m", "ai_assets.ops.exporter", "--host", "127.0.0.1",
+               "--port", str(port), "--interval", "1", "--lag", "1",
+               "--log-format", "json"]  # fmt: skip
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_for_port(port, timeout=60, process=process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+    assert process.returncode == 0, "the exporter stops cleanly on SIGTERM"
+
+
+def _rules_without_waiting(path: Path) -> Path:
+    """The shipped rules with every ``for:`` at 0 s: the test cannot wait ten minutes."""
+    rules = yaml.safe_load(RULES.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    path.write_text(yaml.safe_dump(rules))
+    return path
+
+
+def _set_sensor(dev: DagsterDev, running: bool) -> None:
+    if running:
+        dev.graphql(
+            """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+                 ... on Sensor { sensorState { status } } } }""",
+            {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
+        )
+    else:
+        dev.graphql(
+            """mutation($id: String!) { stopSensor(id: $id) {
+                 ... on StopSensorMutationResult { instigationState { status } } } }""",
+            {"id": _sensor(dev, "s3_image_sensor")["id"]},
+        )
+
+
+@pytest.mark.skipif(
+    not prometheus_binary(), reason="prometheus missing: apt-get install prometheus"
+)
+def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
+    dagster_dev: DagsterDev,
+    s3_client: Any,
+    jpegs: dict[str, bytes],
+    lite0_dir: str,
+    tmp_path: Path,
+) -> None:
+    dev = dagster_dev
+    bucket = dev.env["AI_ASSETS_S3_BUCKET"]
+    rules = _rules_without_waiting(tmp_path / "rules.yaml")
+    with (
+        exporter(dev.env, tmp_path / "exporter.log") as exporter_at,
+        uvicorn_service(lite0_dir) as service_url,
+    ):
+        targets = {"exporter": exporter_at, "model": service_url.removeprefix("http://")}
+        with prometheus(tmp_path / "prometheus", targets, [rules]) as prom:
+            _set_sensor(dev, running=True)
+            s3_client.put_object(Bucket=bucket, Key="monitoring/new.jpg", Body=jpegs["coffee"])
+
+            def caught_up() -> bool:
+                classified = prom.value('ai_assets_classifications_total{status="ok"}') or 0
+                succeeded = prom.value('ai_assets_runs_finished_last_hour{status="success"}')
+                waiting = prom.value('ai_assets_objects{state="waiting"}')
+                return classified >= 1 and (succeeded or 0) >= 1 and waiting == 0
+
+            wait_for("the new image classified by a successful run", caught_up, 240)
+            assert prom.value('up{job="exporter"}') == prom.value('up{job="model"}') == 1
+            assert prom.value("ai_assets_service_ready") == 1
+            assert prom.value("ai_assets_sensor_running") == 1
+            assert (prom.value("ai_assets_sensor_last_good_tick_age_seconds") or 1e9) < 120
+            assert prom.value('ai_assets_objects{state="current"}') == len(dev.rows())
+            assert prom.value('ai_assets_exporter_source_up{source="database"}') == 1
+            assert not prom.alerts().get("AiAssetsBacklogLate")
+
+            # the backlog made old on purpose: the sensor stopped, an object waiting for 2 hours
+            _set_sensor(dev, running=False)
+            engine = sa.create_engine(dev.results_url)
+            two_hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+            inventory.write_rows(engine, [{
+                "s3_key": "monitoring/late.jpg", "partition_key": TODAY, "etag": "e-late",
+                "size_bytes": 1, "last_modified": two_hours_ago, "first_seen": two_hours_ago,
+                "deleted_at": None, "batch_id": None,
+            }])  # fmt: skip
+            engine.dispose()
+            firing = wait_for(
+                "the backlog alert",
+                lambda: prom.alerts().get("AiAssetsBacklogLate") == "firing",
+                timeout=60,
+            )
+            assert firing
+            assert (prom.value("ai_assets_oldest_waiting_age_seconds") or 0) >= 7200
+            _shoot_prometheus(prom.url, "/classic/alerts", "prometheus-alerts.png", tmp_path)
+
+            # the sensor again: the object is not in the bucket, so it is deleted, not waited for
+            _set_sensor(dev, running=True)
+            wait_for(
+                "the backlog back to zero",
+                lambda: (
+                    prom.value('ai_assets_objects{state="waiting"}') == 0
+                    and "AiAssetsBacklogLate" not in prom.alerts()
+                ),
+                timeout=120,
+            )
+            assert prom.value("ai_assets_oldest_waiting_age_seconds") == 0
+            graph = "/graph?g0.expr=ai_assets_objects&g0.tab=0&g0.range_input=1m"
+            _shoot_prometheus(prom.url, graph, "prometheus-objects.png", tmp_path)
+    lines = (tmp_path / "exporter.log").read_text().splitlines()
+    assert lines and all(json.loads(line)["level"] for line in lines)
+
+
+def _shoot_prometheus(url: str, path: str, name: str, tmp_path: Path) -> None:
+    """A page of the real Prometheus, for the README (``make screenshots``)."""
+    if not shutil.which("chromedriver"):
+        return
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    driver, profile = chromium()
+    try:
+        driver.set_window_size(1440, 1000)
+        driver.get(url + path)
+        # Debian's Prometheus serves its classic UI: a graph is an SVG once its data is in
+        if path.startswith("/graph"):
+            WebDriverWait(driver, 60).until(
+                lambda d: d.find_elements(By.CSS_SELECTOR, ".graph svg")
+            )
+        else:  # the alerts page: the firing alert, opened
+            alert = "AiAssetsBacklogLate"
+            WebDriverWait(driver, 60).until(
+                lambda d: alert in d.find_element(By.TAG_NAME, "body").text
+            )
+            for label in driver.find_elements(
+                By.XPATH, "//*[normalize-space()='Show annotations']"
+            ):
+                label.click()
+            for link in driver.find_elements(By.PARTIAL_LINK_TEXT, alert):
+                link.click()
+        time.sleep(1)
+        driver.save_screenshot(str(shots / name))
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

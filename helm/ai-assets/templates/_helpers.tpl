@@ -73,6 +73,10 @@ containers:
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
     args:
       {{- toYaml .args | nindent 6 }}
+      {{- if eq $root.Values.logFormat "json" }}
+      - --log-format
+      - json
+      {{- end }}
     envFrom:
       - configMapRef:
           name: {{ include "ai-assets.fullname" $root }}-env
