@@ -34,6 +34,8 @@ DEMO_KEYS = {
 }
 DEMO_S3_PORT = 8333
 UI_HOST, UI_PORT = "127.0.0.1", 3000
+#: ai-assets-exporter's usual port (README, Monitoring)
+EXPORTER_PORT = 9108
 
 
 def configure(endpoint: str) -> None:
@@ -137,21 +139,38 @@ def serve_ui(port: int) -> int:
         f"Use the demo with your own tools:  source {ROOT / 'env.sh'}\n"
         f"  aws s3 cp photo.jpg s3://$AI_ASSETS_S3_BUCKET/   # the sensor picks it up\n"
         '  sqlite3 "${AI_ASSETS_DATABASE_URL#sqlite:///}" '
-        "'SELECT s3_key, label, score FROM image_classifications'\n"
+        "'SELECT s3_key, label, score FROM image_classifications'"
     )
     dagster_home = Path(os.environ["DAGSTER_HOME"])
+    env = {**os.environ, "PYTHONWARNINGS": _quiet_warnings(os.environ.get("PYTHONWARNINGS"))}
+    metrics_port = EXPORTER_PORT if _port_free(EXPORTER_PORT) else free_port()
+    exporter_log = ROOT / "exporter.log"
+    print(
+        f"Pipeline metrics for Prometheus: http://{UI_HOST}:{metrics_port}/metrics"
+        f"  (log: {exporter_log})\n"
+    )
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "ai_assets.ops.exporter", "--host", UI_HOST,
+         "--port", str(metrics_port), "--interval", "5"],
+        cwd=dagster_home,
+        start_new_session=True,
+        preexec_fn=_default_signals,
+        env=env,
+        stderr=exporter_log.open("ab"),  # the console stays the demo's
+    )  # fmt: skip
     process = subprocess.Popen(
         # warnings and errors only: the UI shows every tick and run; the console stays quiet
         [*dagster_dev_command(dagster_home, UI_HOST, port), "--log-level", "warning"],
         cwd=dagster_home,
         start_new_session=True,
         preexec_fn=_default_signals,  # a background job's ignored SIGINT must not be inherited
-        env={**os.environ, "PYTHONWARNINGS": _quiet_warnings(os.environ.get("PYTHONWARNINGS"))},
+        env=env,
     )
     try:
         return process.wait()
     finally:
         stop_process(process, timeout=30)
+        stop_process(exporter)
 
 
 #: `dagster dev` suggests `dg dev`, which needs the dg project layout this project does not use

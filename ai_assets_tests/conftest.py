@@ -32,6 +32,7 @@ SERVER_FIXTURES = frozenset(
 SERVER_FOLDERS = ("e2e", "deploy")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns xdist_group marks into groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
@@ -43,8 +44,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or folder in SERVER_FOLDERS
         ):
             item.add_marker(pytest.mark.integration)
-        if folder == "e2e":  # real dagster dev and the demo: one at a time (make test's -n 2)
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+        if folder == "e2e":  # a module's tests share its dagster dev or demo: one worker each
+            item.add_marker(pytest.mark.xdist_group(f"e2e-{item.path.stem}"))
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -97,13 +99,28 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
             rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
             assert rows.scalar_one() == 7
         engine.dispose()
+        found = re.search(r"Pipeline metrics for Prometheus: (\S+)", log.read_text())
+        assert found, "the demo names its metrics URL"
+        metrics_url = found.group(1)
+
+        def current_objects() -> bool:
+            with contextlib.suppress(OSError):
+                text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+                return 'ai_assets_objects{state="current"} 7.0' in text
+            return False
+
+        while not current_objects():
+            assert time.monotonic() < deadline, "the demo's exporter never counted the photos"
+            time.sleep(1)
+        metrics_port = int(metrics_url.rsplit(":", 1)[1].split("/")[0])
 
         os.killpg(demo.pid, stop_with)
         demo.wait(30)
         # seconds when the machine is idle; `make test` runs a second test worker beside it
         deadline = time.monotonic() + 60
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
-        while _started_by(marker) or _listening(ui_port) or _listening(s3_port):
+        ports = (ui_port, s3_port, metrics_port)
+        while _started_by(marker) or any(_listening(port) for port in ports):
             assert time.monotonic() < deadline, "processes or ports outlived the signal by 60 s"
             time.sleep(0.5)
         output = log.read_text()

@@ -28,7 +28,6 @@ from ai_assets_tests.support.util import MARCH_9, inventory_row
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
-HOUR_AGO = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
 
 
 def scrape(collector: PipelineCollector) -> dict[str, float]:
@@ -51,10 +50,11 @@ def result(key: str, status: str = "ok", **changes) -> results.ClassificationRow
 def fill(engine) -> None:
     """Two current, one error, two waiting (one new an hour ago, one overwritten since), one
     deleted."""
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     inventory.write_rows(engine, [
         inventory_row("a.jpg"), inventory_row("b.jpg"), inventory_row("bad.jpg"),
-        inventory_row("new.jpg", first_seen=HOUR_AGO),
-        inventory_row("changed.jpg", etag="e2", last_modified=HOUR_AGO + dt.timedelta(minutes=30)),
+        inventory_row("new.jpg", first_seen=hour_ago),
+        inventory_row("changed.jpg", etag="e2", last_modified=hour_ago + dt.timedelta(minutes=30)),
         inventory_row("gone.jpg", deleted_at=MARCH_9),
     ])  # fmt: skip
     results.upsert_rows(engine, [
@@ -104,8 +104,9 @@ def test_the_exporter_says_where_objects_results_and_runs_stand(db_url: str) -> 
     assert samples["ai_assets_classification_errors_total{kind=too_large}"] == 1
 
 
-def test_a_postgresql_restart_keeps_the_last_values_and_says_so(tmp_path: Path) -> None:
-    with postgres(tmp_path) as server, dg.instance_for_test() as instance:
+def test_a_postgresql_restart_keeps_the_last_values_and_says_so() -> None:
+    # the system's temp folder: under pytest's, the server's socket path can pass 107 bytes
+    with postgres() as server, dg.instance_for_test() as instance:
         engine = ResultsDatabaseResource(url=server.create_database("results")).get_engine()
         fill(engine)
         collector = PipelineCollector(BucketStatus(engine, start=MARCH_9.date()), instance)
