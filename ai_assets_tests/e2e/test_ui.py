@@ -180,6 +180,19 @@ def _sensor(dev: DagsterDev, name: str) -> dict[str, Any]:
     return data["sensorOrError"]
 
 
+def _wait_for_no_tick_in_flight(dev: DagsterDev) -> None:
+    def settled() -> bool:
+        data = dev.graphql(
+            """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+                 ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }""",
+            {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
+        )
+        ticks = data["sensorOrError"]["sensorState"]["ticks"]
+        return not ticks or ticks[0]["status"] != "STARTED"
+
+    wait_for("the sensor's last tick to end", settled, timeout=120)
+
+
 def test_sensor_backfill_and_materialize_through_the_ui_api(
     dagster_dev: DagsterDev, s3_client: Any, jpegs: dict[str, bytes]
 ) -> None:
@@ -192,6 +205,7 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         {"id": sensor["id"]},
     )
     assert stopped["stopSensor"]["instigationState"]["status"] == "STOPPED"
+    _wait_for_no_tick_in_flight(dev)  # a tick begun before the stop would see some uploads
 
     keys = [f"{name}-{i}.jpg" for i in range(2) for name in ("chelsea", "coffee", "rocket")]
     for key in keys:
@@ -456,6 +470,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
 
             # the backlog made old on purpose: the sensor stopped, an object waiting for 2 hours
             _set_sensor(dev, running=False)
+            _wait_for_no_tick_in_flight(dev)  # or its listing could find the object gone at once
             engine = sa.create_engine(dev.results_url)
             two_hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
             inventory.write_rows(engine, [{
