@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -99,6 +100,19 @@ def upload_samples() -> int | None:
     return len(samples)
 
 
+LABEL_SUMMARY = "label_summary"
+
+
+def summary_job(defs: Any) -> Any:
+    """The job the UI's Materialize runs label_summary in (``__ASSET_JOB``), not an ephemeral."""
+    import dagster as dg
+
+    job = defs.resolve_implicit_job_def_def_for_assets([dg.AssetKey(LABEL_SUMMARY)])
+    if job is None:
+        raise LookupError(f"{LABEL_SUMMARY} is in no asset job of the code location")
+    return job
+
+
 def run_once() -> bool:
     """One sensor tick, the runs it requests, then label_summary (the daemon refreshes it later)."""
     import dagster as dg
@@ -110,9 +124,9 @@ def run_once() -> bool:
         daemon = InProcessDaemon(instance)
         started = time.perf_counter()
         result, runs = daemon.tick()
-        summary = dg.materialize(
-            [daemon.defs.resolve_assets_def("label_summary")],
+        summary = summary_job(daemon.defs).execute_in_process(
             instance=instance,
+            asset_selection=[dg.AssetKey(LABEL_SUMMARY)],
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         ok = all(run.success for run in runs) and summary.success

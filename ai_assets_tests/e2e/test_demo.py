@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -99,6 +100,15 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
             rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
             assert rows.scalar_one() == 7
         engine.dispose()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ui_port}/graphql",
+            data=b'{"query": "{ runsOrError { ... on Runs { results { pipelineName } } } }"}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            runs = json.loads(answer.read())["data"]["runsOrError"]["results"]
+        # the first pass's runs carry the names a user finds in the UI, not an ephemeral job's
+        assert {run["pipelineName"] for run in runs} == {"classify_images_job", "__ASSET_JOB"}
         found = re.search(r"Pipeline metrics for Prometheus: (\S+)", log.read_text())
         assert found, "the demo names its metrics URL"
         metrics_url = found.group(1)

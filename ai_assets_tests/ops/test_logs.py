@@ -69,6 +69,9 @@ def test_a_runs_stdout_is_json_lines_with_run_step_and_level(
     assert ("INFO", "image_classifications") in steps
     messages = [m["orig_message"] for m in meta if m["step_key"] == "image_classifications"]
     assert any("classifying the objects not current" in message for message in messages)
+    # the run says what it did in a line, for the CLI as for the UI
+    assert "0 objects in" in " ".join(messages)
+    assert any(m.endswith("0 classified, 0 errors, 0 deleted") for m in messages), messages
 
 
 def test_the_code_server_and_the_daemon_log_json_lines(tmp_path: Path, tiny_model_dir: str) -> None:

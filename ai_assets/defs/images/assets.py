@@ -157,6 +157,11 @@ def image_classifications(
             f"{tally.statuses['error'] - logged:,} more objects failed to classify; "
             "the table's error column says why"
         )
+    counts = tally.counts()
+    context.log.info(
+        f"{counts[Meta.IMAGES]:,} objects in {elapsed:.1f} s: {counts[Meta.CLASSIFIED]:,} "
+        f"classified, {counts[Meta.ERRORS]:,} errors, {counts[Meta.DELETED]:,} deleted"
+    )
     metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
     if totals := status.day_totals(engine, context.partition_key):
         metadata |= _day_metadata(totals)
