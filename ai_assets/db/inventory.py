@@ -330,7 +330,7 @@ def _key_range(column: sa.ColumnElement[str], listing: Slice, prefix: str) -> sa
 
 
 #: The inventory columns a diff reads (``updated_at`` is the exporter's, not the sensor's).
-_KNOWN_COLUMNS = [column.name for column in image_objects.c if column.name != "updated_at"]
+_KNOWN_COLUMNS = [column for column in image_objects.c if column.name != "updated_at"]
 
 
 def _known(inventory: Iterable[sa.Row], results: dict[str, sa.Row]) -> dict[str, Known]:
@@ -365,8 +365,7 @@ def _read(
         row.s3_key: row
         for row in connection.execute(sa.select(*result_columns).where(where(c.c.s3_key)))
     }
-    known_columns = [o.c[name] for name in _KNOWN_COLUMNS]
-    inventory = connection.execute(sa.select(*known_columns).where(where(o.c.s3_key))).all()
+    inventory = connection.execute(sa.select(*_KNOWN_COLUMNS).where(where(o.c.s3_key))).all()
     return _known(inventory, results)
 
 

@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -133,20 +133,19 @@ class PipelineCollector(Collector):
         totals: Totals | None = self.database.value
         if totals is None:  # not counted yet: no numbers rather than wrong ones
             return
-        objects = GaugeMetricFamily(
+        yield _by_label(
+            GaugeMetricFamily,
             "ai_assets_objects",
             "Objects under the prefix by state: waiting (no current result), current (classified), "
             "error (current error row), deleted (gone from the bucket)",
-            labels=["state"],
+            "state",
+            [
+                ("waiting", totals.waiting),
+                ("current", totals.current - totals.errors),
+                ("error", totals.errors),
+                ("deleted", totals.deleted),
+            ],
         )
-        for state, value in (
-            ("waiting", totals.waiting),
-            ("current", totals.current - totals.errors),
-            ("error", totals.errors),
-            ("deleted", totals.deleted),
-        ):
-            objects.add_metric([state], value)
-        yield objects
         oldest = totals.oldest_waiting
         age = (dt.datetime.now(dt.UTC) - oldest).total_seconds() if oldest else 0.0
         yield GaugeMetricFamily(
@@ -155,22 +154,20 @@ class PipelineCollector(Collector):
             "(the later of its LastModified and the sensor's first sight); 0 when none waits",
             value=max(age, 0.0),
         )
-        classified = CounterMetricFamily(
+        yield _by_label(
+            CounterMetricFamily,
             "ai_assets_classifications",
             "Results written since the exporter started, by status (ok, error, deleted)",
-            labels=["status"],
+            "status",
+            sorted(self.bucket.classified.items()),
         )
-        for status, count in sorted(self.bucket.classified.items()):
-            classified.add_metric([status], count)
-        yield classified
-        errors = CounterMetricFamily(
+        yield _by_label(
+            CounterMetricFamily,
             "ai_assets_classification_errors",
             "Error results written since the exporter started, by kind",
-            labels=["kind"],
+            "kind",
+            sorted(self.bucket.errors.items()),
         )
-        for kind, count in sorted(self.bucket.errors.items()):
-            errors.add_metric([kind], count)
-        yield errors
 
     def _dagster_metrics(self) -> Iterator[Any]:
         state: DagsterState | None = self.dagster.value
@@ -187,48 +184,59 @@ class PipelineCollector(Collector):
                 f"Seconds since {SENSOR_NAME}'s last tick that did not fail began",
                 value=max(time.time() - state.last_good_tick, 0.0),
             )
-        runs = GaugeMetricFamily(
-            "ai_assets_runs", "Classification runs queued or started now", labels=["status"]
+        yield _by_label(
+            GaugeMetricFamily,
+            "ai_assets_runs",
+            "Classification runs queued or started now",
+            "status",
+            state.runs.items(),
         )
-        for status, count in state.runs.items():
-            runs.add_metric([status], count)
-        yield runs
-        finished = GaugeMetricFamily(
+        yield _by_label(
+            GaugeMetricFamily,
             "ai_assets_runs_finished_last_hour",
             "Classification runs that ended within the last hour, by status",
-            labels=["status"],
+            "status",
+            state.finished.items(),
         )
-        for status, count in state.finished.items():
-            finished.add_metric([status], count)
-        yield finished
 
     def _own_metrics(self) -> Iterator[Any]:
-        up = GaugeMetricFamily(
+        sources = self.sources
+        yield _by_label(
+            GaugeMetricFamily,
             "ai_assets_exporter_source_up",
             "1 when the last read of the source (database, dagster) worked",
-            labels=["source"],
+            "source",
+            [(source.name, float(source.up)) for source in sources],
         )
-        seconds = GaugeMetricFamily(
+        yield _by_label(
+            GaugeMetricFamily,
             "ai_assets_exporter_refresh_duration_seconds",
             "How long the last read of the source took",
-            labels=["source"],
+            "source",
+            [(source.name, source.seconds) for source in sources],
         )
-        last = GaugeMetricFamily(
+        yield _by_label(
+            GaugeMetricFamily,
             "ai_assets_exporter_last_refresh_timestamp_seconds",
             "When the source was last read successfully (Unix time)",
-            labels=["source"],
+            "source",
+            [(s.name, s.refreshed) for s in sources if s.refreshed is not None],
         )
-        for source in self.sources:
-            up.add_metric([source.name], float(source.up))
-            seconds.add_metric([source.name], source.seconds)
-            if source.refreshed is not None:
-                last.add_metric([source.name], source.refreshed)
-        yield from (up, seconds, last)
         yield GaugeMetricFamily(
             "ai_assets_exporter_scrape_duration_seconds",
             "How long the previous scrape of this exporter took to answer",
             value=self.scrape_seconds,
         )
+
+
+def _by_label(
+    family: type[Any], name: str, doc: str, label: str, values: Iterable[tuple[str, float]]
+) -> Any:
+    """A metric family with one sample per value of its one label."""
+    metric = family(name, doc, labels=[label])
+    for label_value, value in values:
+        metric.add_metric([label_value], value)
+    return metric
 
 
 def serve(

@@ -13,7 +13,7 @@ from PIL import Image
 from ai_assets.db import inventory, results, status
 from ai_assets.s3.objects import _too_large
 from ai_assets.vision.decode import ImageError, decode_image
-from ai_assets_tests.support.util import MARCH_9, database, inventory_row
+from ai_assets_tests.support.util import MARCH_9, database, inventory_row, result_row
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -22,11 +22,6 @@ NOW = dt.datetime.now(dt.UTC)
 def engine(db_url: str):
     with database(db_url) as engine:
         yield engine
-
-
-def result(key: str, state: str = "ok", **changes) -> results.ClassificationRow:
-    fields = {"etag": "e1", "score": 0.5 if state == "ok" else None, "classified_at": MARCH_9}
-    return results.ClassificationRow(key, "2026-03-09", state, **(fields | changes))  # type: ignore[arg-type]
 
 
 def fill(engine) -> None:
@@ -42,8 +37,9 @@ def fill(engine) -> None:
         inventory_row("other-day-new.jpg", day="2026-03-10", last_modified=None),
     ])  # fmt: skip
     results.upsert_rows(engine, [
-        result("ok.jpg"), result("error.jpg", "error", error="cannot decode image: truncated"),
-        result("changed.jpg"), result("gone.jpg", "deleted"), result("other-day.jpg"),
+        result_row("ok.jpg"),
+        result_row("error.jpg", "error", error="cannot decode image: truncated"),
+        result_row("changed.jpg"), result_row("gone.jpg", "deleted"), result_row("other-day.jpg"),
     ])  # fmt: skip
 
 
@@ -81,11 +77,11 @@ def test_recent_results_count_by_status_and_error_kind(engine) -> None:
     fill(engine)
     lately = NOW - dt.timedelta(minutes=5)
     results.upsert_rows(engine, [
-        result("a.jpg", classified_at=NOW), result("b.jpg", classified_at=NOW),
-        result("c.jpg", "error", error="empty object (0 bytes)", classified_at=NOW),
-        result("d.jpg", "error", error=_too_large(10, 1), classified_at=NOW),
-        result("e.jpg", "error", error="model refused it", classified_at=NOW),
-        result("f.jpg", "deleted", classified_at=NOW),
+        result_row("a.jpg", classified_at=NOW), result_row("b.jpg", classified_at=NOW),
+        result_row("c.jpg", "error", error="empty object (0 bytes)", classified_at=NOW),
+        result_row("d.jpg", "error", error=_too_large(10, 1), classified_at=NOW),
+        result_row("e.jpg", "error", error="model refused it", classified_at=NOW),
+        result_row("f.jpg", "deleted", classified_at=NOW),
     ])  # fmt: skip
     recent = status.recent(engine, lately)
     assert recent.by_status == {"ok": 2, "error": 3, "deleted": 1}
@@ -137,8 +133,8 @@ def test_the_bucket_status_recounts_what_changed_and_counts_classifications(engi
     # a run classifies the waiting objects of March 9th; the sensor finds a new one on the 10th
     later = NOW + dt.timedelta(minutes=5)
     results.upsert_rows(engine, [
-        result("changed.jpg", etag="e2", classified_at=later),
-        result("new.jpg", "error", error="cannot decode image: truncated", classified_at=later),
+        result_row("changed.jpg", etag="e2", classified_at=later),
+        result_row("new.jpg", "error", error="cannot decode image: truncated", classified_at=later),
     ])  # fmt: skip
     inventory.write_rows(engine, [inventory_row("fresh.jpg", day="2026-03-10")])
     tracker.refresh(later)  # budget 0: only the changed days are recounted

@@ -193,29 +193,36 @@ def _wait_for_no_tick_in_flight(dev: DagsterDev) -> None:
     wait_for("the sensor's last tick to end", settled, timeout=120)
 
 
+def _set_sensor(dev: DagsterDev, running: bool) -> str:
+    """Start or stop s3_image_sensor as the UI does; its status after. Stopping waits for a
+    tick already in flight to end: it could still see what the test does next."""
+    if running:
+        started = dev.graphql(
+            """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+                 ... on Sensor { sensorState { status } } } }""",
+            {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
+        )
+        return started["startSensor"]["sensorState"]["status"]
+    stopped = dev.graphql(
+        """mutation($id: String!) { stopSensor(id: $id) {
+             ... on StopSensorMutationResult { instigationState { status } } } }""",
+        {"id": _sensor(dev, "s3_image_sensor")["id"]},
+    )
+    _wait_for_no_tick_in_flight(dev)
+    return stopped["stopSensor"]["instigationState"]["status"]
+
+
 def test_sensor_backfill_and_materialize_through_the_ui_api(
     dagster_dev: DagsterDev, s3_client: Any, jpegs: dict[str, bytes]
 ) -> None:
     dev = dagster_dev
     bucket = os.environ.get("AI_ASSETS_S3_BUCKET_E2E") or f"e2e-{os.getpid()}"
-    sensor = _sensor(dev, "s3_image_sensor")
-    stopped = dev.graphql(
-        """mutation($id: String!) { stopSensor(id: $id) {
-             ... on StopSensorMutationResult { instigationState { status } } } }""",
-        {"id": sensor["id"]},
-    )
-    assert stopped["stopSensor"]["instigationState"]["status"] == "STOPPED"
-    _wait_for_no_tick_in_flight(dev)  # a tick begun before the stop would see some uploads
+    assert _set_sensor(dev, running=False) == "STOPPED"  # no tick sees half of the uploads
 
     keys = [f"{name}-{i}.jpg" for i in range(2) for name in ("chelsea", "coffee", "rocket")]
     for key in keys:
         s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs[key.split("-")[0]])
-    started = dev.graphql(
-        """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
-             ... on Sensor { sensorState { status } } } }""",
-        {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
-    )
-    assert started["startSensor"]["sensorState"]["status"] == "RUNNING"
+    assert _set_sensor(dev, running=True) == "RUNNING"
 
     rows = wait_for("a row per image", lambda: (r := dev.rows()) and len(r) == len(keys) and r)
     runs = wait_for(
@@ -416,21 +423,6 @@ def _rules_without_waiting(path: Path) -> Path:
     return path
 
 
-def _set_sensor(dev: DagsterDev, running: bool) -> None:
-    if running:
-        dev.graphql(
-            """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
-                 ... on Sensor { sensorState { status } } } }""",
-            {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
-        )
-    else:
-        dev.graphql(
-            """mutation($id: String!) { stopSensor(id: $id) {
-                 ... on StopSensorMutationResult { instigationState { status } } } }""",
-            {"id": _sensor(dev, "s3_image_sensor")["id"]},
-        )
-
-
 @pytest.mark.skipif(
     not prometheus_binary(), reason="prometheus missing: apt-get install prometheus"
 )
@@ -450,7 +442,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
     ):
         targets = {"exporter": exporter_at, "model": service_url.removeprefix("http://")}
         with prometheus(tmp_path / "prometheus", targets, [rules]) as prom:
-            _set_sensor(dev, running=True)
+            assert _set_sensor(dev, running=True) == "RUNNING"
             s3_client.put_object(Bucket=bucket, Key="monitoring/new.jpg", Body=jpegs["coffee"])
 
             def caught_up() -> bool:
@@ -469,8 +461,8 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             assert not prom.alerts().get("AiAssetsBacklogLate")
 
             # the backlog made old on purpose: the sensor stopped, an object waiting for 2 hours
-            _set_sensor(dev, running=False)
-            _wait_for_no_tick_in_flight(dev)  # or its listing could find the object gone at once
+            # (no tick in flight after: its listing could find the object gone at once)
+            assert _set_sensor(dev, running=False) == "STOPPED"
             engine = sa.create_engine(dev.results_url)
             two_hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
             inventory.write_rows(engine, [{
@@ -489,7 +481,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             _shoot_prometheus(prom.url, "/classic/alerts", "prometheus-alerts.png", tmp_path)
 
             # the sensor again: the object is not in the bucket, so it is deleted, not waited for
-            _set_sensor(dev, running=True)
+            assert _set_sensor(dev, running=True) == "RUNNING"
             wait_for(
                 "the backlog back to zero",
                 lambda: (

@@ -24,7 +24,7 @@ from ai_assets.s3.objects import _too_large
 from ai_assets.service.metrics import Metrics
 from ai_assets_dev.localdev import postgres
 from ai_assets_tests.support.helm import CHART, ROOT, by_kind, render
-from ai_assets_tests.support.util import MARCH_9, inventory_row
+from ai_assets_tests.support.util import MARCH_9, inventory_row, result_row
 
 RULES = CHART / "files" / "prometheus-rules.yaml"
 DASHBOARD = CHART / "files" / "grafana-dashboard.json"
@@ -42,11 +42,6 @@ def scrape(collector: PipelineCollector) -> dict[str, float]:
     return samples
 
 
-def result(key: str, status: str = "ok", **changes) -> results.ClassificationRow:
-    fields = {"etag": "e1", "score": 0.5 if status == "ok" else None, "classified_at": MARCH_9}
-    return results.ClassificationRow(key, "2026-03-09", status, **(fields | changes))  # type: ignore[arg-type]
-
-
 def fill(engine) -> None:
     """Two current, one error, two waiting (one new an hour ago, one overwritten since), one
     deleted."""
@@ -58,8 +53,9 @@ def fill(engine) -> None:
         inventory_row("gone.jpg", deleted_at=MARCH_9),
     ])  # fmt: skip
     results.upsert_rows(engine, [
-        result("a.jpg"), result("b.jpg"), result("bad.jpg", "error", error="empty object"),
-        result("changed.jpg"), result("gone.jpg", "deleted"),
+        result_row("a.jpg"), result_row("b.jpg"),
+        result_row("bad.jpg", "error", error="empty object"),
+        result_row("changed.jpg"), result_row("gone.jpg", "deleted"),
     ])  # fmt: skip
 
 
@@ -93,8 +89,10 @@ def test_the_exporter_says_where_objects_results_and_runs_stand(db_url: str) -> 
         assert samples["ai_assets_classifications_total{status=ok}"] == 0
         now = dt.datetime.now(dt.UTC)
         results.upsert_rows(engine, [
-            result("new.jpg", classified_at=now),
-            result("changed.jpg", "error", etag="e2", error=_too_large(9, 1), classified_at=now),
+            result_row("new.jpg", classified_at=now),
+            result_row(
+                "changed.jpg", "error", etag="e2", error=_too_large(9, 1), classified_at=now
+            ),
         ])  # fmt: skip
         collector.refresh()
         samples = scrape(collector)

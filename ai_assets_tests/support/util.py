@@ -138,3 +138,9 @@ def inventory_row(key: str, day: str = "2026-03-09", **changes) -> dict:
         "deleted_at": None,
         "batch_id": None,
     } | changes
+
+
+def result_row(key: str, status: str = "ok", **changes: Any) -> results.ClassificationRow:
+    """A results row of March 9th's ``key`` (etag e1, classified then), as a run writes it."""
+    fields = {"etag": "e1", "score": 0.5 if status == "ok" else None, "classified_at": MARCH_9}
+    return results.ClassificationRow(key, "2026-03-09", status, **(fields | changes))  # type: ignore[arg-type]
