@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-sqs screenshots clean
+.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-latency bench-sqs screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -86,6 +86,10 @@ screenshots: install model browser prometheus
 bench: install model
 	$(PY) bench/feed.py
 	$(PY) bench/throughput.py
+
+# the demo's upload → row latency: the real demo, 10 photos uploaded with boto3 (~6 min)
+bench-latency: install model
+	$(PY) bench/upload_to_row.py
 
 bench-sqs: install
 	$(PY) bench/sqs_drain.py

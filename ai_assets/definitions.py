@@ -9,9 +9,17 @@ from pathlib import Path
 
 import dagster as dg
 
+from ai_assets.settings import problems
+
+
+class SettingsError(ValueError):
+    """The environment cannot work as set: every mistake, each naming its variable and form."""
+
 
 def build_defs() -> dg.Definitions:
-    """The code location as the current environment configures it."""
+    """The code location as the current environment configures it, after checking it."""
+    if mistakes := problems():  # before any module reads a setting, so this is the one error
+        raise SettingsError("ai_assets configuration: " + "; ".join(mistakes))
     return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
 
 

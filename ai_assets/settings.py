@@ -22,6 +22,9 @@ DEFAULT_MAX_OBJECTS_PER_RUN = 2_000
 #: Listing budget of one sensor tick; the diff and upsert of the slice come on top
 #: (bench/sensor_scale.py measures both; AI_ASSETS_LIST_SECONDS_PER_TICK).
 DEFAULT_LIST_SECONDS_PER_TICK = 10.0
+#: Least seconds between sensor ticks: a new object waits half of it on average (the demo
+#: sets 5, the daemon's own loop; AI_ASSETS_SENSOR_INTERVAL_SECONDS).
+DEFAULT_SENSOR_INTERVAL_SECONDS = 15
 #: With an SQS queue: minutes between the starts of complete listing passes (reconciliation).
 #: A pass costs one LIST request per 1,000 objects (10M objects: 10,000 requests, ~18 min of
 #: listing at the measured ~9,000 objects/s); an hour bounds the delay of a lost notification.
@@ -80,6 +83,9 @@ CONTRACT: tuple[Variable, ...] = (
     Variable("AI_ASSETS_START_DATE", DEFAULT_START_DATE, "first daily partition"),
     Variable("AI_ASSETS_MAX_OBJECTS_PER_RUN", str(DEFAULT_MAX_OBJECTS_PER_RUN), "batch size"),
     Variable("AI_ASSETS_LIST_SECONDS_PER_TICK", str(DEFAULT_LIST_SECONDS_PER_TICK), "tick budget"),
+    Variable(
+        "AI_ASSETS_SENSOR_INTERVAL_SECONDS", str(DEFAULT_SENSOR_INTERVAL_SECONDS), "between ticks"
+    ),
     Variable("AI_ASSETS_SQS_QUEUE_URL", "", "S3 event-notification queue"),
     Variable(
         "AI_ASSETS_RECONCILE_MINUTES", str(DEFAULT_RECONCILE_MINUTES), "minutes between passes"
@@ -183,6 +189,13 @@ def list_seconds_per_tick() -> float:
     return _number("AI_ASSETS_LIST_SECONDS_PER_TICK", DEFAULT_LIST_SECONDS_PER_TICK, float, 0.1)
 
 
+def sensor_interval_seconds() -> int:
+    """The least time between two ticks of s3_image_sensor (the daemon looks every 5 s)."""
+    return int(
+        _number("AI_ASSETS_SENSOR_INTERVAL_SECONDS", DEFAULT_SENSOR_INTERVAL_SECONDS, int, 1)
+    )
+
+
 def reconcile_minutes() -> float:
     return _number("AI_ASSETS_RECONCILE_MINUTES", DEFAULT_RECONCILE_MINUTES, float, 0)
 
@@ -206,7 +219,8 @@ _RUN_INTEGERS = (
 def problems() -> list[str]:
     """Every set variable whose value cannot work, one message each: what to check before
     anything starts (the demo does; a sensor or run would otherwise fail later, buried)."""
-    checks = [start_date, max_objects_per_run, list_seconds_per_tick, reconcile_minutes,
+    checks = [start_date, max_objects_per_run, list_seconds_per_tick, sensor_interval_seconds,
+              reconcile_minutes,
               slack_digest_minutes, max_wait_minutes, service_settings]  # fmt: skip
     checks += [lambda name=name: _number(name, 1, int, 1) for name in _RUN_INTEGERS]
     found = []

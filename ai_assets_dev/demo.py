@@ -8,12 +8,15 @@ environment is written to ``.demo/env.sh`` for the AWS CLI, ``sqlite3`` and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from ai_assets_dev.localdev import (
     dagster_dev_command,
     free_port,
     local_instance,
+    model_service,
     seaweedfs,
     stop_process,
 )
@@ -37,6 +41,25 @@ DEMO_S3_PORT = 8333
 UI_HOST, UI_PORT = "127.0.0.1", 3000
 #: ai-assets-exporter's usual port (README, Monitoring)
 EXPORTER_PORT = 9108
+#: The model service's usual port (make serve): the demo's runs classify through it
+SERVICE_PORT = 8000
+#: Least seconds between the demo's sensor ticks: below the daemon's 5 s loop, so it ticks on
+#: every pass of that loop (at 5, a tick a hair late waits for the pass after) and a new photo
+#: waits ~2.5 s for its tick
+DEMO_SENSOR_INTERVAL_SECONDS = "1"
+#: The demo's partitions start this many days before its first run: a month of days to browse
+#: and backfill, without years of empty days to record first.
+DEMO_DAYS = 30
+
+
+def demo_start_date() -> str:
+    """The demo's first partition: chosen on its first run, then kept with its bucket."""
+    saved = ROOT / "start_date"
+    if not saved.exists():
+        ROOT.mkdir(parents=True, exist_ok=True)
+        first = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=DEMO_DAYS)
+        saved.write_text(first.isoformat())
+    return saved.read_text().strip()
 
 
 def configure(endpoint: str) -> None:
@@ -51,11 +74,13 @@ def configure(endpoint: str) -> None:
             "AWS_REGION": "us-east-1",
             "AI_ASSETS_S3_BUCKET": os.environ.get("AI_ASSETS_S3_BUCKET", "images"),
             "AI_ASSETS_S3_PREFIX": os.environ.get("AI_ASSETS_S3_PREFIX", ""),
+            "AI_ASSETS_START_DATE": os.environ.get("AI_ASSETS_START_DATE") or demo_start_date(),
             "AI_ASSETS_DATABASE_URL": os.environ.get("AI_ASSETS_DATABASE_URL")
             or f"sqlite:///{dagster_home / 'ai_assets.sqlite'}",
             "HF_HUB_OFFLINE": "1",
         }
     )
+    os.environ.setdefault("AI_ASSETS_SENSOR_INTERVAL_SECONDS", DEMO_SENSOR_INTERVAL_SECONDS)
     write_env_file(ROOT / "env.sh")
 
 
@@ -68,6 +93,7 @@ ENV_FILE_VARIABLES = (
     "AWS_REGION",
     "AI_ASSETS_S3_BUCKET",
     "AI_ASSETS_S3_PREFIX",
+    "AI_ASSETS_START_DATE",
     "AI_ASSETS_DATABASE_URL",
     "HF_HUB_OFFLINE",
 )
@@ -134,7 +160,11 @@ def run_once() -> bool:
         database = daemon.defs.resources["results_db"].process_config_and_initialize()  # type: ignore[attr-defined]
         engine = database.get_engine()
         rows = results.fetch_rows(engine)
-    found = sum(e.metadata["new"].value for e in result.asset_events or [])  # type: ignore[misc]
+    found = sum(
+        e.metadata["new"].value  # type: ignore[misc]
+        for e in result.asset_events or []
+        if e.asset_key == dg.AssetKey("s3_images")
+    )
     print(
         f"\n{found} new objects, {len(runs)} run(s), {elapsed:.1f} s; "
         f"results table {engine.url.render_as_string(hide_password=True)}\n"
@@ -144,6 +174,20 @@ def run_once() -> bool:
         score = f"{row['score']:.3f}" if row["score"] is not None else ""
         print(f"{row['s3_key']:<40} {(row['label'] or '')[:36]:<36} {score:>6}  {row['status']}")
     return ok and bool(rows)
+
+
+@contextlib.contextmanager
+def start_model_service() -> Iterator[str]:
+    """The model service for the demo's runs (AI_ASSETS_INFERENCE_URL), stopped with it."""
+    port = SERVICE_PORT if _port_free(SERVICE_PORT) else free_port()
+    log = ROOT / "model-service.log"
+    with model_service(port=port, log=log) as url:
+        os.environ["AI_ASSETS_INFERENCE_URL"] = url
+        print(f"Model service: {url}/docs  (the runs classify through it; log: {log})")
+        try:
+            yield url
+        finally:
+            del os.environ["AI_ASSETS_INFERENCE_URL"]
 
 
 def serve_ui(port: int) -> int:
@@ -232,10 +276,13 @@ def main() -> int:
                 else f"bucket {bucket!r} kept as you left it (make demo-clean starts over)"
             )
             print(f"S3 (SeaweedFS) at {endpoint}; {what}")
-            if not run_once():
-                print("the first pass failed; see the logs above", file=sys.stderr)
-                return 1
-            return 0 if args.once else serve_ui(args.ui_port)
+            with contextlib.ExitStack() as services:
+                if not args.once:  # the model stays loaded: a new photo is a row in seconds
+                    services.enter_context(start_model_service())
+                if not run_once():
+                    print("the first pass failed; see the logs above", file=sys.stderr)
+                    return 1
+                return 0 if args.once else serve_ui(args.ui_port)
     except SystemExit as stop:
         print("demo stopped; its servers are down", file=sys.stderr)
         return 0 if stop.code in (128 + signal.SIGINT, 128 + signal.SIGTERM) else 1

@@ -101,6 +101,50 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
         process.wait()
 
 
+@contextlib.contextmanager
+def model_service(
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 180,
+) -> Iterator[str]:
+    """The model service (``uvicorn ai_assets.model_service:app``) on 127.0.0.1; yields its
+    URL once ``/readyz`` answers (the model loaded), and stops it on exit, even on failure."""
+    import urllib.request
+
+    port = port or free_port()
+    output = log.open("ab") if log else None
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "ai_assets.model_service:app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, **(env or {})},
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{url}/readyz", timeout=5) as response,
+            ):
+                if response.status == 200:
+                    break
+            if process.poll() is not None:
+                raise RuntimeError(f"the model service exited with code {process.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the model service was not ready in {timeout} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop_process(process, timeout=15)
+        if output:
+            output.close()
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the process that started the server dies (Linux)."""
     import ctypes

@@ -8,6 +8,7 @@ when tests fail. A test that uses a server, or lives in e2e/ or deploy/, is mark
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -49,6 +50,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the tests' partitions start today (UTC): from the default start years back, every test's
+# first complete pass would record hundreds of empty days; tests of older days set their own
+os.environ.setdefault("AI_ASSETS_START_DATE", dt.datetime.now(dt.UTC).date().isoformat())
 for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
     os.environ.pop(proxy, None)  # network tests only ever talk to 127.0.0.1
 

@@ -43,29 +43,6 @@ print(json.dumps({"seconds": time.perf_counter() - started, "ok": [r.success for
 """
 
 
-def start_service(model: str) -> tuple[subprocess.Popen, str]:
-    import requests
-
-    from ai_assets_dev.localdev import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "ai_assets.model_service:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        env=os.environ | {"AI_ASSETS_MODEL": model},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the model service did not become ready")
-
-
 def model_calls(url: str) -> tuple[float, float]:
     import requests
     from prometheus_client.parser import text_string_to_metric_families
@@ -141,15 +118,14 @@ def main() -> None:
     from ai_assets.service.client import RemoteClassifier
     from ai_assets.settings import DEFAULT_BATCH_SIZE
     from ai_assets.vision.convert import ensure_default_model
-    from ai_assets_dev.localdev import seaweedfs
+    from ai_assets_dev.localdev import model_service, seaweedfs
     from ai_assets_dev.samples import sample_jpegs
 
     model = str(ensure_default_model())
     photos = list(sample_jpegs().values())
     figures: dict[str, object] = {"requests_per_level": total}
     figures["ceiling_images_per_s"] = ceiling(model, photos, 4 * total, DEFAULT_BATCH_SIZE)
-    process, url = start_service(model)
-    try:
+    with model_service(env={"AI_ASSETS_MODEL": model}) as url:
         for clients in (1, 8, 64):
             print(f"{clients} clients:", flush=True)
             for name, value in load(url, photos, clients, total).items():
@@ -190,9 +166,6 @@ def main() -> None:
                 assert outcome["ok"] == [True], outcome
                 figures[f"small_run_s_{mode}"] = outcome["seconds"]
                 figures[f"small_run_torch_{mode}"] = outcome["torch"]
-    finally:
-        process.terminate()
-        process.wait(30)
 
     figures["service_64_vs_ceiling"] = (
         figures["service_64_images_per_s"] / figures["ceiling_images_per_s"]

@@ -454,6 +454,23 @@ def forget_batches(engine: Engine, batches: Iterable[str]) -> None:
             connection.execute(image_batches.delete().where(column.in_(chunk)))
 
 
+def days_with_objects(engine: Engine, first: str, last: str) -> list[str]:
+    """The days in [first, last] that hold an inventory row, oldest first.
+
+    One index probe per such day (ix_image_objects_partition_key), never a scan of their
+    objects: a loose index scan, which neither PostgreSQL 15 nor SQLite does by itself.
+    """
+    day = image_objects.c.partition_key
+    following = sa.select(sa.func.min(day)).where(day <= last)
+    found: list[str] = []
+    with engine.connect() as connection:
+        found_day = connection.scalar(following.where(day >= first))
+        while found_day is not None:
+            found.append(found_day)
+            found_day = connection.scalar(following.where(day > found_day))
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     """An object a run is asked to classify: its key and its day."""

@@ -205,3 +205,14 @@ def test_batches_wait_with_their_rows_until_forgotten(engine) -> None:
     assert list(inventory.unconfirmed_batches(engine, limit=1)) == ["batch-1"]  # oldest first
     inventory.forget_batches(engine, ["batch-1", "batch-2"])
     assert inventory.unconfirmed_batches(engine) == {}
+
+
+def test_days_with_objects_are_found_by_index_probes_within_the_range(engine) -> None:
+    days = ["2026-03-01", "2026-03-05", "2026-03-05", "2026-03-09", "2026-04-01"]
+    rows = [inventory_row(f"{i}.jpg", day=day) for i, day in enumerate(days)]
+    rows.append(inventory_row("gone.jpg", day="2026-03-07", deleted_at=NOW))  # a deleted key too
+    inventory.write_rows(engine, rows)
+    found = inventory.days_with_objects(engine, "2026-03-02", "2026-03-09")
+    assert found == ["2026-03-05", "2026-03-07", "2026-03-09"]
+    assert inventory.days_with_objects(engine, "2026-03-10", "2026-03-31") == []
+    assert inventory.days_with_objects(engine, "2026-03-01", "2026-03-01") == ["2026-03-01"]

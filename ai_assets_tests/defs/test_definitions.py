@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ai_assets.definitions import build_defs
+from ai_assets.definitions import SettingsError, build_defs
 from ai_assets.settings import CONTRACT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,12 +34,13 @@ def test_definitions_load_with_the_contract_names() -> None:
     }
     job = defs.resolve_job_def("classify_images_job")
     assert job.partitions_def == dg.DailyPartitionsDefinition(
-        start_date="2020-01-01", timezone="UTC", end_offset=1
+        start_date=os.environ["AI_ASSETS_START_DATE"], timezone="UTC", end_offset=1
     )
     assert set(defs.resources or {}) >= {"s3", "classifier", "results_db", "slack"}
     classifications = defs.resolve_assets_def("image_classifications")
     assert classifications.partitions_def == job.partitions_def
     assert classifications.backfill_policy is None  # a backfill is one run per day
+    assert job.executor_def.name == "in_process"  # one step: no step process per run
     assert defs.resolve_assets_def("s3_images").partitions_def == job.partitions_def
     assert defs.resolve_assets_def("label_summary").partitions_def is None
     spec = classifications.specs_by_key[classifications.key]
@@ -81,14 +82,49 @@ def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.integration  # a subprocess or a server
-def test_the_start_date_is_configurable_and_validated() -> None:
-    code = "import ai_assets.defs.images.partitions as p; print(p.images_daily.start.date())"
-    env = {**os.environ, "AI_ASSETS_START_DATE": "2023-06-01"}
+def test_the_start_date_and_sensor_interval_are_configurable_and_validated() -> None:
+    code = (
+        "import ai_assets.defs.images.partitions as p, ai_assets.defs.images.sensor as s; "
+        "print(p.images_daily.start.date(), s.s3_image_sensor.minimum_interval_seconds)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AI_ASSETS_START_DATE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.stdout.strip() == "2023-06-01"
+    assert out.stdout.strip() == "2020-01-01 15"  # the documented defaults
+    env |= {"AI_ASSETS_START_DATE": "2023-06-01", "AI_ASSETS_SENSOR_INTERVAL_SECONDS": "5"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "2023-06-01 5"
     env["AI_ASSETS_START_DATE"] = "June 2023"
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got 'June 2023'" in bad.stderr
+
+
+def test_bad_settings_fail_the_load_with_one_message_naming_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AI_ASSETS_START_DATE", "yesterday")
+    monkeypatch.setenv("AI_ASSETS_SENSOR_INTERVAL_SECONDS", "often")
+    with pytest.raises(SettingsError) as raised:
+        build_defs()
+    assert str(raised.value) == (
+        "ai_assets configuration: AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got "
+        "'yesterday'; AI_ASSETS_SENSOR_INTERVAL_SECONDS must be a whole number, got 'often'"
+    )
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
+
+
+@pytest.mark.integration  # a subprocess or a server
+def test_a_code_server_with_a_bad_setting_reports_it_not_an_empty_graph(tmp_path: Path) -> None:
+    """What `dagster dev` shows for the code location: the one message, as its load error."""
+    env = {**os.environ, "AI_ASSETS_MAX_OBJECTS_PER_RUN": "0", "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-m",
+         "ai_assets.definitions"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert "Validation failed for code location" in output
+    message = "ai_assets configuration: AI_ASSETS_MAX_OBJECTS_PER_RUN must be at least 1, got '0'"
+    assert output.count(message) == 1, output[-3000:]
 
 
 @pytest.mark.integration  # a subprocess or a server

@@ -79,7 +79,7 @@ def test_nothing_is_requested_twice_and_the_cursor_stays_small(
     second, _ = daemon.tick()
     assert not second.run_requests
     assert not second.asset_events
-    assert len((daemon.cursor or "").encode()) < 100
+    assert len((daemon.cursor or "").encode()) < 200  # a key, counters and two dates
     assert rows_by_key(db)["in/a.jpg"]["status"] == "error"  # b"img" is no image: one row
 
 
@@ -402,3 +402,67 @@ def test_without_credentials_or_a_bucket_the_sensor_skips_and_names_the_fix(
         assert message.startswith(expected)
         for fix in ("AI_ASSETS_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", ".demo/env.sh"):
             assert fix in message
+
+
+def _days_ago(days: int) -> str:
+    return (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=days)).isoformat()
+
+
+def materialized(instance: dg.DagsterInstance, asset: str) -> set[str]:
+    return instance.get_materialized_partitions(dg.AssetKey(asset))
+
+
+def test_days_without_objects_are_recorded_complete_once_a_pass_is_complete(
+    daemon: InProcessDaemon,
+    s3_client: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AI_ASSETS_START_DATE", _days_ago(6))
+    monkeypatch.setattr("ai_assets.defs.images.sensor.PAGE_SIZE", 1)
+    monkeypatch.setattr("ai_assets.defs.images.sensor.MAX_OBJECTS_PER_TICK", 1)
+    monkeypatch.setattr("ai_assets.defs.images.sensor.MAX_EMPTY_DAYS_PER_TICK", 4)
+    put(s3_client, bucket, "in/a.jpg")
+    put(s3_client, bucket, "in/b.jpg")
+    first, _ = daemon.tick()  # half the listing: which days are empty is not known yet
+    assert [e.partition for e in first.asset_events or []] == [TODAY]
+    # the pass ends: the next four days (at most a tick's worth) are recorded, both assets
+    second, runs = daemon.tick()
+    assert all(run.success for run in runs)
+    empty = [_days_ago(n) for n in (6, 5, 4, 3)]
+    assert [(e.asset_key.path[-1], e.partition) for e in second.asset_events or []] == [
+        ("s3_images", TODAY), *(("s3_images", d) for d in empty),
+        *(("image_classifications", d) for d in empty),
+    ]  # fmt: skip
+    s3, classified = (second.asset_events or [])[1:5], (second.asset_events or [])[5:]
+    assert {e.metadata["new"].value + e.metadata["bytes"].value for e in s3} == {0}
+    assert {e.metadata["day_objects"].value for e in classified} == {0}
+    third, _ = daemon.tick()  # the rest; today holds objects: its runs materialize it
+    assert [e.partition for e in third.asset_events or []] == [_days_ago(2), _days_ago(1)] * 2
+    every = {_days_ago(n) for n in range(7)}
+    assert materialized(daemon.instance, "image_classifications") == every
+    assert materialized(daemon.instance, "s3_images") == every
+    assert not daemon.tick()[0].asset_events  # caught up: nothing more, every tick
+    # a new sensor (a fresh cursor) does not record them again; an earlier start adds its days
+    fresh = InProcessDaemon(daemon.instance)
+    assert not fresh.tick()[0].asset_events
+    monkeypatch.setenv("AI_ASSETS_START_DATE", _days_ago(8))
+    earlier = fresh.tick()[0]
+    assert {e.partition for e in earlier.asset_events or []} == {_days_ago(8), _days_ago(7)}
+
+
+def test_an_empty_today_recorded_complete_is_materialized_again_by_its_first_run(
+    daemon: InProcessDaemon, s3_client: Any, bucket: str
+) -> None:
+    result, _ = daemon.tick()  # an empty bucket: today holds nothing yet
+    assert {e.partition for e in result.asset_events or []} == {TODAY}
+    put(s3_client, bucket, "in/a.jpg")
+    result, [run] = daemon.tick()
+    assert run.success
+    [event] = result.asset_events or []
+    assert event.metadata["new"].value == 1
+    [record] = daemon.instance.fetch_materializations(
+        dg.AssetKey("image_classifications"), limit=1
+    ).records
+    assert record.run_id == run.run_id
+    assert record.asset_materialization.metadata["day_objects"].value == 1  # type: ignore[union-attr]

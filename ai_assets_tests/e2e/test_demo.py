@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets_dev.localdev import free_port
+from ai_assets_dev.samples import sample_jpegs
 from ai_assets_tests.support.util import answers
 
 pytestmark = pytest.mark.e2e
@@ -124,12 +125,33 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
             time.sleep(1)
         metrics_port = int(metrics_url.rsplit(":", 1)[1].split("/")[0])
 
+        # a new photo is classified by dagster dev's runs through the demo's model service
+        served = re.search(r"Model service: (\S+)/docs", log.read_text())
+        assert served, "the demo names its model service"
+        service_url = served.group(1)
+        photo = sample_jpegs()["coffee"]
+        client.put_object(Bucket=client_env["AI_ASSETS_S3_BUCKET"], Key="new/photo.jpg", Body=photo)
+
+        def classified() -> bool:
+            with engine.connect() as connection:
+                query = "SELECT status FROM image_classifications WHERE s3_key = 'new/photo.jpg'"
+                return connection.execute(sa.text(query)).scalar() == "ok"
+
+        while not classified():
+            assert time.monotonic() < deadline, "the new photo never got its row"
+            time.sleep(0.5)
+        service_metrics = urllib.request.urlopen(f"{service_url}/metrics", timeout=5).read()
+        served_images = re.search(rb"^ai_assets_service_images_total (\S+)", service_metrics, re.M)
+        assert served_images and float(served_images.group(1)) == 8  # the first pass's 7 + 1
+        engine.dispose()
+        service_port = int(service_url.rsplit(":", 1)[1])
+
         os.killpg(demo.pid, stop_with)
         demo.wait(30)
         # seconds when the machine is idle; `make test` runs a second test worker beside it
         deadline = time.monotonic() + 60
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
-        ports = (ui_port, s3_port, metrics_port)
+        ports = (ui_port, s3_port, metrics_port, service_port)
         while _started_by(marker) or any(_listening(port) for port in ports):
             assert time.monotonic() < deadline, "processes or ports outlived the signal by 60 s"
             time.sleep(0.5)

@@ -50,6 +50,8 @@ LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__reposito
 T = TypeVar("T")
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+#: The first partition: a month back, as the demo's (the photos are all of today).
+MONTH_AGO = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)).isoformat()
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 180) -> T:
@@ -122,6 +124,7 @@ def dagster_dev(
         "AWS_REGION": "us-east-1",
         "AI_ASSETS_S3_BUCKET": bucket,
         "AI_ASSETS_S3_PREFIX": "",
+        "AI_ASSETS_START_DATE": MONTH_AGO,
         "AI_ASSETS_MODEL": lite0_dir,  # the real model: the screenshots show real labels
         "AI_ASSETS_DATABASE_URL": results_url,
         "HF_HUB_OFFLINE": "1",
@@ -233,6 +236,12 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     assert sorted(rows) == sorted(keys)
 
     assert {r["partition_key"] for r in rows.values()} == {TODAY}
+    # the UI tells the truth: no day of the month is missing work (the empty ones are recorded
+    # complete), so backfilling the missing days of the last 30 launches nothing
+    for asset in ("s3_images", "image_classifications"):
+        assert wait_for(f"{asset} caught up", lambda a=asset: _missing_days(dev, a) == [])
+        assert _partition_stats(dev, asset) == {"numPartitions": 31, "numMaterialized": 31,
+                                                "numFailed": 0, "numMaterializing": 0}  # fmt: skip
 
     # three rows go missing; a backfill of a date range (one run per day) makes the days current
     missing = sorted(keys)[:3]
@@ -267,8 +276,9 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         for run in dev.runs("__ASSET_JOB")
         if {"key": "dagster/backfill", "value": backfill_id} in run["tags"]
     ]
-    assert len(backfill_runs) == 2  # one run per day
+    assert len(backfill_runs) == 2  # one run per day; the empty one's costs one query
     assert {run["status"] for run in backfill_runs} == {"SUCCESS"}
+    assert _missing_days(dev, "image_classifications") == []
     [today_run] = [
         r for r in backfill_runs if {"key": "dagster/partition", "value": TODAY} in r["tags"]
     ]
@@ -315,6 +325,40 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     assert entries["images_per_second"]["floatValue"] > 0
     assert dev.rows()["coffee-0.jpg"]["label"] in entries["sample"]["mdStr"]
     assert {row["run_id"] for row in dev.rows().values()} == {run_id}
+
+
+def _partition_stats(dev: DagsterDev, asset: str) -> dict[str, int]:
+    """What the asset graph's "N% filled" and the partitions page's counts are made of."""
+    data = dev.graphql(
+        """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+             partitionStats { numPartitions numMaterialized numFailed numMaterializing } } } }""",
+        {"key": {"path": [asset]}},
+    )
+    return data["assetNodeOrError"]["partitionStats"]
+
+
+def _missing_days(dev: DagsterDev, asset: str) -> list[str]:
+    """The days of the last 30 (and today) that a backfill of failed and missing partitions
+    would launch, from the statuses the UI's launch dialog filters on."""
+    data = dev.graphql(
+        """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+             assetPartitionStatuses { ... on TimePartitionStatuses {
+               ranges { status startKey endKey } } } } } }""",
+        {"key": {"path": [asset]}},
+    )
+    ranges = data["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
+    done = {
+        day
+        for r in ranges
+        if r["status"] == "MATERIALIZED"
+        for day in _days(r["startKey"], r["endKey"])
+    }
+    return [day for day in _days(MONTH_AGO, TODAY) if day not in done]
+
+
+def _days(first: str, last: str) -> list[str]:
+    start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    return [(start + dt.timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
 def dismiss_community_dialog(driver: Any) -> None:
@@ -365,8 +409,13 @@ def test_the_pages_a_user_opens_render_without_errors(
     pages = {
         "asset-graph": ("/asset-groups/images", "image_classifications"),
         "partitions": ("/assets/image_classifications?view=partitions", TODAY),
+        "partition-today": (
+            f"/assets/image_classifications?view=partitions&partition={TODAY}",
+            "day_objects",
+        ),
         "run": (f"/runs/{runs[0]['runId']}", "image_classifications"),
     }
+    texts: dict[str, str] = {}
     try:
         driver.get(dev.url)
         dismiss_community_dialog(driver)
@@ -386,9 +435,15 @@ def test_the_pages_a_user_opens_render_without_errors(
             body = driver.find_element(By.TAG_NAME, "body").text
             assert not [e for e in ERROR_TEXTS if e in body], body[:2000]
             driver.save_screenshot(str(shots / f"ui-{name}.png"))
+            texts[name] = body
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+    # a caught-up bucket looks caught up: both partitioned assets full, no day missing
+    assert texts["asset-graph"].count("100% filled") == 2, texts["asset-graph"]
+    assert "Missing (0)" in texts["partitions"] and "Materialized (31)" in texts["partitions"]
+    for total in ("day_objects", "day_current", "day_waiting", "day_errors", "day_deleted"):
+        assert total in texts["partition-today"]
 
 
 # -- monitoring: the exporter beside the real dagster dev, scraped by a real Prometheus --

@@ -33,6 +33,7 @@ def environment(home: Path, model: str) -> dict[str, str]:
         "AI_ASSETS_DATABASE_URL": f"sqlite:///{home / 'results.sqlite'}",
         "AI_ASSETS_MODEL": model,
         "AI_ASSETS_S3_BUCKET": "logs",  # the day is empty: no GET is made
+        "AI_ASSETS_START_DATE": "2026-03-01",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         "AWS_ACCESS_KEY_ID": "unused",
         "AWS_SECRET_ACCESS_KEY": "unused",

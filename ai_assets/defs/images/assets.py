@@ -164,7 +164,7 @@ def image_classifications(
     )
     metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
     if totals := status.day_totals(engine, context.partition_key):
-        metadata |= _day_metadata(totals)
+        metadata |= day_metadata(totals)
     else:
         context.log.info("the day holds too many objects to total within the run's budget")
     checks = [*_checks(tally, written), _freshness(totals)]
@@ -218,8 +218,8 @@ def _run_metadata(
     return {str(key): value for key, value in metadata.items()}
 
 
-def _day_metadata(totals: status.Totals) -> dict[str, Any]:
-    """The partition's own state after the run: the partition page describes the day."""
+def day_metadata(totals: status.Totals) -> dict[str, Any]:
+    """The day's own state: the partition page describes the day, not only the last batch."""
     keys = {
         Meta.DAY_OBJECTS: totals.objects,
         Meta.DAY_CURRENT: totals.current,
