@@ -306,7 +306,11 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     from ai_assets_dev.samples import sample_jpegs
 
-    guard = [images[k] for k in keys[: args.agreement_images]] + list(sample_jpegs().values())
+    # every k-th key: the sorted keys group the crops by sample photo, and the first N alone
+    # would judge two photos' crops
+    every = max(1, len(keys) // args.agreement_images)
+    guard = [images[k] for k in keys[::every][: args.agreement_images]]
+    guard += list(sample_jpegs().values())
     for precision in ("fp32", "bf16"):
         agree = figures[f"top1_agreement_{precision}"] = top1_agreement(guard, precision)
         print(f"top-1 agreement with transformers' path, {precision}: {agree:.4f} on {len(guard)}")

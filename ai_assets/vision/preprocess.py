@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 #: The fast path differs from the processor by rounding only: a level or two of 255, where
 #: bicubic's negative lobes carry the intermediate pass's rounding; a wrong config differs more.
 _TOLERANCE_LEVELS = 2.0
+#: JPEG draft mode keeps both sides at least this many times the model's input side. libjpeg's
+#: DCT scaling down to the input size itself changed the top-1 label of 1.3 % of the bench
+#: corpus and 4.4 % of large photos against transformers' own path (full decode, one bicubic
+#: resize); at twice the input, 0.2 % and 1.9 %, still ~1.6x faster than a full decode there.
+DRAFT_MARGIN = 2
 
 
 class Preprocessor(Protocol):
@@ -73,9 +78,9 @@ class Geometry:
     def min_decode_side(self) -> int:
         """Decoding may shrink an image while both sides stay at least this long."""
         if self.size is not None:
-            return max(self.size)
+            return DRAFT_MARGIN * max(self.size)
         assert self.shortest_edge is not None
-        return self.shortest_edge
+        return DRAFT_MARGIN * self.shortest_edge
 
     def crop_origin(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """The resized size and where the crop starts in it (numpy center_crop's offsets)."""

@@ -60,7 +60,7 @@ def test_draft_decoding_keeps_the_labels_of_a_large_photo(
     large = decode_image(jpegs["coffee"]).resize((2400, 1600), Image.Resampling.LANCZOS)
     data = encode(large)
     drafted = classifier.decode(data)
-    assert drafted.size == (600, 400)  # decoded at 1/4 scale: both sides still >= 256
+    assert drafted.size == (1200, 800)  # decoded at 1/2 scale: both sides still >= 2 x 256
     full, draft = (
         classifier.predict([classifier.preprocess(image)], top_k=1)[0][0].label
         for image in (decode_image(data), drafted)
