@@ -18,7 +18,7 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from ai_assets_dev.localdev import free_port
+from ai_assets_dev.localdev import free_port, stop_process
 from ai_assets_dev.samples import sample_jpegs
 from ai_assets_tests.support.util import answers
 
@@ -200,9 +200,14 @@ def test_dagster_dev_in_the_repository_without_any_environment_starts(tmp_path: 
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
+        # started through to the daemon's first tick (a SIGTERM in the very second the webserver
+        # came up once left dagster dev waiting forever): the sensor skips, naming the fix
+        while "Sensor s3_image_sensor skipped: no S3 credentials found" not in log.read_text():
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
+        stop_process(process, timeout=60)  # SIGTERM, then SIGKILL: nothing outlives the test
     text = log.read_text()
     assert "DAGSTER_PG" not in text and "will not be used" not in text
     assert not list(ROOT.glob(".tmp_dagster_home_*")), "dagster dev left its temporary home"
