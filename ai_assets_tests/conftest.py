@@ -13,16 +13,18 @@ import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import dagster as dg
 import pytest
 
-from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_dev.localdev import PostgresServer, postgres, seaweedfs
 from ai_assets_tests.fakes.sqs_server import FakeSqs, fake_sqs
 from ai_assets_tests.support.util import ACCESS_KEY, SECRET_KEY, configure
+
+if TYPE_CHECKING:  # imported where used: it loads the partitions, which read the start date
+    from ai_assets_dev.inprocess import InProcessDaemon
 
 _counter = itertools.count()
 #: Fixtures that start a server (or need one): their tests are ``integration`` tests.
@@ -210,6 +212,8 @@ def instance() -> Iterator[dg.DagsterInstance]:
 @pytest.fixture
 def make_daemon(instance: dg.DagsterInstance) -> Callable[[], InProcessDaemon]:
     """The in-process daemon, built once the test has set the environment it reads."""
+    from ai_assets_dev.inprocess import InProcessDaemon
+
     return lambda: InProcessDaemon(instance)
 
 

@@ -85,10 +85,5 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    """Built when the code location loads, so the environment of that moment configures it.
-
-    Every job runs its steps in the run's own process: a classification run is one step (the
-    asset and its checks), and a step process would only add a start and a second import of
-    the code location to each run (~2 s of a new photo's wait in the demo).
-    """
-    return dg.Definitions(resources=build_resources(), executor=dg.in_process_executor)
+    """Built when the code location loads, so the environment of that moment configures it."""
+    return dg.Definitions(resources=build_resources())

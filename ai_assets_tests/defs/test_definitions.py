@@ -40,7 +40,6 @@ def test_definitions_load_with_the_contract_names() -> None:
     classifications = defs.resolve_assets_def("image_classifications")
     assert classifications.partitions_def == job.partitions_def
     assert classifications.backfill_policy is None  # a backfill is one run per day
-    assert job.executor_def.name == "in_process"  # one step: no step process per run
     assert defs.resolve_assets_def("s3_images").partitions_def == job.partitions_def
     assert defs.resolve_assets_def("label_summary").partitions_def is None
     spec = classifications.specs_by_key[classifications.key]
