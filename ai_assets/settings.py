@@ -23,7 +23,7 @@ DEFAULT_MAX_OBJECTS_PER_RUN = 2_000
 #: (bench/sensor_scale.py measures both; AI_ASSETS_LIST_SECONDS_PER_TICK).
 DEFAULT_LIST_SECONDS_PER_TICK = 10.0
 #: Least seconds between sensor ticks: a new object waits half of it on average (the demo
-#: sets 5, the daemon's own loop; AI_ASSETS_SENSOR_INTERVAL_SECONDS).
+#: sets 1, so it ticks on every pass of the daemon's 5 s loop; AI_ASSETS_SENSOR_INTERVAL_SECONDS).
 DEFAULT_SENSOR_INTERVAL_SECONDS = 15
 #: With an SQS queue: minutes between the starts of complete listing passes (reconciliation).
 #: A pass costs one LIST request per 1,000 objects (10M objects: 10,000 requests, ~18 min of
@@ -220,8 +220,8 @@ def problems() -> list[str]:
     """Every set variable whose value cannot work, one message each: what to check before
     anything starts (the demo does; a sensor or run would otherwise fail later, buried)."""
     checks = [start_date, max_objects_per_run, list_seconds_per_tick, sensor_interval_seconds,
-              reconcile_minutes,
-              slack_digest_minutes, max_wait_minutes, service_settings]  # fmt: skip
+              reconcile_minutes, slack_digest_minutes, max_wait_minutes,
+              service_settings]  # fmt: skip
     checks += [lambda name=name: _number(name, 1, int, 1) for name in _RUN_INTEGERS]
     found = []
     for check in checks:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,17 @@ def write_env_file(path: Path) -> None:
         "# the running demo's environment: source it, then use your own tools\n"
         + "\n".join(lines)
         + "\n"
+    )
+
+
+def s3_client(env: Mapping[str, str]) -> Any:
+    """A boto3 client of the demo's S3 server, from its environment (``.demo/env.sh``)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
     )
 
 

@@ -110,8 +110,6 @@ def model_service(
 ) -> Iterator[str]:
     """The model service (``uvicorn ai_assets.model_service:app``) on 127.0.0.1; yields its
     URL once ``/readyz`` answers (the model loaded), and stops it on exit, even on failure."""
-    import urllib.request
-
     port = port or free_port()
     output = log.open("ab") if log else None
     process = subprocess.Popen(
@@ -126,13 +124,7 @@ def model_service(
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{url}/readyz", timeout=5) as response,
-            ):
-                if response.status == 200:
-                    break
+        while not _ready(f"{url}/readyz"):
             if process.poll() is not None:
                 raise RuntimeError(f"the model service exited with code {process.returncode}")
             if time.monotonic() > deadline:
@@ -371,7 +363,7 @@ def prometheus(
     try:
         wait_for_port(port, timeout=60, process=process)
         deadline = time.monotonic() + 60
-        while not _ready(server.url):
+        while not _ready(f"{server.url}/-/ready"):
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"Prometheus did not become ready: see {data_dir}")
             time.sleep(0.2)
@@ -382,11 +374,12 @@ def prometheus(
 
 
 def _ready(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a server's readiness endpoint)."""
     import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as answer:
+        with urllib.request.urlopen(url, timeout=2) as answer:
             return answer.status == 200
     except (urllib.error.URLError, OSError):
         return False

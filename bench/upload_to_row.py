@@ -90,9 +90,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 
-    import boto3
     import dagster as dg
 
+    from ai_assets_dev.demo import s3_client
     from ai_assets_dev.localdev import free_port, stop_process
     from ai_assets_dev.samples import sample_jpegs
 
@@ -114,13 +114,7 @@ def main() -> int:
             wait("the demo's UI", lambda: sensor_ticked(url), timeout=600)
             print(f"demo up, sensor ticking after {time.monotonic() - started:.0f} s", flush=True)
             demo_env = env_file(demo_dir / "env.sh")
-            s3 = boto3.client(
-                "s3",
-                endpoint_url=demo_env["AWS_ENDPOINT_URL"],
-                aws_access_key_id=demo_env["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=demo_env["AWS_SECRET_ACCESS_KEY"],
-                region_name=demo_env["AWS_REGION"],
-            )
+            s3 = s3_client(demo_env)
             database = demo_env["AI_ASSETS_DATABASE_URL"].removeprefix("sqlite:///")
             os.environ["DAGSTER_HOME"] = demo_env["DAGSTER_HOME"]
             totals, parts = [], {"sensor": [], "launch": [], "run": []}

@@ -14,10 +14,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
 import pytest
 import sqlalchemy as sa
 
+from ai_assets_dev.demo import s3_client
 from ai_assets_dev.localdev import free_port, stop_process
 from ai_assets_dev.samples import sample_jpegs
 from ai_assets_tests.support.util import answers
@@ -98,13 +98,7 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
 
         client_env = _env_file(demo_dir / "env.sh")
         assert client_env["DAGSTER_HOME"] == str(demo_dir / "dagster_home")
-        client = boto3.client(
-            "s3",
-            endpoint_url=client_env["AWS_ENDPOINT_URL"],
-            aws_access_key_id=client_env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=client_env["AWS_SECRET_ACCESS_KEY"],
-            region_name=client_env["AWS_REGION"],
-        )
+        client = s3_client(client_env)
         listed = client.list_objects_v2(Bucket=client_env["AI_ASSETS_S3_BUCKET"])
         assert len(listed["Contents"]) == 7
         engine = sa.create_engine(client_env["AI_ASSETS_DATABASE_URL"])
