@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from ai_assets.db import results
-from ai_assets.defs.alerts.slack import slack_on_run_failure, slack_success_digest
+from ai_assets.defs.alerts.slack import partition_label, slack_on_run_failure, slack_success_digest
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.fakes import slack_server
 
@@ -244,3 +244,22 @@ def test_zero_minutes_posts_one_message_per_successful_run(
         [True, False],
         [False, True],
     ]
+
+
+@pytest.mark.parametrize(
+    ("tags", "label"),
+    [
+        ({"dagster/partition": "2026-12-01", "ai_assets/batch": "b-1"}, "2026-12-01 · b-1"),
+        ({"dagster/partition": "2026-12-01"}, "2026-12-01"),
+        (  # a backfill's run of several days
+            {
+                "dagster/asset_partition_range_start": "2026-11-01",
+                "dagster/asset_partition_range_end": "2026-12-01",
+            },
+            "2026-11-01…2026-12-01",
+        ),
+        ({}, ""),
+    ],
+)
+def test_messages_name_the_runs_day_batch_or_range(tags: dict[str, str], label: str) -> None:
+    assert partition_label(dg.DagsterRun(job_name="classify_images_job", tags=tags)) == label

@@ -39,7 +39,8 @@ def test_definitions_load_with_the_contract_names() -> None:
     assert set(defs.resources or {}) >= {"s3", "classifier", "results_db", "slack"}
     classifications = defs.resolve_assets_def("image_classifications")
     assert classifications.partitions_def == job.partitions_def
-    assert classifications.backfill_policy is None  # a backfill is one run per day
+    # a backfill runs a month of days per run: its empty days cost no run of their own
+    assert classifications.backfill_policy == dg.BackfillPolicy.multi_run(31)
     assert defs.resolve_assets_def("s3_images").partitions_def == job.partitions_def
     assert defs.resolve_assets_def("label_summary").partitions_def is None
     spec = classifications.specs_by_key[classifications.key]

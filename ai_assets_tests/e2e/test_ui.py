@@ -243,7 +243,8 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         assert _partition_stats(dev, asset) == {"numPartitions": 31, "numMaterialized": 31,
                                                 "numFailed": 0, "numMaterializing": 0}  # fmt: skip
 
-    # three rows go missing; a backfill of a date range (one run per day) makes the days current
+    # three rows go missing; a backfill of the last 30 days (a plain date range, every day
+    # selected) is one run (BackfillPolicy): the empty days cost no run of their own
     missing = sorted(keys)[:3]
     engine = sa.create_engine(dev.results_url)
     with engine.begin() as connection:
@@ -257,7 +258,7 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
              ... on PythonError { message } } }""",
         {"params": {"partitionsByAssets": [{
                         "assetKey": {"path": ["image_classifications"]},
-                        "partitions": {"range": {"start": YESTERDAY, "end": TODAY}}}],
+                        "partitions": {"range": {"start": MONTH_AGO, "end": TODAY}}}],
                     "fromFailure": False}},
     )  # fmt: skip
     backfill_id = launched["launchPartitionBackfill"]["backfillId"]
@@ -271,21 +272,24 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         return None if status in ("REQUESTED", "CANCELING", "FAILING") else status
 
     assert wait_for("the backfill", backfill_status, timeout=240) == "COMPLETED_SUCCESS"
-    backfill_runs = [
+    [backfill_run] = [
         run
         for run in dev.runs("__ASSET_JOB")
         if {"key": "dagster/backfill", "value": backfill_id} in run["tags"]
     ]
-    assert len(backfill_runs) == 2  # one run per day; the empty one's costs one query
-    assert {run["status"] for run in backfill_runs} == {"SUCCESS"}
+    assert backfill_run["status"] == "SUCCESS"
+    tags = {tag["key"]: tag["value"] for tag in backfill_run["tags"]}
+    assert tags["dagster/asset_partition_range_start"] == MONTH_AGO
+    assert tags["dagster/asset_partition_range_end"] == TODAY
     assert _missing_days(dev, "image_classifications") == []
-    [today_run] = [
-        r for r in backfill_runs if {"key": "dagster/partition", "value": TODAY} in r["tags"]
-    ]
+    # each day's materialization by that run carries the day's own totals
+    day_objects = _day_objects(dev, backfill_run["runId"])
+    assert len(day_objects) == 31
+    assert (day_objects[MONTH_AGO], day_objects[YESTERDAY], day_objects[TODAY]) == (0, 0, 6)
     rewritten = dev.rows()
     assert sorted(rewritten) == sorted(keys)
     for key in missing:
-        assert rewritten[key]["run_id"] == today_run["runId"]
+        assert rewritten[key]["run_id"] == backfill_run["runId"]
     untouched = sorted(keys)[3]
     assert rewritten[untouched]["run_id"] == rows[untouched]["run_id"]
 
@@ -335,6 +339,22 @@ def _partition_stats(dev: DagsterDev, asset: str) -> dict[str, int]:
         {"key": {"path": [asset]}},
     )
     return data["assetNodeOrError"]["partitionStats"]
+
+
+def _day_objects(dev: DagsterDev, run_id: str) -> dict[str, int]:
+    """day_objects of each image_classifications materialization the run wrote, by day."""
+    data = dev.graphql(
+        """{ assetOrError(assetKey: {path: ["image_classifications"]}) { ... on Asset {
+             assetMaterializations(limit: 100) { runId partition
+               metadataEntries { label ... on IntMetadataEntry { intValue } } } } } }"""
+    )
+    return {
+        event["partition"]: entry["intValue"]
+        for event in data["assetOrError"]["assetMaterializations"]
+        if event["runId"] == run_id
+        for entry in event["metadataEntries"]
+        if entry["label"] == "day_objects"
+    }
 
 
 def _missing_days(dev: DagsterDev, asset: str) -> list[str]:

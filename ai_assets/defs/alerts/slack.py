@@ -26,14 +26,19 @@ from ai_assets.settings import slack_digest_minutes
 from ai_assets.slack.messages import FailureDigest, RunSummary, SuccessDigest, run_url
 
 _PARTITION_TAG = "dagster/partition"
+#: A backfill's run of several days carries its range instead (BackfillPolicy.multi_run).
+_RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
 #: Successful runs one digest tick reads at most; any more go into the next digest.
 MAX_RUNS_PER_DIGEST = 1_000
 _warned_unconfigured: set[str] = set()
 
 
 def partition_label(run: dg.DagsterRun) -> str:
-    """The run's day, and its batch when the sensor requested it."""
+    """The run's day (or days), and its batch when the sensor requested it."""
     day, batch = run.tags.get(_PARTITION_TAG, ""), run.tags.get(BATCH_TAG)
+    first, last = (run.tags.get(tag) for tag in _RANGE_TAGS)
+    if not day and first and last:
+        day = first if first == last else f"{first}…{last}"
     return f"{day} · {batch}" if batch else day
 
 

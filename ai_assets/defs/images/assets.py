@@ -5,7 +5,9 @@ writes O(1) events however many images it classifies.
 """
 
 import datetime as dt
+import itertools
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +31,9 @@ MAX_ERROR_RATE = 0.05
 MAX_ERROR_LOGS = 20
 #: label_summary is recomputed at most this often while runs keep finishing.
 SUMMARY_CRON = "*/5 * * * *"
+#: Days one backfill run covers: a month's empty days cost one index probe each, not a run
+#: each, and a backfill of years still spreads over runs that the queue runs side by side.
+DAYS_PER_BACKFILL_RUN = 31
 
 s3_images = dg.AssetSpec(
     "s3_images",
@@ -75,46 +80,55 @@ class ClassifyConfig(dg.Config):
     )
 
 
-@dg.asset(
-    deps=[s3_images],
-    partitions_def=images_daily,
-    owners=OWNERS,
-    tags=TAGS,
-    metadata={
-        "dagster/column_schema": column_schema(),
-        "dagster/table_name": results.image_classifications.name,
-    },
-    # a database restart or an S3 outage longer than botocore's retries: the whole step
-    # re-runs (upserts are idempotent), then the run fails with the error
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
-    group_name=GROUP,
-    kinds={"pytorch", database_kind()},
-    check_specs=[
-        dg.AssetCheckSpec(
-            SCORES_ARE_PROBABILITIES,
-            asset="image_classifications",
-            description="Every top-1 score the run wrote lies in [0, 1].",
-        ),
-        dg.AssetCheckSpec(
-            BATCH_FULLY_CLASSIFIED,
-            asset="image_classifications",
-            description="Every object the run was asked for has a current row afterwards.",
-        ),
-        dg.AssetCheckSpec(
-            ERROR_RATE_BELOW_THRESHOLD,
-            asset="image_classifications",
-            description=f"At most {MAX_ERROR_RATE:.0%} of the run's objects failed to classify.",
-        ),
-        dg.AssetCheckSpec(
-            NO_OBJECT_WAITS_TOO_LONG,
-            asset="image_classifications",
-            description=(
-                "After the run, no object of the day has waited for its result longer than "
-                "AI_ASSETS_MAX_WAIT_MINUTES (WARN): the backlog, where Dagster users look."
+with warnings.catch_warnings():
+    # backfill_policy is marked beta in Dagster 1.13 and would warn at every load
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    _classifications_asset = dg.asset(
+        deps=[s3_images],
+        partitions_def=images_daily,
+        owners=OWNERS,
+        tags=TAGS,
+        metadata={
+            "dagster/column_schema": column_schema(),
+            "dagster/table_name": results.image_classifications.name,
+        },
+        # a database restart or an S3 outage longer than botocore's retries: the whole step
+        # re-runs (upserts are idempotent), then the run fails with the error
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+        backfill_policy=dg.BackfillPolicy.multi_run(DAYS_PER_BACKFILL_RUN),
+        group_name=GROUP,
+        kinds={"pytorch", database_kind()},
+        check_specs=[
+            dg.AssetCheckSpec(
+                SCORES_ARE_PROBABILITIES,
+                asset="image_classifications",
+                description="Every top-1 score the run wrote lies in [0, 1].",
             ),
-        ),
-    ],
-)
+            dg.AssetCheckSpec(
+                BATCH_FULLY_CLASSIFIED,
+                asset="image_classifications",
+                description="Every object the run was asked for has a current row afterwards.",
+            ),
+            dg.AssetCheckSpec(
+                ERROR_RATE_BELOW_THRESHOLD,
+                asset="image_classifications",
+                description=(
+                    f"At most {MAX_ERROR_RATE:.0%} of the run's objects failed to classify."
+                ),
+            ),
+            dg.AssetCheckSpec(
+                NO_OBJECT_WAITS_TOO_LONG,
+                asset="image_classifications",
+                description=(
+                    "After the run, no object of its days has waited for its result longer than "
+                    "AI_ASSETS_MAX_WAIT_MINUTES (WARN): the backlog, where Dagster users look."
+                ),
+            ),
+        ],
+    )
+
+
+@_classifications_asset
 def image_classifications(
     context: dg.AssetExecutionContext,
     config: ClassifyConfig,
@@ -124,10 +138,11 @@ def image_classifications(
 ) -> dg.MaterializeResult:
     """One row per object in the `image_classifications` table: top-k ImageNet labels.
 
-    A sensor run (tag `ai_assets/batch`) classifies exactly its batch; any other run of a day
-    (Materialize, a backfill) makes the day current. Objects stream in key order: fetched
-    concurrently, decoded, classified in batches, upserted one transaction per batch while
-    the next batch is classified.
+    A sensor run (tag `ai_assets/batch`) classifies exactly its batch; any other run
+    (Materialize a day, a backfill of up to DAYS_PER_BACKFILL_RUN days) makes its days current.
+    Objects stream in key order: fetched concurrently, decoded, classified in batches, upserted
+    one transaction per batch while the next batch is classified. Each day's materialization
+    carries the run's figures and that day's own totals.
     """
     batch = context.run.tags.get(BATCH_TAG)
     engine = results_db.get_engine()
@@ -162,26 +177,33 @@ def image_classifications(
         f"{counts[Meta.IMAGES]:,} objects in {elapsed:.1f} s: {counts[Meta.CLASSIFIED]:,} "
         f"classified, {counts[Meta.ERRORS]:,} errors, {counts[Meta.DELETED]:,} deleted"
     )
+    days_totals = []
+    for day in context.partition_keys:
+        if totals := status.day_totals(engine, day):
+            context.add_asset_metadata(day_metadata(totals), partition_key=day)
+        else:
+            context.log.info(f"{day} holds too many objects to total within the run's budget")
+        days_totals.append(totals)
+    checks = [*_checks(tally, written), _freshness(days_totals)]
     metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
-    if totals := status.day_totals(engine, context.partition_key):
-        metadata |= day_metadata(totals)
-    else:
-        context.log.info("the day holds too many objects to total within the run's budget")
-    checks = [*_checks(tally, written), _freshness(totals)]
     return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 def _targets(
     context: dg.AssetExecutionContext, engine: Any, model: Any, batch: str | None, redo: bool
 ) -> Iterator[inventory.Target]:
-    """The sensor's batch when the run has one, else the day's objects that are not current."""
-    day = context.partition_key
+    """The sensor's batch when the run has one, else the objects of its days not current."""
+    days = context.partition_keys
+    span = days[0] if len(days) == 1 else f"{days[0]}…{days[-1]} ({len(days)} days)"
     if batch:
-        context.log.info(f"classifying batch {batch} of {day} with {model.model_id}")
+        context.log.info(f"classifying batch {batch} of {span} with {model.model_id}")
         return inventory.batch_targets(engine, batch)
     what = "every object" if redo else "the objects not current"
-    context.log.info(f"classifying {what} of {day} with {model.model_id} on {model.device}")
-    return inventory.stale_targets(engine, day, model.model_id, model.model_revision, redo)
+    context.log.info(f"classifying {what} of {span} with {model.model_id} on {model.device}")
+    return itertools.chain.from_iterable(
+        inventory.stale_targets(engine, day, model.model_id, model.model_revision, redo)
+        for day in days
+    )
 
 
 def _log_errors(
@@ -240,23 +262,24 @@ def _waited_seconds(totals: status.Totals) -> float:
     return max((dt.datetime.now(dt.UTC) - totals.oldest_waiting).total_seconds(), 0.0)
 
 
-def _freshness(totals: status.Totals | None) -> dg.AssetCheckResult:
-    """WARN when an object of the day has waited longer than AI_ASSETS_MAX_WAIT_MINUTES."""
+def _freshness(days_totals: Sequence[status.Totals | None]) -> dg.AssetCheckResult:
+    """WARN when an object of the run's days has waited longer than AI_ASSETS_MAX_WAIT_MINUTES."""
     limit_s = max_wait_minutes() * 60
-    if totals is None:
+    counted = [totals for totals in days_totals if totals is not None]
+    if not counted:
         return dg.AssetCheckResult(
             check_name=NO_OBJECT_WAITS_TOO_LONG,
             passed=True,
-            description="The day holds too many objects to count within the run's budget.",
+            description="The run's days hold too many objects to count within its budget.",
         )
-    waited = _waited_seconds(totals)
+    waited = max(_waited_seconds(totals) for totals in counted)
     return dg.AssetCheckResult(
         check_name=NO_OBJECT_WAITS_TOO_LONG,
         passed=waited <= limit_s,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "oldest_waiting_seconds": round(waited, 1),
-            "waiting": totals.waiting,
+            "waiting": sum(totals.waiting for totals in counted),
             "limit_seconds": limit_s,
         },
     )
