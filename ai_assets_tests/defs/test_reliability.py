@@ -204,12 +204,21 @@ def test_persistent_s3_failure_fails_the_run_clearly_and_the_next_attempt_comple
 
 
 def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
-    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], reliability_report
+    proxied,
+    s3_client: Any,
+    bucket: str,
+    jpegs: dict[str, bytes],
+    reliability_report,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import threading
     import time
 
     proxy, daemon, db_url = proxied
+    # Dagster calls logging.config.dictConfig at every run's start, even with no python_logs;
+    # with a second run logging in another thread of this process the two can deadlock
+    # (logging's module lock against a handler's). This instance has no handlers to build.
+    monkeypatch.setattr(daemon.instance, "get_yaml_python_handlers", lambda: [])
     s3_client.put_object(Bucket=bucket, Key="photo.jpg", Body=jpegs["chelsea"])
     first = daemon.evaluate()
     daemon.report_events(first)

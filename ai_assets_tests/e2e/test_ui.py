@@ -125,6 +125,7 @@ def dagster_dev(
         "AI_ASSETS_S3_BUCKET": bucket,
         "AI_ASSETS_S3_PREFIX": "",
         "AI_ASSETS_START_DATE": MONTH_AGO,
+        "AI_ASSETS_SENSOR_INTERVAL_SECONDS": "1",  # a tick every daemon loop, as the demo's
         "AI_ASSETS_MODEL": lite0_dir,  # the real model: the screenshots show real labels
         "AI_ASSETS_DATABASE_URL": results_url,
         "HF_HUB_OFFLINE": "1",
