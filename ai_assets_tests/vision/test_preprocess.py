@@ -80,6 +80,21 @@ def test_collate_gives_a_channels_last_float_batch(lite0_processor) -> None:
     assert float(batch.min()) >= -1.0 - 1e-6 and float(batch.max()) <= 1.0 + 1e-6  # one FMA
 
 
+@pytest.mark.parametrize("resize", ["torch", "pillow"])
+def test_collate_applies_each_channels_own_affine(resize: str) -> None:
+    """The batch-wide affine (tiled over pixel lines) is the per-channel one, channel by channel."""
+    geometry = Geometry(Image.Resampling.BICUBIC, shortest_edge=40, crop=(32, 24))
+    scale, shift = np.array([1.0, 2.0, 3.0]) / 255, np.array([-0.5, 0.25, -1.0])
+    fast = FastPreprocessor(geometry, scale, shift, resize)
+    tensors = [fast(reference_image(*size)) for size in SIZES[:4]]
+    batch = fast.collate(tensors, "cpu")
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    for image, got in zip(tensors, batch, strict=True):
+        for channel in range(3):
+            want = image[channel].float() * scale[channel] + shift[channel]
+            torch.testing.assert_close(got[channel], want.float(), rtol=0, atol=1e-6)
+
+
 def test_unsupported_configurations_use_the_processor(lite0_processor) -> None:
     padded = ViTImageProcessorPil(size={"height": 32, "width": 32}, do_pad=True)
     longest = ViTImageProcessorPil(size={"longest_edge": 64})
