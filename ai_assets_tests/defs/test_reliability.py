@@ -433,7 +433,12 @@ def test_the_sensor_survives_outages_of_its_database_and_s3(
         finally:
             pg.start()
         _, runs = daemon.tick()
-        assert [run.success for run in runs] == [True, True]  # the lost first batch, and b
+        # the lost first batch and b's: two runs, or one when the immediate stop also lost a's
+        # inventory (the test server acknowledges commits before they are durable:
+        # synchronous_commit=off), so a is found again with b. Each object runs once either way.
+        assert runs and all(run.success for run in runs)
+        assert sum(run.asset_materializations_for_node("image_classifications")[0]
+                   .metadata["images"].value for run in runs) == 2  # fmt: skip
         again, _ = daemon.tick()
         assert not again.run_requests
         rows = rows_by_key(pg.url)
