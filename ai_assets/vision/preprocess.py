@@ -198,9 +198,9 @@ class FastPreprocessor:
         self.geometry = geometry
         self.resize = resize
         self.min_decode_side = geometry.min_decode_side
-        # (3, 1, 1): broadcasts over one CHW image
-        self.scale = torch.from_numpy(scale.astype(np.float32)).view(-1, 1, 1)
-        self.shift = torch.from_numpy(shift.astype(np.float32)).view(-1, 1, 1)
+        # per channel, (3,): collate tiles them over a pixel line
+        self.scale = torch.from_numpy(scale.astype(np.float32))
+        self.shift = torch.from_numpy(shift.astype(np.float32))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torch
@@ -231,8 +231,7 @@ class FastPreprocessor:
             slot.copy_(image)
         pixels = pixels.to(device=device, dtype=torch.float32)  # keeps channels_last
         lines = pixels.permute(0, 2, 3, 1).reshape(-1, width * channels)  # a view
-        scale = self.scale.view(-1).repeat(width).to(device)
-        shift = self.shift.view(-1).repeat(width).to(device)
+        scale, shift = self.scale.repeat(width).to(device), self.shift.repeat(width).to(device)
         torch.addcmul(shift, lines, scale, out=lines)
         return pixels
 
