@@ -5,10 +5,13 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 384–640 px made from the sample photos. Measured in one run, on this machine:
 
 * memory – the run's loop (fetch ∥ decode ∥ preprocess, collate, model, rows, upsert into a real
-  PostgreSQL) over images already in memory: no GET; and side by side, memory_before (the
-  preprocessing resize by Pillow, as before torch's);
+  PostgreSQL) over images already in memory: no GET; and side by side, each lever undone alone:
+  memory_pillow_decode (JPEGs decoded by Pillow, as before libjpeg-turbo's direct decode) and
+  memory_pillow_resize (the preprocessing resize by Pillow, as before torch's);
 * s3     – the same loop, every image fetched from a local SeaweedFS as runs do (obstore); and
   side by side, s3_boto3, every GET through boto3 as before;
+
+Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), summed.
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
   runs it requests, in this process, with the model already loaded).
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import io
 import os
 import resource
 import shutil
@@ -134,32 +138,71 @@ def resized_by(classifier: Any, resize: str) -> Iterator[None]:
         classifier.preprocessor.resize = saved
 
 
+@contextlib.contextmanager
+def decoded_by_pillow() -> Iterator[None]:
+    """Every JPEG decoded by Pillow for a while, as before libjpeg-turbo's direct decode."""
+    from ai_assets.vision import decode
+
+    saved = decode._turbo_jpeg  # pyright: ignore[reportPrivateUsage]
+    decode._turbo_jpeg = lambda data, image: None  # pyright: ignore[reportPrivateUsage]
+    try:
+        yield
+    finally:
+        decode._turbo_jpeg = saved  # pyright: ignore[reportPrivateUsage]
+
+
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(name: str, images: int, work: Callable[[], None]) -> dict[str, float]:
-    """Run ``work`` with every stage timed; figures per image."""
-    stages = Stages()
-    with instrumented(stages):
-        cpu, main, wall = process_cpu(), time.thread_time(), time.perf_counter()
-        work()
-        wall = time.perf_counter() - wall
-        main = time.thread_time() - main
-        cpu = process_cpu() - cpu
-    per_image = {stage: stages.seconds[stage] * 1000 / images for stage in STAGES}
-    total = cpu * 1000 / images
-    figures = {
-        f"{name}_img_s": images / wall,
-        f"{name}_cpu_ms": total,
-        f"{name}_cpu_ms_no_model": total - per_image["model"],
-        f"{name}_main_thread_ms": main * 1000 / images,
-        **{f"{name}_{stage}_ms": value for stage, value in per_image.items()},
-        f"{name}_other_ms": total - sum(per_image.values()),
-    }
-    print(f"{name}: {images / wall:,.0f} images/s, {total:.2f} CPU ms per image", flush=True)
-    return figures
+class Tally:
+    """One variant's CPU, main-thread time, wall time and stages, summed over its passes."""
+
+    def __init__(self) -> None:
+        self.stages = Stages()
+        self.cpu = self.main = self.wall = 0.0
+        self.images = 0
+
+    def add(self, images: int, work: Callable[[], None]) -> None:
+        with instrumented(self.stages):
+            cpu, main, wall = process_cpu(), time.thread_time(), time.perf_counter()
+            work()
+            self.wall += time.perf_counter() - wall
+            self.main += time.thread_time() - main
+            self.cpu += process_cpu() - cpu
+        self.images += images
+
+    def figures(self, name: str) -> dict[str, float]:
+        """Per image: images/s, CPU ms (all, model excluded), main thread, each stage, other."""
+        per_image = {s: self.stages.seconds[s] * 1000 / self.images for s in STAGES}
+        total = self.cpu * 1000 / self.images
+        print(f"{name}: {self.images / self.wall:,.0f} images/s, {total:.2f} CPU ms per image")
+        return {
+            f"{name}_img_s": self.images / self.wall,
+            f"{name}_cpu_ms": total,
+            f"{name}_cpu_ms_no_model": total - per_image["model"],
+            f"{name}_main_thread_ms": self.main * 1000 / self.images,
+            **{f"{name}_{stage}_ms": value for stage, value in per_image.items()},
+            f"{name}_other_ms": total - sum(per_image.values()),
+        }
+
+
+Variant = tuple[Callable[[], contextlib.AbstractContextManager[Any]], Callable[[], None]]
+
+
+def side_by_side(variants: dict[str, Variant], images: int, rounds: int) -> dict[str, float]:
+    """Each variant's figures, the variants' passes interleaved round by round.
+
+    This machine's speed drifts by tens of percent within minutes (shared cores): variants run
+    one after another would measure the drift as much as the lever.
+    """
+    tallies = {name: Tally() for name in variants}
+    for _ in range(rounds):
+        for name, (setting, work) in variants.items():
+            with setting():
+                tallies[name].add(images, work)
+    return {k: v for name, tally in tallies.items() for k, v in tally.figures(name).items()}
 
 
 def loop(
@@ -179,13 +222,20 @@ def loop(
         pass
 
 
+def pillow(data: bytes) -> Any:
+    """Pixels as transformers' pipeline loads an image: Pillow, upright, RGB, in full."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    return np.array(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
 def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) -> float:
     """Top-1 agreement of the run's path (scaled decode, fast preprocessing, ``precision``)
     with transformers' own: Pillow's full decode and the model's image processor, in fp32."""
     from transformers import AutoImageProcessor
 
     from ai_assets.vision.convert import ensure_default_model
-    from ai_assets.vision.decode import decode_image
     from ai_assets.vision.model import load_classifier
     from ai_assets.vision.preprocess import ProcessorPreprocessor
 
@@ -199,7 +249,7 @@ def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) ->
     chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     mine = labels(ours, (ours.preprocessor.collate([ours.prepare(d) for d in c], "cpu")
                          for c in chunks))  # fmt: skip
-    theirs = labels(reference, (processor.collate([processor(decode_image(d)) for d in c], "cpu")
+    theirs = labels(reference, (processor.collate([processor(pillow(d)) for d in c], "cpu")
                                 for c in chunks))  # fmt: skip
     return sum(a == b for a, b in zip(mine, theirs, strict=True)) / len(images)
 
@@ -210,6 +260,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--agreement-images", type=int, default=400, help="corpus images in the accuracy guard"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved passes of each side-by-side variant"
     )
     args = parser.parse_args()
 
@@ -262,29 +315,41 @@ def main() -> None:
             data = images[key]
             return Fetched(key=key, etag="e", size=len(data), data=data)
 
-        # Pillow's resize, as before torch's, side by side with the code as it runs
-        for name, resize in (("memory_before", "pillow"), ("memory", "torch")):
+        def in_memory_loop(name: str) -> Callable[[], None]:
             engine = database(name)
+            return lambda: loop(keys, in_memory, classifier, engine, args.batch_size)
 
-            def in_memory_loop(engine: Any = engine) -> None:
-                loop(keys, in_memory, classifier, engine, args.batch_size)
-
-            with resized_by(classifier, resize):
-                figures |= measure(name, len(keys), in_memory_loop)
+        # each lever undone alone, side by side with the code as it runs
+        figures |= side_by_side(
+            {
+                "memory": (contextlib.nullcontext, in_memory_loop("memory")),
+                "memory_pillow_decode": (decoded_by_pillow, in_memory_loop("pillow_decode")),
+                "memory_pillow_resize": (
+                    lambda: resized_by(classifier, "pillow"),
+                    in_memory_loop("pillow_resize"),
+                ),
+            },
+            len(keys),
+            args.rounds,
+        )
         # boto3's GET, as before obstore's, side by side with the run's own fetcher
         bucket = ImageBucketResource(bucket=BUCKET, endpoint_url=endpoint)
         fetcher = bucket.get_fetcher(50 << 20)
         assert fetcher.store is not None, "obstore is not configured"
-        for name, fetch in (
-            ("s3_boto3", ObjectFetcher(fetcher.client, BUCKET, 50 << 20)),
-            ("s3", fetcher),
-        ):
+
+        def s3_loop(name: str, fetch: Callable[[str], Fetched]) -> Callable[[], None]:
             engine = database(name)
+            return lambda: loop(keys, fetch, classifier, engine, args.batch_size)
 
-            def s3_loop(engine: Any = engine, fetch: ObjectFetcher = fetch) -> None:
-                loop(keys, fetch, classifier, engine, args.batch_size)
-
-            figures |= measure(name, len(keys), s3_loop)
+        boto3_fetch = ObjectFetcher(fetcher.client, BUCKET, 50 << 20)
+        figures |= side_by_side(
+            {
+                "s3": (contextlib.nullcontext, s3_loop("s3", fetcher)),
+                "s3_boto3": (contextlib.nullcontext, s3_loop("s3_boto3", boto3_fetch)),
+            },
+            len(keys),
+            args.rounds,
+        )
 
         os.environ["AI_ASSETS_DATABASE_URL"] = pg.create_database("run")
         with dg.instance_for_test() as instance:
@@ -296,7 +361,7 @@ def main() -> None:
                 for request in requests:
                     assert daemon.launch(request).success
 
-            figures |= measure("run", len(keys), run)
+            figures |= side_by_side({"run": (contextlib.nullcontext, run)}, len(keys), 1)
             written = sa.create_engine(os.environ["AI_ASSETS_DATABASE_URL"])
             with written.connect() as connection:
                 rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))

@@ -7,7 +7,7 @@ those. This fills PostgreSQL with N inventory rows (default 1,000,000, spread ov
 2,000) and times that step, as the sensor runs it, with the table holding one tick's new
 batches (the usual case) and with it full (1,000 batches, the bound), Dagster's storage on the
 same server. Then, with a results row for every object (every tenth an error), the query each
-run makes for its day's totals (inventory.day_totals) over that one day of N objects.
+run makes for its day's totals (status.day_totals) over that one day of N objects.
 Ends with: RESULT inventory_rows=… usual_ms=… full_ms=… day_totals_ms=…
 """
 
@@ -65,12 +65,12 @@ def fill_results(engine) -> None:
 
 
 def day_totals_ms(engine, repeats: int) -> tuple[float, object]:
-    from ai_assets.db import inventory
+    from ai_assets.db import status
 
     times, totals = [], None
     for _ in range(repeats):
         started = time.perf_counter()
-        totals = inventory.day_totals(engine, "2026-12-01", timeout_ms=600_000)  # its full cost
+        totals = status.day_totals(engine, "2026-12-01", timeout_ms=600_000)  # its full cost
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times), totals
 

@@ -131,7 +131,7 @@ def timed_rate(run: Callable[[], int], min_seconds: float) -> float:
 
 
 def prepared(
-    classifier: Any, images: list[bytes], decode: Callable[[bytes], Image.Image] | None = None
+    classifier: Any, images: list[bytes], decode: Callable[[bytes], Any] | None = None
 ) -> list[Any]:
     """Decoded and preprocessed images, ready to batch (the same for every precision)."""
     decode = decode or classifier.decode
@@ -284,7 +284,7 @@ def measure_draft(classifier: Any, photos: list[bytes]) -> tuple[float, float, f
     """JPEG draft mode on large photos: top-1 agreement; decode+preprocess ms, full and draft."""
     from ai_assets.vision.decode import decode_image
 
-    def prepare(decode: Callable[[bytes], Image.Image]) -> tuple[list[Any], float]:
+    def prepare(decode: Callable[[bytes], Any]) -> tuple[list[Any], float]:
         started = time.process_time()
         pixels = prepared(classifier, photos, decode)
         return pixels, (time.process_time() - started) / len(photos) * 1000

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
+import numpy as np
 
 from ai_assets.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PRECISION
 from ai_assets.vision.decode import decode_image
@@ -78,17 +78,17 @@ class ImageClassifier:
     def warm_up(self, batch_size: int) -> None:
         """Run one blank batch: oneDNN builds its kernels for a batch shape on first use (~1 s)."""
         if batch_size not in self._warm:
-            blank = self.preprocess(Image.new("RGB", (256, 256)))
+            blank = self.preprocess(np.zeros((256, 256, 3), np.uint8))
             self.predict([blank] * batch_size, top_k=1)
             self._warm.add(batch_size)
 
-    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
         """Decode at the smallest JPEG scale that still covers the model's input size."""
         return decode_image(data, max_pixels, self.min_decode_side)
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One image → the tensor ``predict`` batches (run in worker threads)."""
-        return self.preprocessor(image)
+    def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
+        """One image's pixels → the tensor ``predict`` batches (run in worker threads)."""
+        return self.preprocessor(pixels)
 
     def prepare(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
         """Object bytes → a model-ready tensor; raises ImageError (run in worker threads)."""

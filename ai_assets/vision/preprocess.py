@@ -37,12 +37,12 @@ DRAFT_MARGIN = 2
 
 
 class Preprocessor(Protocol):
-    """Turns one decoded RGB image into a tensor, and a batch of those into model input."""
+    """Turns one image's RGB pixels (H, W, 3) uint8 into a tensor, and a batch into model input."""
 
     #: Smallest width and height a decoder must keep (JPEG draft mode); 0 = decode in full.
     min_decode_side: int
 
-    def __call__(self, image: Image.Image) -> torch.Tensor: ...
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor: ...
 
     def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor: ...
 
@@ -95,7 +95,7 @@ class Geometry:
             Image.Resampling(self.resample)
         )
 
-    def apply_torch(self, image: Image.Image) -> torch.Tensor:
+    def apply_torch(self, pixels: np.ndarray) -> torch.Tensor:
         """Resize in uint8 with torch (antialiased, SIMD, off the GIL), then crop: (3, H, W).
 
         The whole image is resized, and still in ~60 % of the CPU time of Pillow's passes over
@@ -106,12 +106,12 @@ class Geometry:
 
         mode = self.torch_mode
         assert mode is not None, "a filter torch has no antialiased mode for"
-        width, height = image.size
+        height, width = pixels.shape[:2]
         (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)  # HWC memory: torch's SIMD uint8 path
         resized = functional.interpolate(
-            pixels.unsqueeze(0), size=(new_h, new_w), mode=mode, antialias=True
+            image.unsqueeze(0), size=(new_h, new_w), mode=mode, antialias=True
         )
         crop = resized[0, :, top : top + out_h, left : left + out_w]
         return crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # HWC memory, as Pillow's
@@ -171,7 +171,8 @@ class ProcessorPreprocessor:
     def __init__(self, processor: Any) -> None:
         self.processor = processor
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        image = Image.fromarray(pixels)  # as transformers' pipeline hands it over
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
     def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
@@ -202,13 +203,13 @@ class FastPreprocessor:
         self.scale = torch.from_numpy(scale.astype(np.float32))
         self.shift = torch.from_numpy(shift.astype(np.float32))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         import torch
 
         if self.resize == "torch":
-            return self.geometry.apply_torch(image)
-        pixels = np.array(self.geometry.apply(image), dtype=np.uint8)
-        return torch.from_numpy(pixels).permute(2, 0, 1)
+            return self.geometry.apply_torch(pixels)
+        crop = np.array(self.geometry.apply(Image.fromarray(pixels)), dtype=np.uint8)
+        return torch.from_numpy(crop).permute(2, 0, 1)
 
     def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
         """uint8 (3, H, W) each → float (N, 3, H, W) channels_last, normalised on ``device``.
@@ -249,13 +250,13 @@ def affine_of(processor: Any) -> tuple[np.ndarray, np.ndarray]:
     return (values[:, 0, 1] - shift) / 255.0, shift
 
 
-def reference_image(width: int = 331, height: int = 217) -> Image.Image:
-    """A deterministic image with edges, gradients and noise, for the load-time check."""
+def reference_image(width: int = 331, height: int = 217) -> np.ndarray:
+    """Deterministic RGB pixels with edges, gradients and noise, for the load-time check."""
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:height, 0:width]
     base = np.stack([x * 255 // width, y * 255 // height, (x ^ y) & 255], axis=-1)
     noisy = base + rng.integers(-40, 40, size=base.shape)
-    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8), "RGB")
+    return noisy.clip(0, 255).astype(np.uint8)
 
 
 #: Sizes of the reference images: landscape, portrait and one above the usual input size.
@@ -269,9 +270,9 @@ def reference_batch(preprocessor: Preprocessor, device: str) -> torch.Tensor:
     )
 
 
-def max_difference(a: Preprocessor, b: Preprocessor, image: Image.Image) -> float:
-    """Largest element-wise difference between two preprocessors' model input for ``image``."""
-    first, second = a.collate([a(image)], "cpu"), b.collate([b(image)], "cpu")
+def max_difference(a: Preprocessor, b: Preprocessor, pixels: np.ndarray) -> float:
+    """Largest element-wise difference between two preprocessors' model input for ``pixels``."""
+    first, second = a.collate([a(pixels)], "cpu"), b.collate([b(pixels)], "cpu")
     if first.shape != second.shape:
         return float("inf")
     return float((first - second).abs().max())

@@ -15,6 +15,12 @@ import sqlalchemy as sa
 
 from ai_assets.db import migrations, results
 
+
+def size(pixels: Any) -> tuple[int, int]:
+    """(width, height) of decoded (H, W, 3) pixels, the order Pillow and image specs use."""
+    return int(pixels.shape[1]), int(pixels.shape[0])
+
+
 #: The keys of the tests' S3 server (SeaweedFS).
 ACCESS_KEY = "ai-assets-test"
 SECRET_KEY = "ai-assets-test-secret"

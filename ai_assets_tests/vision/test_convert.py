@@ -57,10 +57,10 @@ def test_draft_decoding_keeps_the_labels_of_a_large_photo(
     lite0_dir: str, jpegs: dict[str, bytes]
 ) -> None:
     classifier = load_classifier(lite0_dir, "cpu")
-    large = decode_image(jpegs["coffee"]).resize((2400, 1600), Image.Resampling.LANCZOS)
-    data = encode(large)
+    large = Image.fromarray(decode_image(jpegs["coffee"]))
+    data = encode(large.resize((2400, 1600), Image.Resampling.LANCZOS))
     drafted = classifier.decode(data)
-    assert drafted.size == (1200, 800)  # decoded at 1/2 scale: both sides still >= 2 x 256
+    assert drafted.shape == (800, 1200, 3)  # decoded at 1/2 scale: both sides still >= 2 x 256
     full, draft = (
         classifier.predict([classifier.preprocess(image)], top_k=1)[0][0].label
         for image in (decode_image(data), drafted)
@@ -72,4 +72,5 @@ def test_the_pipeline_loads_the_directory_offline(lite0_dir: str, jpegs: dict[st
     from transformers import pipeline
 
     classify = pipeline("image-classification", model=lite0_dir)
-    assert classify(decode_image(jpegs["coffee"]), top_k=1)[0]["label"] == "espresso"
+    coffee = Image.fromarray(decode_image(jpegs["coffee"]))
+    assert classify(coffee, top_k=1)[0]["label"] == "espresso"
