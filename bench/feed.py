@@ -112,7 +112,7 @@ def instrumented(stages: Stages) -> Iterator[None]:
         (ObjectFetcher, "__call__", "get"),
         (ImageClassifier, "decode", "decode"),
         (ImageClassifier, "preprocess", "preprocess"),
-        (FastPreprocessor, "collate", "collate"),
+        (FastPreprocessor, "put", "collate"),  # in the worker threads, slot by slot
         (ImageClassifier, "classify_batch", "model"),
         (stream, "result_rows", "rows"),
         (results, "upsert_rows", "upsert"),

@@ -55,6 +55,10 @@ class RemoteClassifier:
         """The bytes as they are: the service decodes them and applies its own limits."""
         return data
 
+    def batch(self, size: int) -> Uploads:
+        """A batch of object bytes, sent when it is labelled."""
+        return Uploads(self, size)
+
     def label(self, prepared: Sequence[Any], top_k: int) -> list[list[Label] | str]:
         """Labels per image, from at most ``concurrency`` requests in flight at once."""
         size = -(-len(prepared) // self.concurrency)  # ceil: one request per worker
@@ -110,3 +114,17 @@ class RemoteClassifier:
             f"the model service at {self.url} stayed unavailable after {self.attempts} "
             f"attempts ({problem}); is AI_ASSETS_INFERENCE_URL right and the service up?"
         )
+
+
+class Uploads:
+    """One batch for the service (the pipeline's ``Batch``, see vision/stream.py)."""
+
+    def __init__(self, classifier: RemoteClassifier, size: int) -> None:
+        self.classifier = classifier
+        self.items: list[bytes] = [b""] * size
+
+    def put(self, slot: int, prepared: bytes) -> None:
+        self.items[slot] = prepared
+
+    def label(self, slots: Sequence[int], top_k: int) -> list[list[Label] | str]:
+        return self.classifier.label([self.items[slot] for slot in slots], top_k)

@@ -94,9 +94,9 @@ class ImageClassifier:
         """Object bytes → a model-ready tensor; raises ImageError (run in worker threads)."""
         return self.preprocess(self.decode(data, max_pixels))
 
-    def label(self, prepared: Sequence[Any], top_k: int) -> list[list[Label] | str]:
-        """Top-``top_k`` labels per prepared image (the pipeline's interface, see Classifier)."""
-        return list(self.predict(prepared, top_k))
+    def batch(self, size: int) -> ModelBatch:
+        """Room for ``size`` prepared images, filled by the threads that prepare them."""
+        return ModelBatch(self, self.preprocessor.buffer(size, self.device))
 
     def predict(self, pixel_values: Sequence[torch.Tensor], top_k: int) -> list[list[Label]]:
         """Top-``top_k`` labels for a batch of preprocessed images."""
@@ -115,6 +115,22 @@ class ImageClassifier:
             [Label(self.labels[int(i)], float(s)) for s, i in zip(row_s, row_i, strict=True)]
             for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
         ]
+
+
+class ModelBatch:
+    """One batch of model input being assembled (the pipeline's ``Batch``, see stream.py)."""
+
+    def __init__(self, classifier: ImageClassifier, buffer: Any) -> None:
+        self.classifier = classifier
+        self.buffer = buffer
+
+    def put(self, slot: int, prepared: torch.Tensor) -> None:
+        self.classifier.preprocessor.put(self.buffer, slot, prepared)
+
+    def label(self, slots: Sequence[int], top_k: int) -> list[list[Label] | str]:
+        classifier = self.classifier
+        pixels = classifier.preprocessor.model_input(self.buffer, slots, classifier.device)
+        return list(classifier.classify_batch(pixels, top_k))
 
 
 def _revision(model: Any, name: str) -> str:

@@ -37,14 +37,35 @@ DRAFT_MARGIN = 2
 
 
 class Preprocessor(Protocol):
-    """Turns one image's RGB pixels (H, W, 3) uint8 into a tensor, and a batch into model input."""
+    """One image's RGB pixels (H, W, 3) uint8 → a tensor → its slot in a batch → model input.
+
+    Worker threads ``put`` each image into its slot as soon as it is prepared, so the thread
+    that calls the model only hands the filled buffer over (``model_input``).
+    """
 
     #: Smallest width and height a decoder must keep (JPEG draft mode); 0 = decode in full.
     min_decode_side: int
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor: ...
 
-    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor: ...
+    def buffer(self, size: int, device: str) -> Any:
+        """Room for ``size`` images' model input."""
+        ...
+
+    def put(self, buffer: Any, slot: int, tensor: torch.Tensor) -> None:
+        """One image's tensor into its slot (worker threads; one slot per thread)."""
+        ...
+
+    def model_input(self, buffer: Any, slots: Sequence[int], device: str) -> torch.Tensor:
+        """The filled ``slots`` as the model's (N, 3, H, W) channels_last input on ``device``."""
+        ...
+
+    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
+        """A whole batch at once (the load-time checks, the model service)."""
+        buffer = self.buffer(len(tensors), device)
+        for slot, tensor in enumerate(tensors):
+            self.put(buffer, slot, tensor)
+        return self.model_input(buffer, range(len(tensors)), device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +184,7 @@ def _as_dict(value: Any) -> dict[str, Any]:
     return {k: v for k, v in items if v is not None}
 
 
-class ProcessorPreprocessor:
+class ProcessorPreprocessor(Preprocessor):
     """The model's own transformers image processor, image by image (float tensors)."""
 
     min_decode_side = 0
@@ -175,15 +196,21 @@ class ProcessorPreprocessor:
         image = Image.fromarray(pixels)  # as transformers' pipeline hands it over
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
+    def buffer(self, size: int, device: str) -> list[Any]:
+        return [None] * size  # the processor's output size is known once it has run
+
+    def put(self, buffer: list[Any], slot: int, tensor: torch.Tensor) -> None:
+        buffer[slot] = tensor
+
+    def model_input(self, buffer: list[Any], slots: Sequence[int], device: str) -> torch.Tensor:
         import torch
 
-        batch = torch.stack(list(tensors)).to(device)
+        batch = torch.stack([buffer[slot] for slot in slots]).to(device)
         return batch.contiguous(memory_format=torch.channels_last)
 
 
-class FastPreprocessor:
-    """Geometry on uint8 (CHW tensors); rescale + normalise in torch as the batch is filled.
+class FastPreprocessor(Preprocessor):
+    """Geometry on uint8 (CHW tensors in HWC memory); rescale + normalise in torch per slot.
 
     ``resize``: "torch" (antialiased ``interpolate``, for bilinear and bicubic filters) or
     "pillow" (two one-axis passes over the crop box, any filter).
@@ -199,9 +226,10 @@ class FastPreprocessor:
         self.geometry = geometry
         self.resize = resize
         self.min_decode_side = geometry.min_decode_side
-        # per channel, (3,): collate tiles them over a pixel line
-        self.scale = torch.from_numpy(scale.astype(np.float32))
-        self.shift = torch.from_numpy(shift.astype(np.float32))
+        # per channel, tiled over one pixel line (see _normalise)
+        width = geometry.output[0]
+        self.scale = torch.from_numpy(scale.astype(np.float32)).repeat(width)
+        self.shift = torch.from_numpy(shift.astype(np.float32)).repeat(width)
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         import torch
@@ -211,30 +239,55 @@ class FastPreprocessor:
         crop = np.array(self.geometry.apply(Image.fromarray(pixels)), dtype=np.uint8)
         return torch.from_numpy(crop).permute(2, 0, 1)
 
-    def collate(self, tensors: Sequence[torch.Tensor], device: str) -> torch.Tensor:
-        """uint8 (3, H, W) each → float (N, 3, H, W) channels_last, normalised on ``device``.
+    def buffer(self, size: int, device: str) -> torch.Tensor:
+        """Float (N, 3, H, W) channels_last on the CPU; off it, uint8 in pinned memory.
 
-        Each image is copied once into its slot, a straight conversion (both are HWC in
-        memory); off the CPU the batch crosses as uint8, a quarter of the bytes. The affine
-        then runs once over the batch, as rows of whole pixel lines: torch broadcasts a
-        per-channel (3,) vector over channels-innermost memory ~7x slower than a tiled one.
+        Off the CPU the batch crosses as uint8, a quarter of the bytes, asynchronously from
+        pinned memory, and is normalised on the device.
         """
         import torch
 
-        channels, height, width = tensors[0].shape
-        on_cpu = torch.device(device).type == "cpu"
-        pixels = torch.empty(
-            (len(tensors), channels, height, width),
-            dtype=torch.float32 if on_cpu else torch.uint8,
+        width, height = self.geometry.output
+        kind = torch.device(device).type
+        return torch.empty(
+            (size, 3, height, width),
+            dtype=torch.float32 if kind == "cpu" else torch.uint8,
             memory_format=torch.channels_last,
+            pin_memory=kind == "cuda",
         )
-        for image, slot in zip(tensors, pixels, strict=True):
-            slot.copy_(image)
-        pixels = pixels.to(device=device, dtype=torch.float32)  # keeps channels_last
-        lines = pixels.permute(0, 2, 3, 1).reshape(-1, width * channels)  # a view
-        scale, shift = self.scale.repeat(width).to(device), self.shift.repeat(width).to(device)
-        torch.addcmul(shift, lines, scale, out=lines)
+
+    def put(self, buffer: torch.Tensor, slot: int, tensor: torch.Tensor) -> None:
+        """A straight copy (both HWC in memory), normalised in place when the slot is float."""
+        target = buffer[slot]
+        target.copy_(tensor)
+        if target.is_floating_point():
+            self._normalise(target)
+
+    def model_input(self, buffer: torch.Tensor, slots: Sequence[int], device: str) -> torch.Tensor:
+        import torch
+
+        count = len(slots)
+        if list(slots) == list(range(count)):
+            pixels = buffer[:count]
+        else:  # some objects of the batch could not be prepared: the others, compacted
+            pixels = buffer[list(slots)].contiguous(memory_format=torch.channels_last)
+        if pixels.is_floating_point():
+            return pixels  # normalised slot by slot
+        pixels = pixels.to(device, non_blocking=True).float()  # keeps channels_last
+        self._normalise(pixels)
         return pixels
+
+    def _normalise(self, pixels: torch.Tensor) -> None:
+        """The per-channel affine in place, over whole pixel lines of HWC memory.
+
+        torch broadcasts a per-channel (3,) vector over channels-innermost memory ~7x slower
+        than a vector tiled over a pixel line.
+        """
+        import torch
+
+        lines = pixels.movedim(-3, -1).view(-1, self.scale.numel())  # raises unless a view
+        scale, shift = self.scale.to(pixels.device), self.shift.to(pixels.device)
+        torch.addcmul(shift, lines, scale, out=lines)
 
 
 def affine_of(processor: Any) -> tuple[np.ndarray, np.ndarray]:

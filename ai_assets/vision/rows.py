@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
 
 from ai_assets.db.results import ClassificationRow
 from ai_assets.s3.objects import Fetched
@@ -26,7 +25,7 @@ class Outcome:
 
     job: Job
     fetched: Fetched
-    prepared: Any = None  # a tensor in process, the bytes for the model service
+    ready: bool = False  # prepared and in its batch slot
     error: str | None = None
 
 

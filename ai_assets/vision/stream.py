@@ -21,6 +21,18 @@ from ai_assets.vision.rows import Job, Outcome, result_rows
 from ai_assets.vision.threads import yield_to_inference
 
 
+class Batch(Protocol):
+    """One batch's model input, assembled slot by slot by the threads that prepare it."""
+
+    def put(self, slot: int, prepared: Any) -> None:
+        """A prepared object into its slot (runs in worker threads)."""
+        ...
+
+    def label(self, slots: Sequence[int], top_k: int) -> list[list[Label] | str]:
+        """Labels per filled slot, in order, or why that object could not be classified."""
+        ...
+
+
 class Classifier(Protocol):
     """What the fetch → decode → predict pipeline needs: the in-process model or the service."""
 
@@ -28,25 +40,31 @@ class Classifier(Protocol):
     model_revision: str
 
     def prepare(self, data: bytes, max_pixels: int) -> Any:
-        """Object bytes → what ``label`` takes; raises ImageError (runs in worker threads)."""
+        """Object bytes → what ``Batch.put`` takes; raises ImageError (runs in worker threads)."""
         ...
 
-    def label(self, prepared: Sequence[Any], top_k: int) -> list[list[Label] | str]:
-        """Labels per prepared item, or why that item could not be classified."""
+    def batch(self, size: int) -> Batch:
+        """Room for ``size`` prepared objects."""
         ...
 
 
 def prepare(
-    job: Job, fetch: Callable[[str], Fetched], classifier: Classifier, max_pixels: int
+    job: Job,
+    fetch: Callable[[str], Fetched],
+    classifier: Classifier,
+    max_pixels: int,
+    batch: Batch,
+    slot: int,
 ) -> Outcome:
-    """Fetch, decode and preprocess one object (runs in a worker thread)."""
+    """Fetch, decode and preprocess one object into its batch slot (runs in a worker thread)."""
     fetched = fetch(job.object_key)
     if fetched.deleted or fetched.error:
         return Outcome(job, fetched, error=fetched.error)
     try:
-        return Outcome(job, fetched, prepared=classifier.prepare(fetched.data or b"", max_pixels))
+        batch.put(slot, classifier.prepare(fetched.data or b"", max_pixels))
     except ImageError as exc:
         return Outcome(job, fetched, error=str(exc))
+    return Outcome(job, fetched, ready=True)
 
 
 def classify_objects(
@@ -63,31 +81,48 @@ def classify_objects(
     """Yield result rows batch by batch; downloads and decoding overlap with inference.
 
     At most ``2 * batch_size`` objects are in flight, so memory stays bounded however many
-    objects a run covers. Bad images become error rows; the rest of their batch goes on.
+    objects a run covers. Each object goes straight into its slot of its batch (the n-th
+    object: batch n // batch_size), so this thread only hands filled batches to the model.
+    Bad images become error rows; the rest of their batch goes on.
     """
     window = max(2 * batch_size, concurrency)
     with ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference) as pool:
         pending: collections.deque[Future[Outcome]] = collections.deque()
+        batches: collections.deque[Batch] = collections.deque()
         queue = iter(jobs)
+        submitted = 0
 
         def refill() -> None:
+            nonlocal submitted
             for job in itertools.islice(queue, window - len(pending)):
-                pending.append(pool.submit(prepare, job, fetch, classifier, max_pixels))
+                slot = submitted % batch_size
+                if slot == 0:
+                    batches.append(classifier.batch(batch_size))
+                batch = batches[-1]
+                pending.append(
+                    pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot)
+                )
+                submitted += 1
 
         refill()
         while pending:
             outcomes = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            batch = batches.popleft()
             refill()
-            yield _classify(outcomes, classifier, top_k, run_id)
+            yield _classify(outcomes, batch, top_k, classifier, run_id)
 
 
 def _classify(
-    outcomes: Sequence[Outcome], classifier: Classifier, top_k: int, run_id: str | None
+    outcomes: Sequence[Outcome],
+    batch: Batch,
+    top_k: int,
+    classifier: Classifier,
+    run_id: str | None,
 ) -> list[ClassificationRow]:
-    """Label the outcomes that were prepared, in one call, and build every outcome's row."""
-    ready = [i for i, outcome in enumerate(outcomes) if outcome.prepared is not None]
-    labelled = classifier.label([outcomes[i].prepared for i in ready], top_k) if ready else []
+    """Label the outcomes that are in their slots, in one call, and build every outcome's row."""
+    ready = [slot for slot, outcome in enumerate(outcomes) if outcome.ready]
+    labelled = batch.label(ready, top_k) if ready else []
     answers: list[list[Label] | str | None] = [None] * len(outcomes)
-    for i, labels in zip(ready, labelled, strict=True):
-        answers[i] = labels
+    for slot, labels in zip(ready, labelled, strict=True):
+        answers[slot] = labels
     return result_rows(outcomes, answers, classifier.model_id, classifier.model_revision, run_id)

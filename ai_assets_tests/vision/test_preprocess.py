@@ -96,6 +96,38 @@ def test_collate_applies_each_channels_own_affine(resize: str) -> None:
             torch.testing.assert_close(got[channel], want.float(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["fast", "processor"])
+def test_slots_filled_out_of_order_and_with_gaps_give_the_collated_batch(
+    lite0_processor, kind: str
+) -> None:
+    """Worker threads fill slots as their images are ready; failed objects leave gaps."""
+    preprocessor = (
+        build_preprocessor(lite0_processor)
+        if kind == "fast"
+        else ProcessorPreprocessor(lite0_processor)
+    )
+    tensors = [preprocessor(reference_image(*size)) for size in SIZES[:3]]
+    buffer = preprocessor.buffer(4, "cpu")
+    for slot, tensor in ((3, tensors[2]), (0, tensors[0]), (2, tensors[1])):
+        preprocessor.put(buffer, slot, tensor)
+    batch = preprocessor.model_input(buffer, [0, 2, 3], "cpu")
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch, preprocessor.collate(tensors, "cpu"), rtol=0, atol=0)
+
+
+def test_uint8_slots_are_normalised_when_handed_to_the_model(lite0_processor) -> None:
+    """The accelerator's path (uint8 slots, normalised after the copy), run on the CPU."""
+    fast = build_preprocessor(lite0_processor)
+    tensors = [fast(reference_image(*size)) for size in SIZES[:3]]
+    buffer = torch.empty((3, 3, 224, 224), dtype=torch.uint8, memory_format=torch.channels_last)
+    for slot, tensor in enumerate(tensors):
+        fast.put(buffer, slot, tensor)
+    batch = fast.model_input(buffer, range(3), "cpu")
+    assert batch.dtype == torch.float32
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch, fast.collate(tensors, "cpu"), rtol=0, atol=1e-6)
+
+
 def test_unsupported_configurations_use_the_processor(lite0_processor) -> None:
     padded = ViTImageProcessorPil(size={"height": 32, "width": 32}, do_pad=True)
     longest = ViTImageProcessorPil(size={"longest_edge": 64})

@@ -182,6 +182,32 @@ def test_classify_objects_turns_bad_objects_into_error_rows(
     assert rows["broken.jpg"].label is None
 
 
+def test_objects_after_a_failed_one_get_their_own_labels(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    """A failed object leaves a gap in its batch; the others are labelled as if alone."""
+    objects = {"a.jpg": b"not an image", "b.jpg": jpegs["chelsea"], "c.png": b"",
+               "d.jpg": jpegs["coffee"], "e.jpg": jpegs["chelsea"][:2000]}  # fmt: skip
+
+    def fetch(key: str) -> Fetched:
+        return Fetched(key=key, etag="e", size=len(objects[key]), data=objects[key])
+
+    classifier = load_classifier(tiny_model_dir, "cpu")
+    jobs = [Job("2026-12-01", key) for key in objects]
+    rows = {
+        row.s3_key: row
+        for batch in classify_objects(jobs, fetch, classifier, batch_size=5, top_k=2)
+        for row in batch
+    }
+    assert {key: row.status for key, row in rows.items()} == {
+        "a.jpg": "error", "b.jpg": "ok", "c.png": "error", "d.jpg": "ok", "e.jpg": "error",
+    }  # fmt: skip
+    for key in ("b.jpg", "d.jpg"):
+        [alone] = classifier.predict([classifier.prepare(objects[key])], top_k=2)
+        assert [label["label"] for label in rows[key].top_k or []] == [x.label for x in alone]
+        assert rows[key].score == pytest.approx(alone[0].score, abs=1e-5)
+
+
 def test_predictions_do_not_depend_on_batch_composition(
     tiny_model_dir: str, jpegs: dict[str, bytes]
 ) -> None:
