@@ -238,7 +238,7 @@ def serve_ui(port: int) -> int:
     try:
         return process.wait()
     finally:
-        stop_process(process, timeout=30)
+        stop_process(process, timeout=30, leader_first=True)
         stop_process(exporter)
 
 

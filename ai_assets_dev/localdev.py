@@ -87,11 +87,24 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
-def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
-    """SIGTERM the process group, then SIGKILL it if it lingers."""
+def stop_process(
+    process: subprocess.Popen, timeout: float = 10, leader_first: bool = False
+) -> None:
+    """SIGTERM the process group, then SIGKILL it if it lingers past ``timeout``.
+
+    ``leader_first``: SIGTERM the group's leader alone first, and the group only if the leader
+    lingers, so that it stops its children in its own order: ``dagster dev`` stops its daemon
+    before the code server the daemon's sensor ticks call; signalled all at once, the code
+    server can go first, and a tick in flight then logs a traceback on the way out.
+    """
     if process.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
+    if leader_first:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):  # a group left without its leader too
         os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout)
