@@ -194,6 +194,9 @@ def test_dagster_dev_in_the_repository_without_any_environment_starts(tmp_path: 
         process = subprocess.Popen(
             [dagster, "dev", "-h", "127.0.0.1", "-p", str(port)],
             cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            # a background job's shell leaves SIGINT ignored, and dagster dev, which maps
+            # SIGTERM onto its SIGINT handler, would then ignore SIGTERM too
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
     try:
         query = b'{"query": "{ workspaceOrError { ... on Workspace { locationEntries { '
@@ -209,10 +212,9 @@ def test_dagster_dev_in_the_repository_without_any_environment_starts(tmp_path: 
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(1)
     finally:
-        # dagster dev alone first, as a terminal's Ctrl+C reaches it: signalled as a group, its
-        # children died beside it while it removed its temporary home, and the home stayed
-        # (seen twice on fresh-clone CI runs). A SIGTERM in the second the webserver came up
-        # was once lost: its group then gets one, then SIGKILL; nothing outlives the test.
+        # dagster dev alone first, so that it stops its children before it removes its
+        # temporary home (signalled as a group, a dying daemon recreated its databases there);
+        # nothing outlives the test
         stop_process(process, timeout=30, leader_first=True)
     text = log.read_text()
     assert "DAGSTER_PG" not in text and "will not be used" not in text
