@@ -121,9 +121,11 @@ class Geometry:
 
         The whole image is resized, and still in ~60 % of the CPU time of Pillow's passes over
         the crop box alone; the values stay within rounding of Pillow's (checked at load).
+        The crop is a view in HWC memory: the resize writes there itself through the
+        ``interpolate`` kernel's out= form (``interpolate`` alone returns CHW memory, and
+        transposing it back cost more than the resize saves; bench/feed.py).
         """
         import torch
-        from torch.nn import functional
 
         mode = self.torch_mode
         assert mode is not None, "a filter torch has no antialiased mode for"
@@ -131,11 +133,12 @@ class Geometry:
         (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
         image = torch.from_numpy(pixels).permute(2, 0, 1)  # HWC memory: torch's SIMD uint8 path
-        resized = functional.interpolate(
-            image.unsqueeze(0), size=(new_h, new_w), mode=mode, antialias=True
+        resized = torch.empty(
+            (1, 3, new_h, new_w), dtype=torch.uint8, memory_format=torch.channels_last
         )
-        crop = resized[0, :, top : top + out_h, left : left + out_w]
-        return crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # HWC memory, as Pillow's
+        resize = getattr(torch.ops.aten, f"_upsample_{mode}2d_aa")  # interpolate(antialias=True)
+        resize.out(image.unsqueeze(0), [new_h, new_w], False, None, None, out=resized)
+        return resized[0, :, top : top + out_h, left : left + out_w]
 
     def apply(self, image: Image.Image) -> Image.Image:
         """Resize and crop at once: only the pixels inside the crop box are computed.
@@ -219,17 +222,16 @@ class FastPreprocessor(Preprocessor):
     def __init__(
         self, geometry: Geometry, scale: np.ndarray, shift: np.ndarray, resize: str = "pillow"
     ) -> None:
-        import torch
-
         if resize == "torch" and geometry.torch_mode is None:
             raise ValueError(f"torch cannot resize with Pillow filter {geometry.resample}")
         self.geometry = geometry
         self.resize = resize
         self.min_decode_side = geometry.min_decode_side
-        # per channel, tiled over one pixel line (see _normalise)
+        # per channel, tiled over one pixel line (see put and _normalise)
         width = geometry.output[0]
-        self.scale = torch.from_numpy(scale.astype(np.float32)).repeat(width)
-        self.shift = torch.from_numpy(shift.astype(np.float32)).repeat(width)
+        self.scale = np.tile(scale.astype(np.float32), width)
+        self.shift = np.tile(shift.astype(np.float32), width)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         import torch
@@ -257,11 +259,17 @@ class FastPreprocessor(Preprocessor):
         )
 
     def put(self, buffer: torch.Tensor, slot: int, tensor: torch.Tensor) -> None:
-        """A straight copy (both HWC in memory), normalised in place when the slot is float."""
-        target = buffer[slot]
-        target.copy_(tensor)
-        if target.is_floating_point():
-            self._normalise(target)
+        """Line by line in numpy (both HWC in memory), normalised on the way into a float slot.
+
+        numpy, not torch: torch splits an image this size over its OpenMP threads, and their
+        spinning cost each worker thread 0.2-0.3 ms per image on 2 cores (bench/feed.py).
+        """
+        source, target = _pixel_lines(tensor), _pixel_lines(buffer[slot], view=True)
+        if target.dtype == np.uint8:
+            np.copyto(target, source)
+            return
+        np.multiply(source, self.scale, out=target)
+        np.add(target, self.shift, out=target)
 
     def model_input(self, buffer: torch.Tensor, slots: Sequence[int], device: str) -> torch.Tensor:
         import torch
@@ -278,16 +286,30 @@ class FastPreprocessor(Preprocessor):
         return pixels
 
     def _normalise(self, pixels: torch.Tensor) -> None:
-        """The per-channel affine in place, over whole pixel lines of HWC memory.
+        """The per-channel affine in place on a batch, over whole pixel lines of HWC memory.
 
         torch broadcasts a per-channel (3,) vector over channels-innermost memory ~7x slower
         than a vector tiled over a pixel line.
         """
         import torch
 
-        lines = pixels.movedim(-3, -1).view(-1, self.scale.numel())  # raises unless a view
-        scale, shift = self.scale.to(pixels.device), self.shift.to(pixels.device)
+        if pixels.device not in self._on_device:
+            self._on_device[pixels.device] = (
+                torch.from_numpy(self.scale).to(pixels.device),
+                torch.from_numpy(self.shift).to(pixels.device),
+            )
+        scale, shift = self._on_device[pixels.device]
+        lines = pixels.movedim(-3, -1).view(-1, scale.numel())  # raises unless a view
         torch.addcmul(shift, lines, scale, out=lines)
+
+
+def _pixel_lines(image: torch.Tensor, view: bool = False) -> np.ndarray:
+    """A (3, H, W) tensor's pixel lines as (H, W * 3) numpy: a view when in HWC memory.
+
+    With ``view``, any other layout raises rather than be copied (a slot to write into).
+    """
+    pixels = image.permute(1, 2, 0).numpy()
+    return pixels.reshape(pixels.shape[0], -1, copy=False if view else None)
 
 
 def affine_of(processor: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional
 from transformers import ViTImageProcessorPil
 
 from ai_assets.vision.convert import build_image_processor
@@ -79,6 +80,30 @@ def test_collate_gives_a_channels_last_float_batch(lite0_processor) -> None:
     assert batch.shape == (3, 3, 224, 224) and batch.dtype == torch.float32
     assert batch.is_contiguous(memory_format=torch.channels_last)
     assert float(batch.min()) >= -1.0 - 1e-6 and float(batch.max()) <= 1.0 + 1e-6  # one FMA
+
+
+@pytest.mark.parametrize("size", SIZES, ids=str)
+def test_torch_resize_gives_interpolates_values_in_pixel_line_memory(lite0_processor, size) -> None:
+    """The kernel's out= form writes HWC memory, and the same values as ``interpolate``."""
+    fast = build_preprocessor(lite0_processor)
+    assert isinstance(fast, FastPreprocessor) and fast.resize == "torch"
+    pixels = reference_image(*size)
+    crop = fast(pixels)
+    assert crop.stride(0) == 1  # channels innermost: each pixel line is one run of memory
+    (new_w, new_h), (left, top) = fast.geometry.crop_origin(*size)
+    image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    resized = functional.interpolate(image, (new_h, new_w), mode="bicubic", antialias=True)
+    assert torch.equal(crop, resized[0, :, top : top + 224, left : left + 224])
+
+
+def test_slots_take_images_in_any_memory_layout(lite0_processor) -> None:
+    fast = build_preprocessor(lite0_processor)
+    crop = fast(reference_image(640, 480))
+    for dtype in (torch.float32, torch.uint8):
+        buffer = torch.empty((2, 3, 224, 224), dtype=dtype, memory_format=torch.channels_last)
+        fast.put(buffer, 0, crop)
+        fast.put(buffer, 1, crop.contiguous())  # CHW memory: copied into pixel lines first
+        assert torch.equal(buffer[0], buffer[1])
 
 
 @pytest.mark.parametrize("resize", ["torch", "pillow"])
