@@ -80,7 +80,7 @@ async def classify(
         raise refused(exc, file.filename) from None
     [future] = batcher.submit([pixel_values], service.top(top_k))
     labels = await future
-    return {"results": [dataclasses.asdict(label) for label in labels]}
+    return {"results": [label.as_json() for label in labels]}
 
 
 @router.post("/classify/batch")
@@ -106,7 +106,7 @@ async def classify_batch(
             results.append({"error": {"kind": outcome.kind, "message": outcome.message}})
         else:
             labels = await next(futures)
-            results.append({"results": [dataclasses.asdict(label) for label in labels]})
+            results.append({"results": [label.as_json() for label in labels]})
     return {"results": results}
 
 

@@ -44,31 +44,29 @@ def result_rows(
     now = dt.datetime.now(dt.UTC)
     rows = []
     for outcome, labels in zip(outcomes, answers, strict=True):
-        deleted = ClassificationRow(
-            status="deleted",
-            s3_key=outcome.job.object_key,
-            partition_key=outcome.job.partition_key,
-            etag=outcome.fetched.etag,
-            size_bytes=outcome.fetched.size,
-            last_modified=outcome.fetched.last_modified,
-            model_id=model_id,
-            model_revision=model_revision,
-            classified_at=now,
-            run_id=run_id,
-        )
-        if outcome.fetched.deleted:
-            rows.append(deleted)
+        fetched = outcome.fetched
+        version = {
+            "s3_key": outcome.job.object_key,
+            "partition_key": outcome.job.partition_key,
+            "etag": fetched.etag,
+            "size_bytes": fetched.size,
+            "last_modified": fetched.last_modified,
+            "model_id": model_id,
+            "model_revision": model_revision,
+            "classified_at": now,
+            "run_id": run_id,
+        }
+        if fetched.deleted:
+            rows.append(ClassificationRow(status="deleted", **version))
         elif labels is None or isinstance(labels, str):
             error = labels if isinstance(labels, str) else outcome.error
-            rows.append(dataclasses.replace(deleted, status="error", error=error))
+            rows.append(ClassificationRow(status="error", error=error, **version))
         else:
+            best = labels[0]
+            top_k = [label.as_json() for label in labels]
             rows.append(
-                dataclasses.replace(
-                    deleted,
-                    status="ok",
-                    label=labels[0].label,
-                    score=labels[0].score,
-                    top_k=[dataclasses.asdict(label) for label in labels],
+                ClassificationRow(
+                    status="ok", label=best.label, score=best.score, top_k=top_k, **version
                 )
             )
     return rows
