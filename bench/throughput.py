@@ -158,8 +158,8 @@ def measure_ceiling(classifier: Any, pixels: list[Any], batch_size: int, seconds
 
 def measure_e2e(env: dict[str, str], profile: str | None) -> dict[str, Any]:
     """Run :func:`e2e_child` in a fresh process, with the servers' CPU time per image."""
-    servers = ("weed", "postgres")
-    before = cpu_seconds(servers)
+    servers = {"s3_server": "weed", "postgres": "postgres"}
+    before = {name: cpu_seconds([command]) for name, command in servers.items()}
     command = [
         sys.executable,
         __file__,
@@ -170,7 +170,10 @@ def measure_e2e(env: dict[str, str], profile: str | None) -> dict[str, Any]:
     if output.returncode:
         raise RuntimeError(f"the e2e process failed:\n{output.stderr[-5000:]}")
     result = json.loads(output.stdout.strip().splitlines()[-1])
-    result["servers_cpu_ms_per_image"] = (cpu_seconds(servers) - before) / result["images"] * 1000
+    for name, command in servers.items():
+        spent = cpu_seconds([command]) - before[name]
+        result[f"{name}_cpu_ms_per_image"] = spent / result["images"] * 1000
+    result["servers_cpu_ms_per_image"] = sum(result[f"{name}_cpu_ms_per_image"] for name in servers)
     return result
 
 
@@ -391,6 +394,8 @@ def main() -> None:
             "events_per_run": e2e["events_per_run"],
             "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
             "servers_cpu_ms_per_image": e2e["servers_cpu_ms_per_image"],
+            "s3_server_cpu_ms_per_image": e2e["s3_server_cpu_ms_per_image"],
+            "postgres_cpu_ms_per_image": e2e["postgres_cpu_ms_per_image"],
             "draft_top1_agreement": draft_agree,
             "bf16_ceiling_img_s": bf16_ceiling,
             "bf16_top1_agreement": bf16_agree,
