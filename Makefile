@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-latency bench-sqs screenshots clean
+.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-latency bench-sqs gpu-wheels screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -93,6 +93,17 @@ bench-latency: install model
 
 bench-sqs: install
 	$(PY) bench/sqs_drain.py
+
+# what bench/gpu.sh needs on a GPU machine without a registry (CPython 3.12 with torch and
+# transformers already there): this venv's versions as wheels in .whl/; carry it and
+# ai_assets/.cache (the converted model) with the repo
+GPU_WHEELS := simplejpeg sqlalchemy greenlet botocore jmespath transformers
+gpu-wheels: install model
+	rm -rf .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -c 'import sys, importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
 
 # the demo's bucket, database and Dagster home: the next `make demo` starts from the samples
 demo-clean:
