@@ -15,7 +15,10 @@ from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.support.util import configure, database, rows_by_key
 from ai_assets_tests.support.util import inventory_rows as inventory
 
-TODAY = dt.datetime.now(dt.UTC).date().isoformat()
+
+def today() -> str:
+    """Today's UTC day, read when asserted: a module constant goes stale across midnight."""
+    return dt.datetime.now(dt.UTC).date().isoformat()
 
 
 @pytest.fixture
@@ -57,12 +60,12 @@ def test_new_objects_become_inventory_rows_one_event_per_day_and_one_batch(
         f"in/{n}" for n in ("a.jpg", "b.jpg", "c d/é.png", "x...y.jpg", "new\nline.jpg")
     )
     [request] = result.run_requests or []
-    assert request.partition_key == TODAY
+    assert request.partition_key == today()
     assert request.run_key == request.tags[BATCH_TAG]
     assert {row["batch_id"] for row in rows.values()} == {request.run_key}
-    assert {row["partition_key"] for row in rows.values()} == {TODAY}
+    assert {row["partition_key"] for row in rows.values()} == {today()}
     [event] = result.asset_events or []
-    assert event.partition == TODAY
+    assert event.partition == today()
     assert event.metadata["new"].value == 5
     assert event.metadata["changed"].value == event.metadata["deleted"].value == 0
     assert event.metadata["bytes"].value == 15
@@ -91,7 +94,7 @@ def test_batches_hold_at_most_max_objects_per_run(
         put(s3_client, bucket, f"in/{i}.jpg")
     result = daemon.evaluate()
     requests = result.run_requests or []
-    assert [r.partition_key for r in requests] == [TODAY] * 3
+    assert [r.partition_key for r in requests] == [today()] * 3
     assert len({r.run_key for r in requests}) == 3
     assert len(result.asset_events or []) == 1  # one day, however many batches
 
@@ -425,13 +428,13 @@ def test_days_without_objects_are_recorded_complete_once_a_pass_is_complete(
     put(s3_client, bucket, "in/a.jpg")
     put(s3_client, bucket, "in/b.jpg")
     first, _ = daemon.tick()  # half the listing: which days are empty is not known yet
-    assert [e.partition for e in first.asset_events or []] == [TODAY]
+    assert [e.partition for e in first.asset_events or []] == [today()]
     # the pass ends: the next four days (at most a tick's worth) are recorded, both assets
     second, runs = daemon.tick()
     assert all(run.success for run in runs)
     empty = [_days_ago(n) for n in (6, 5, 4, 3)]
     assert [(e.asset_key.path[-1], e.partition) for e in second.asset_events or []] == [
-        ("s3_images", TODAY), *(("s3_images", d) for d in empty),
+        ("s3_images", today()), *(("s3_images", d) for d in empty),
         *(("image_classifications", d) for d in empty),
     ]  # fmt: skip
     s3, classified = (second.asset_events or [])[1:5], (second.asset_events or [])[5:]
@@ -455,7 +458,7 @@ def test_an_empty_today_recorded_complete_is_materialized_again_by_its_first_run
     daemon: InProcessDaemon, s3_client: Any, bucket: str
 ) -> None:
     result, _ = daemon.tick()  # an empty bucket: today holds nothing yet
-    assert {e.partition for e in result.asset_events or []} == {TODAY}
+    assert {e.partition for e in result.asset_events or []} == {today()}
     put(s3_client, bucket, "in/a.jpg")
     result, [run] = daemon.tick()
     assert run.success
