@@ -224,23 +224,29 @@ def test_extreme_aspect_ratios_keep_only_the_centre() -> None:
     assert size_of(decode_image(png(Image.new("L", (800, 100))))) == (800, 100)
 
 
-def test_fetch_threads_yield_the_cpu_to_inference() -> None:
+def test_fetch_threads_yield_the_cpu_to_inference_and_run_torch_alone() -> None:
     import os
     import threading
 
+    import torch
+
     from ai_assets.vision.threads import yield_to_inference
 
-    seen: list[int] = []
+    threads = torch.get_num_threads()
+    seen: list[tuple[int, int]] = []
 
-    def worker() -> None:
-        yield_to_inference()
-        seen.append(os.sched_getscheduler(0))
+    def worker(yields: bool) -> None:
+        if yields:
+            yield_to_inference()
+        seen.append((os.sched_getscheduler(0), torch.get_num_threads()))
 
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join()
-    assert seen == [os.SCHED_IDLE]
+    for yields in (True, False):
+        thread = threading.Thread(target=worker, args=(yields,))
+        thread.start()
+        thread.join()
+    assert seen == [(os.SCHED_IDLE, 1), (os.SCHED_OTHER, threads)]  # the next thread: torch's own
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread keeps its policy
+    assert torch.get_num_threads() == threads  # and its torch threads (the model's)
 
 
 def test_precision_is_validated_and_bf16_classifies(
