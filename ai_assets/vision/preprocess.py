@@ -227,7 +227,7 @@ class FastPreprocessor(Preprocessor):
         self.geometry = geometry
         self.resize = resize
         self.min_decode_side = geometry.min_decode_side
-        # per channel, tiled over one pixel line (see put and _normalise)
+        # per channel, tiled over one pixel line (see _normalise)
         width = geometry.output[0]
         self.scale = np.tile(scale.astype(np.float32), width)
         self.shift = np.tile(shift.astype(np.float32), width)

@@ -102,7 +102,7 @@ def test_slots_take_images_in_any_memory_layout(lite0_processor) -> None:
     for dtype in (torch.float32, torch.uint8):
         buffer = torch.empty((2, 3, 224, 224), dtype=dtype, memory_format=torch.channels_last)
         fast.put(buffer, 0, crop)
-        fast.put(buffer, 1, crop.contiguous())  # CHW memory: copied into pixel lines first
+        fast.put(buffer, 1, crop.contiguous())  # CHW memory, not the resize's pixel lines
         assert torch.equal(buffer[0], buffer[1])
 
 
