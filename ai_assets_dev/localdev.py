@@ -90,7 +90,8 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
 def stop_process(
     process: subprocess.Popen, timeout: float = 10, leader_first: bool = False
 ) -> None:
-    """SIGTERM the process group, then SIGKILL it if it lingers past ``timeout``.
+    """SIGTERM the process group, then SIGKILL what of it still runs after ``timeout``: the
+    leader, and any process it left behind (a run process still in its step).
 
     ``leader_first``: SIGTERM the group's leader alone first, and the group only if the leader
     lingers, so that it stops its children in its own order: ``dagster dev`` stops its daemon
@@ -106,12 +107,34 @@ def stop_process(
             process.wait(timeout)
     with contextlib.suppress(ProcessLookupError):  # a group left without its leader too
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the leader's children too, e.g. a run process finishing its step
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = time.monotonic() + 5
+    while _group_alive(process.pid) and time.monotonic() < killed:
+        time.sleep(0.05)  # SIGKILL is delivered, the exit takes a moment
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ``group`` still runs (zombies, dead but not yet reaped, do not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgrp) == group and state != "Z":
+                return True
+    return False
 
 
 @contextlib.contextmanager

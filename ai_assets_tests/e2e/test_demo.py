@@ -270,3 +270,27 @@ def test_a_rerun_of_the_demo_keeps_what_the_user_did_to_its_bucket(
     assert after == keys[1:]
     body = s3_client.get_object(Bucket=bucket, Key=keys[1])["Body"].read()
     assert body == b"the user's own version"
+
+
+def test_stopping_the_demo_also_stops_what_its_processes_left_behind() -> None:
+    """A process of the group that outlives its leader (a run process still in its step, one
+    that ignores SIGTERM) is killed too, not left running after the demo says it stopped."""
+    stubborn = (
+        "import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(os.getpid(), flush=True); time.sleep(300)"
+    )
+    leader = subprocess.Popen(
+        ["bash", "-c", f"{sys.executable} -c '{stubborn}' & wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert leader.stdout is not None
+    left_behind = int(leader.stdout.readline())  # once it ignores SIGTERM
+    try:
+        stop_process(leader, timeout=2, leader_first=True)
+        state = Path(f"/proc/{left_behind}/stat")
+        assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(left_behind, signal.SIGKILL)
