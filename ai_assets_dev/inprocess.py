@@ -2,14 +2,19 @@
 
 ``make demo-once``, the tests and the benchmarks use it to drive the code location without a
 daemon: report the tick's asset events, launch its runs (skipping run keys that already have a
-run, as the daemon does), then keep the cursor.
+run, as the daemon does), then keep the cursor. ``run_process_command`` gives a request's run
+the process a run launcher would start instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._grpc.types import ExecuteRunArgs
 
 from ai_assets.definitions import build_defs
 from ai_assets.defs.images.sensor import s3_image_sensor
@@ -56,6 +61,28 @@ class InProcessDaemon:
             },
             raise_on_error=False,
         )
+
+    def run_process_command(self, request: dg.RunRequest) -> tuple[str, list[str]]:
+        """A run for ``request`` in the instance, and the command that executes it in a process
+        of its own: ``dagster api execute_run``, what Dagster's run launchers start (a
+        Kubernetes run pod included)."""
+        root = str(Path(__file__).resolve().parents[1])
+        origin = ReconstructableRepository.for_module("ai_assets.definitions", "defs", root)
+        job = origin.get_reconstructable_job("classify_images_job")
+        job_def = job.get_definition()
+        tags = dict(request.tags)
+        if request.partition_key:
+            tags["dagster/partition"] = request.partition_key
+        run = self.instance.create_run_for_job(
+            job_def=job_def,
+            tags=tags,
+            job_code_origin=job.get_python_origin(),
+            asset_selection=frozenset(job_def.asset_layer.executable_asset_keys),
+        )
+        args = ExecuteRunArgs(job.get_python_origin(), run.run_id, self.instance.get_ref())
+        entry_point, *rest = args.get_command_args()
+        assert entry_point == "dagster", entry_point
+        return run.run_id, [sys.executable, "-m", "dagster", *rest]  # this environment's
 
     def tick(self) -> tuple[dg.SensorResult, list[dg.ExecuteInProcessResult]]:
         """A whole tick: evaluate, report events, run every new run key, then save the cursor."""

@@ -13,7 +13,12 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 
 Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), summed.
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
-  runs it requests, in this process, with the model already loaded).
+  runs it requests, in this process, with the model already loaded);
+* process – the same runs in run processes of their own, started as Dagster's run launchers
+  start them (``dagster api execute_run``; a Kubernetes run pod runs the same command): the
+  process's whole CPU per image, and apart, what it spends before its first image (Python,
+  Dagster, the code location, the model's imports and load) and after its last row (the day's
+  totals, the events, the interpreter's exit), which every run pays once whatever its size.
 
 For each: images/s, the process's CPU ms per image, split by stage (the CPU time of the thread
 doing each stage, wherever it runs: get, decode, preprocess, collate, model call with top-k,
@@ -36,6 +41,7 @@ import io
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -205,6 +211,55 @@ def side_by_side(variants: dict[str, Variant], images: int, rounds: int) -> dict
     return {k: v for name, tally in tallies.items() for k, v in tally.figures(name).items()}
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its live descendants, and of those it has reaped."""
+    total, pending = 0.0, [pid]
+    while pending:
+        proc = Path("/proc") / str(pending.pop())
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            for task in (proc / "task").iterdir():
+                pending += map(int, (task / "children").read_text().split())
+        except OSError:  # it ended meanwhile: its parent's counters have it once reaped
+            continue
+        total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def run_process(daemon: Any, request: Any, images: int) -> dict[str, float]:
+    """One run in a run process of its own, as Dagster's run launchers start one; its CPU
+    sampled every 50 ms and split at its first image and its last row (the run's log lines)."""
+    import dagster as dg
+
+    run_id, command = daemon.run_process_command(request)
+    samples: list[tuple[float, float]] = []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL) as child:
+        while child.poll() is None:
+            samples.append((time.time(), tree_cpu(child.pid)))
+            time.sleep(0.05)
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
+    status = daemon.instance.get_run_by_id(run_id).status
+    assert status == dg.DagsterRunStatus.SUCCESS, f"the run process ended {status}"
+    logged = {
+        record.event_log_entry.user_message.split(" ", 1)[0]: record.event_log_entry.timestamp
+        for record in daemon.instance.get_records_for_run(run_id).records
+        if record.event_log_entry.dagster_event is None  # the asset's own log lines
+    }
+    first, last = logged["classifying"], logged[f"{images:,}"]  # "2,000 objects in …"
+    cpu_at = lambda moment: max((c for t, c in samples if t <= moment), default=0.0)  # noqa: E731
+    return {
+        "process_img_s": images / wall,
+        "process_cpu_ms": cpu * 1000 / images,
+        "process_before_first_image_cpu_s": cpu_at(first),
+        "process_loop_cpu_ms": (cpu_at(last) - cpu_at(first)) * 1000 / images,
+        "process_after_last_row_cpu_s": cpu - cpu_at(last),
+    }
+
+
 def loop(
     keys: list[str], fetch: Callable[[str], Any], classifier: Any, engine: Any, batch_size: int
 ) -> None:
@@ -367,6 +422,13 @@ def main() -> None:
                 rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
                 assert rows.scalar_one() == len(keys), "the runs did not classify every image"
             written.dispose()
+            assert len(requests) == 1, "the sensor split the corpus into several runs"
+            process = [run_process(daemon, requests[0], len(keys)) for _ in range(2)]
+            figures |= {k: sum(p[k] for p in process) / len(process) for k in process[0]}
+            print("run process: {process_img_s:.0f} images/s, {process_cpu_ms:.2f} CPU ms per "
+                  "image: {process_before_first_image_cpu_s:.2f} s before the first image, "
+                  "{process_loop_cpu_ms:.2f} ms per image, {process_after_last_row_cpu_s:.2f} s "
+                  "after the last row".format(**figures))  # fmt: skip
     figures["cpu_ms_per_image"] = figures["run_cpu_ms_no_model"]
     torch.set_num_threads(os.cpu_count() or 1)
     from ai_assets_dev.samples import sample_jpegs
@@ -384,7 +446,9 @@ def main() -> None:
         ["cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "top1_agreement_fp32",
          "top1_agreement_bf16", "memory_img_s",
          "memory_cpu_ms_no_model", "memory_main_thread_ms", "s3_img_s", "s3_cpu_ms_no_model",
-         "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms"],
+         "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
+         "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",
+         "process_after_last_row_cpu_s"],
     )  # fmt: skip
 
 

@@ -86,30 +86,33 @@ def classify_objects(
     Bad images become error rows; the rest of their batch goes on.
     """
     window = max(2 * batch_size, concurrency)
-    with ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference) as pool:
-        pending: collections.deque[Future[Outcome]] = collections.deque()
-        batches: collections.deque[Batch] = collections.deque()
-        queue = iter(jobs)
-        submitted = 0
+    pool = ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference)
+    pending: collections.deque[Future[Outcome]] = collections.deque()
+    batches: collections.deque[Batch] = collections.deque()
+    queue = iter(jobs)
+    submitted = 0
 
-        def refill() -> None:
-            nonlocal submitted
-            for job in itertools.islice(queue, window - len(pending)):
-                slot = submitted % batch_size
-                if slot == 0:
-                    batches.append(classifier.batch(batch_size))
-                batch = batches[-1]
-                pending.append(
-                    pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot)
-                )
-                submitted += 1
+    def refill() -> None:
+        nonlocal submitted
+        for job in itertools.islice(queue, window - len(pending)):
+            slot = submitted % batch_size
+            if slot == 0:
+                batches.append(classifier.batch(batch_size))
+            batch = batches[-1]
+            pending.append(pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot))
+            submitted += 1
 
+    try:
         refill()
         while pending:
             outcomes = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             batch = batches.popleft()
             refill()
             yield _classify(outcomes, batch, top_k, classifier, run_id)
+    except BaseException:  # a failure, an interrupted run, a consumer that stopped early
+        pool.shutdown(wait=False, cancel_futures=True)  # not behind a slow GET in flight
+        raise
+    pool.shutdown()
 
 
 def _classify(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import gc
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,18 @@ def tune_allocator() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 1 << 30)
     libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+def freeze_loaded_objects() -> None:
+    """Keep what is alive now (torch's and transformers' modules, the model) out of the cyclic
+    collector's passes for the rest of the process.
+
+    Loading leaves ~385k tracked objects that every full collection walks (~0.2 s each), and the
+    interpreter's exit runs several: 1.1-1.4 s of CPU per run process here, against ~0.2 frozen.
+    Objects frozen here that later form unreachable cycles are never collected; a model stays
+    loaded for the life of its process, so there are none to speak of.
+    """
+    gc.freeze()
 
 
 def yield_to_inference() -> None:

@@ -56,6 +56,24 @@ def test_definitions_load_with_the_contract_names() -> None:
     }
 
 
+def test_classification_runs_execute_their_step_in_the_run_process() -> None:
+    """No second Python per run (or per run pod) to import the code location and torch again."""
+    job = build_defs().resolve_job_def("classify_images_job")
+    assert job.executor_def is dg.in_process_executor
+
+
+def test_the_code_location_is_built_once_per_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ai_assets.definitions as location
+
+    first = location.defs()
+    assert location.defs() is first  # Dagster loads it twice in a run worker
+    monkeypatch.setenv("AI_ASSETS_BATCH_SIZE", "7")
+    changed = location.defs()
+    assert changed is not first
+    resources = changed.resources or {}
+    assert resources["classifier"].process_config_and_initialize().batch_size == 7  # type: ignore[attr-defined]
+
+
 @pytest.mark.integration  # a subprocess or a server
 def test_loading_definitions_imports_neither_torch_nor_transformers() -> None:
     code = (

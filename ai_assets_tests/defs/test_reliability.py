@@ -3,6 +3,9 @@ nothing duplicated, every failure explained."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -200,6 +203,60 @@ def test_persistent_s3_failure_fails_the_run_clearly_and_the_next_attempt_comple
     rows = rows_by_key(db_url)
     reliability_report("S3 down for one object, then re-run", "ok", 3, len(rows))
     assert sorted(rows) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(row["status"] == "ok" for row in rows.values())
+
+
+def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
+    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], reliability_report
+) -> None:
+    """SIGTERM (the run terminated, its pod stopping) in a run process as a run launcher starts
+    it: the step is not retried in the stopping process, and says why it stopped."""
+    proxy, daemon, db_url = proxied
+    keys = [f"img-{i}.jpg" for i in range(6)]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
+    result = daemon.evaluate()
+    daemon.report_events(result)
+    [request] = result.run_requests or []
+    proxy.add(Rule("delay", path_contains="img-4", delay_s=15))  # the run is mid-batch
+    run_id, command = daemon.run_process_command(request)
+
+    def logged() -> list[str]:
+        records = daemon.instance.get_records_for_run(run_id).records
+        return [r.event_log_entry.user_message for r in records]
+
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
+        try:
+            deadline = time.monotonic() + 180  # the run process imports torch and the model
+            while not any(m.startswith("classifying") for m in logged()):
+                assert run.poll() is None, "the run process ended before classifying"
+                assert time.monotonic() < deadline, "the run never started classifying"
+                time.sleep(0.2)
+            run.send_signal(signal.SIGTERM)
+            run.wait(120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    stopped = daemon.instance.get_run_by_id(run_id)
+    assert stopped is not None and stopped.status == dg.DagsterRunStatus.FAILURE
+    events = [
+        r.event_log_entry.dagster_event
+        for r in daemon.instance.get_records_for_run(run_id).records
+        if r.event_log_entry.dagster_event
+    ]
+    kinds = [event.event_type for event in events]
+    assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds
+    assert dg.DagsterEventType.STEP_RESTARTED not in kinds
+    [failure] = [event for event in events if event.is_step_failure]
+    assert "Interrupted: the run was terminated" in failure.step_failure_data.error.message
+    written = rows_by_key(db_url)
+    assert set(written) <= set(keys)
+    proxy.clear()
+    rerun = daemon.launch(request)  # a re-execution from the UI
+    assert rerun.success
+    rows = rows_by_key(db_url)
+    reliability_report("run process stopped mid-run, then re-run", "ok", len(keys), len(rows))
+    assert sorted(rows) == keys
     assert all(row["status"] == "ok" for row in rows.values())
 
 

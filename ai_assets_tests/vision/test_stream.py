@@ -263,6 +263,18 @@ def test_precision_is_validated_and_bf16_classifies(
     assert all(0.0 <= label.score <= 1.0 for row in labels for label in row)
 
 
+def test_a_loaded_model_is_frozen_out_of_the_cyclic_collector(tiny_model_dir: str) -> None:
+    import gc
+
+    gc.unfreeze()  # whatever an earlier test loaded
+    classifier = ImageClassifier(tiny_model_dir, "cpu")
+    assert gc.get_freeze_count() > 0
+    tracked = gc.get_objects()  # every generation the collector walks; frozen objects are not
+    assert not any(o is classifier.model or o is classifier for o in tracked)
+    after = object.__new__(type("After", (), {}))  # what the process makes later stays tracked
+    assert gc.is_tracked(after) and any(o is after for o in gc.get_objects())
+
+
 def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> None:
     classifier = ImageClassifier(tiny_model_dir, "cpu")  # a fresh one: nothing warmed yet
     calls: list[int] = []

@@ -4,6 +4,7 @@ Per-object state lives in the project's database; Dagster sees days and batches,
 writes O(1) events however many images it classifies.
 """
 
+import contextlib
 import datetime as dt
 import itertools
 import time
@@ -144,49 +145,68 @@ def image_classifications(
     one transaction per batch while the next batch is classified. Each day's materialization
     carries the run's figures and that day's own totals.
     """
-    batch = context.run.tags.get(BATCH_TAG)
-    engine = results_db.get_engine()
-    loading = time.perf_counter()
-    model = classifier.load()  # once per process; not part of the images/s figure
-    model_load_s = time.perf_counter() - loading
-    targets = _targets(context, engine, model, batch, config.reclassify)
-    tally, written, logged = Tally(), results.Written(), 0
-    started = time.perf_counter()
-    batches = classify_objects(
-        (Job(target.partition_key, target.s3_key) for target in targets),
-        s3.get_fetcher(classifier.max_image_bytes),
-        model,
-        batch_size=classifier.batch_size,
-        top_k=classifier.top_k,
-        max_pixels=classifier.max_image_pixels,
-        concurrency=classifier.download_concurrency,
-        run_id=context.run.run_id,
-    )
-    for rows, upserted in results.upsert_behind(engine, batches):
-        written += upserted
-        tally.add(rows)
-        logged += _log_errors(context, rows, MAX_ERROR_LOGS - logged)
-    elapsed = time.perf_counter() - started
-    if tally.statuses["error"] > logged:
-        context.log.warning(
-            f"{tally.statuses['error'] - logged:,} more objects failed to classify; "
-            "the table's error column says why"
+    with _stops_when_interrupted():
+        batch = context.run.tags.get(BATCH_TAG)
+        engine = results_db.get_engine()
+        loading = time.perf_counter()
+        model = classifier.load()  # once per process; not part of the images/s figure
+        model_load_s = time.perf_counter() - loading
+        targets = _targets(context, engine, model, batch, config.reclassify)
+        tally, written, logged = Tally(), results.Written(), 0
+        started = time.perf_counter()
+        batches = classify_objects(
+            (Job(target.partition_key, target.s3_key) for target in targets),
+            s3.get_fetcher(classifier.max_image_bytes),
+            model,
+            batch_size=classifier.batch_size,
+            top_k=classifier.top_k,
+            max_pixels=classifier.max_image_pixels,
+            concurrency=classifier.download_concurrency,
+            run_id=context.run.run_id,
         )
-    counts = tally.counts()
-    context.log.info(
-        f"{counts[Meta.IMAGES]:,} objects in {elapsed:.1f} s: {counts[Meta.CLASSIFIED]:,} "
-        f"classified, {counts[Meta.ERRORS]:,} errors, {counts[Meta.DELETED]:,} deleted"
-    )
-    days_totals = []
-    for day in context.partition_keys:
-        if totals := status.day_totals(engine, day):
-            context.add_asset_metadata(day_metadata(totals), partition_key=day)
-        else:
-            context.log.info(f"{day} holds too many objects to total within the run's budget")
-        days_totals.append(totals)
-    checks = [*_checks(tally, written), _freshness(days_totals)]
-    metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
-    return dg.MaterializeResult(metadata=metadata, check_results=checks)
+        for rows, upserted in results.upsert_behind(engine, batches):
+            written += upserted
+            tally.add(rows)
+            logged += _log_errors(context, rows, MAX_ERROR_LOGS - logged)
+        elapsed = time.perf_counter() - started
+        if tally.statuses["error"] > logged:
+            context.log.warning(
+                f"{tally.statuses['error'] - logged:,} more objects failed to classify; "
+                "the table's error column says why"
+            )
+        counts = tally.counts()
+        context.log.info(
+            f"{counts[Meta.IMAGES]:,} objects in {elapsed:.1f} s: {counts[Meta.CLASSIFIED]:,} "
+            f"classified, {counts[Meta.ERRORS]:,} errors, {counts[Meta.DELETED]:,} deleted"
+        )
+        days_totals = []
+        for day in context.partition_keys:
+            if totals := status.day_totals(engine, day):
+                context.add_asset_metadata(day_metadata(totals), partition_key=day)
+            else:
+                context.log.info(f"{day} holds too many objects to total within the run's budget")
+            days_totals.append(totals)
+        checks = [*_checks(tally, written), _freshness(days_totals)]
+        metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
+        return dg.MaterializeResult(metadata=metadata, check_results=checks)
+
+
+@contextlib.contextmanager
+def _stops_when_interrupted() -> Iterator[None]:
+    """A run interrupted in its own process (terminated, its pod stopping) fails at once.
+
+    Dagster answers an interrupt inside a step with its RetryPolicy, and with the in-process
+    executor nothing else stops the retry (dagster-io/dagster#15026): a terminated run would
+    start its batch over instead of ending.
+    """
+    try:
+        yield
+    except dg.DagsterExecutionInterruptedError as interrupted:
+        raise dg.Failure(
+            "Interrupted: the run was terminated or its process is stopping, so the step is "
+            "not retried. Rows already written stay; re-execute the run for the rest.",
+            allow_retries=False,
+        ) from interrupted
 
 
 def _targets(
