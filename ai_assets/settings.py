@@ -16,8 +16,10 @@ DEFAULT_BUCKET = "images"
 DEFAULT_WEBSERVER_URL = "http://localhost:3000"
 #: First daily partition; older objects belong to it (AI_ASSETS_START_DATE).
 DEFAULT_START_DATE = "2020-01-01"
-#: Objects per sensor run: ~20 s of inference on 2 CPU cores, so Dagster's fixed cost per run
-#: stays a few percent (bench/throughput.py measures it; AI_ASSETS_MAX_OBJECTS_PER_RUN).
+#: Objects per sensor run: ~30-60 s of inference on 2 CPU cores. A run process spends ~10 s
+#: of CPU before its first image (Python, Dagster, the code location, torch's and transformers'
+#: imports, the model), ~10-15 % of such a run (bench/feed.py's "process" figures; Dagster's
+#: own per-run work in a warm process: bench/throughput.py). AI_ASSETS_MAX_OBJECTS_PER_RUN.
 DEFAULT_MAX_OBJECTS_PER_RUN = 2_000
 #: Listing budget of one sensor tick; the diff and upsert of the slice come on top
 #: (bench/sensor_scale.py measures both; AI_ASSETS_LIST_SECONDS_PER_TICK).
