@@ -1,4 +1,5 @@
-"""Process tuning for CPU inference (Linux): the allocator, and threads that yield to torch."""
+"""Process tuning for inference (Linux): the allocator, the cyclic collector, and threads that
+yield to torch."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ classify_images_job = dg.define_asset_job(
     ),
     tags=classification_run_tags(os.environ),
     # One step: the multiprocess default would start a second Python in every run (its pod
-    # included) to import the code and the model again, ~3 s of CPU per run (bench/feed.py).
+    # included) that imports Dagster and the code location again, ~2-3 s of CPU per run
+    # (bench/feed.py's process figures). Interrupts: see assets._stops_when_interrupted.
     executor_def=dg.in_process_executor,
 )
