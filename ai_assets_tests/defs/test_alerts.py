@@ -126,30 +126,6 @@ def test_a_failed_run_posts_its_error(
     assert request.run_key in str(message["blocks"])  # the batch, beside the day
 
 
-def test_a_run_terminated_on_request_is_not_posted_as_a_failure(
-    daemon: InProcessDaemon,
-    s3_client: Any,
-    bucket: str,
-    slack_api,
-    monkeypatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Terminated from the UI, a run fails (its step skips the RetryPolicy), not CANCELED."""
-    s3_client.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
-    result = daemon.evaluate()
-    daemon.report_events(result)
-    monkeypatch.setenv("AI_ASSETS_S3_BUCKET", "no-such-bucket-anywhere")
-    failing = InProcessDaemon(daemon.instance)
-    [request] = result.run_requests or []
-    run = failing.launch(request)
-    assert not run.success
-    failing.instance.report_run_canceling(run.dagster_run, "Sending run termination request.")
-    with caplog.at_level(logging.INFO):
-        announce(failing, run, caplog.handler)
-    assert slack_api.messages == []
-    assert f"run {run.run_id} was terminated on request" in caplog.text
-
-
 @pytest.mark.parametrize(
     ("script", "posted", "requests"),
     [

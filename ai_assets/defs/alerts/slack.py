@@ -106,13 +106,6 @@ def run_summary(instance: dg.DagsterInstance, run: dg.DagsterRun, webserver_url:
     )
 
 
-def terminated_on_request(instance: dg.DagsterInstance, run_id: str) -> bool:
-    """Whether someone terminated the run (the UI, the API): it then fails rather than ending
-    CANCELED, since its step turns the interrupt into a failure that skips the RetryPolicy."""
-    canceling = dg.DagsterEventType.RUN_CANCELING
-    return bool(instance.get_records_for_run(run_id, of_type=canceling, limit=1).records)
-
-
 def post(
     log: Any, slack: SlackNotifierResource, what: str, text: str, blocks: list[dict[str, Any]]
 ) -> bool:
@@ -150,9 +143,6 @@ def slack_on_run_failure(context: dg.RunFailureSensorContext, slack: SlackNotifi
     if not _configured(context.log, slack, "slack_on_run_failure"):
         return
     run = context.dagster_run
-    if terminated_on_request(context.instance, run.run_id):
-        context.log.info(f"run {run.run_id} was terminated on request: its failure is not posted")
-        return
     digest = failure_digest(context.instance, run, slack.webserver_url)
     post(context.log, slack, f"run {run.run_id}", digest.text(), digest.blocks())
 
