@@ -141,7 +141,8 @@ def proxied(
 ) -> Iterator[tuple[FaultyS3, InProcessDaemon, str]]:
     """A daemon whose S3 traffic goes through the fault-injecting proxy; results in SQLite."""
     db_url = f"sqlite:///{tmp_path / 'results.sqlite'}"
-    with faulty_s3(s3_endpoint) as proxy, dg.instance_for_test() as instance:
+    retries = {"run_retries": {"enabled": True, "max_retries": 1}}  # as the chart's instance
+    with faulty_s3(s3_endpoint) as proxy, dg.instance_for_test(overrides=retries) as instance:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "4")
         monkeypatch.setenv("AI_ASSETS_S3_BUCKET", bucket)
@@ -206,11 +207,19 @@ def test_persistent_s3_failure_fails_the_run_clearly_and_the_next_attempt_comple
     assert all(row["status"] == "ok" for row in rows.values())
 
 
+@pytest.mark.parametrize("on_request", [True, False], ids=["terminated", "pod_stopped"])
 def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
-    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], reliability_report
+    proxied,
+    s3_client: Any,
+    bucket: str,
+    jpegs: dict[str, bytes],
+    reliability_report,
+    on_request: bool,
 ) -> None:
-    """SIGTERM (the run terminated, its pod stopping) in a run process as a run launcher starts
-    it: the step is not retried in the stopping process, and says why it stopped."""
+    """SIGTERM in a run process as a run launcher starts it, after a termination request (the
+    UI's Terminate) or without one (its pod stopping): the step is not retried in the stopping
+    process and says why it stopped. A terminated run ends canceled; the other one failed, for
+    the daemon's run retries."""
     proxy, daemon, db_url = proxied
     keys = [f"img-{i}.jpg" for i in range(6)]
     for key in keys:
@@ -232,13 +241,22 @@ def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
                 assert run.poll() is None, "the run process ended before classifying"
                 assert time.monotonic() < deadline, "the run never started classifying"
                 time.sleep(0.2)
+            if on_request:  # what Terminate does before it signals the run's process
+                record = daemon.instance.get_run_by_id(run_id)
+                assert record is not None
+                daemon.instance.report_run_canceling(record, "Sending run termination request.")
             run.send_signal(signal.SIGTERM)
             run.wait(120)
         finally:
             if run.poll() is None:
                 run.kill()
     stopped = daemon.instance.get_run_by_id(run_id)
-    assert stopped is not None and stopped.status == dg.DagsterRunStatus.FAILURE
+    assert stopped is not None
+    if on_request:
+        assert stopped.status == dg.DagsterRunStatus.CANCELED
+    else:
+        assert stopped.status == dg.DagsterRunStatus.FAILURE
+        assert stopped.tags["dagster/will_retry"] == "true"
     events = [
         r.event_log_entry.dagster_event
         for r in daemon.instance.get_records_for_run(run_id).records
@@ -255,7 +273,8 @@ def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
     rerun = daemon.launch(request)  # a re-execution from the UI
     assert rerun.success
     rows = rows_by_key(db_url)
-    reliability_report("run process stopped mid-run, then re-run", "ok", len(keys), len(rows))
+    case = "terminated" if on_request else "its pod stopped"
+    reliability_report(f"run process {case} mid-run, then re-run", "ok", len(keys), len(rows))
     assert sorted(rows) == keys
     assert all(row["status"] == "ok" for row in rows.values())
 
