@@ -20,6 +20,7 @@ from ai_assets.definitions import build_defs
 from ai_assets.defs.images.sensor import s3_image_sensor
 
 RUN_KEY_TAG = "dagster/run_key"
+JOB = "classify_images_job"
 
 
 @dataclasses.dataclass
@@ -49,7 +50,7 @@ class InProcessDaemon:
     def launch(
         self, request: dg.RunRequest, run_config: dict | None = None
     ) -> dg.ExecuteInProcessResult:
-        job = self.defs.resolve_job_def("classify_images_job")
+        job = self.defs.resolve_job_def(JOB)
         tags = dict(request.tags) | ({RUN_KEY_TAG: request.run_key} if request.run_key else {})
         return job.execute_in_process(
             instance=self.instance,
@@ -68,8 +69,8 @@ class InProcessDaemon:
         Kubernetes run pod included)."""
         root = str(Path(__file__).resolve().parents[1])
         origin = ReconstructableRepository.for_module("ai_assets.definitions", "defs", root)
-        job = origin.get_reconstructable_job("classify_images_job")
-        job_def = job.get_definition()
+        job = origin.get_reconstructable_job(JOB)  # where the run process loads it from
+        job_def = self.defs.resolve_job_def(JOB)  # loaded here already
         tags = dict(request.tags)
         if request.partition_key:
             tags["dagster/partition"] = request.partition_key
