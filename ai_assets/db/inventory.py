@@ -492,22 +492,37 @@ def _paged(engine: Engine, query: sa.Select, key: sa.ColumnElement[str]) -> Iter
         after = page[-1].s3_key
 
 
-def batch_targets(engine: Engine, batch: str) -> Iterator[Target]:
-    """The objects the sensor put into ``batch`` (and has not moved to a later batch since)."""
-    o = image_objects
-    query = sa.select(o.c.s3_key, o.c.partition_key).where(o.c.batch_id == batch)
-    return _paged(engine, query, o.c.s3_key)
+def batch_targets(
+    engine: Engine, batch: str, model_id: str, model_revision: str, reclassify: bool = False
+) -> Iterator[Target]:
+    """The objects of ``batch`` (unless moved to a later one) that are not current yet (all:
+    reclassify): a retried or re-executed batch run goes on where the last attempt stopped."""
+    return _targets(engine, image_objects.c.batch_id == batch, model_id, model_revision, reclassify)
 
 
 def stale_targets(
     engine: Engine, day: str, model_id: str, model_revision: str, reclassify: bool = False
 ) -> Iterator[Target]:
     """The day's objects that are not current, or come from another model (all: reclassify)."""
+    return _targets(
+        engine, image_objects.c.partition_key == day, model_id, model_revision, reclassify
+    )
+
+
+def _targets(
+    engine: Engine,
+    selected: sa.ColumnElement[bool],
+    model_id: str,
+    model_revision: str,
+    reclassify: bool,
+) -> Iterator[Target]:
+    """The ``selected`` objects whose row is missing, of another version or model, or not yet
+    marked deleted; with ``reclassify``, every live one too."""
     o, c = image_objects, image_classifications
     query = (
         sa.select(o.c.s3_key, o.c.partition_key)
         .select_from(o.outerjoin(c, c.c.s3_key == o.c.s3_key))
-        .where(o.c.partition_key == day)
+        .where(selected)
     )
     live = o.c.deleted_at.is_(None)
     stale_deleted = c.c.s3_key.is_not(None) & (c.c.status != "deleted")

@@ -77,7 +77,10 @@ NO_OBJECT_WAITS_TOO_LONG = "no_object_waits_too_long"
 class ClassifyConfig(dg.Config):
     reclassify: bool = Field(
         default=False,
-        description="Without a batch: redo every object of the day, not only those not current.",
+        description=(
+            "Redo every object of the run (its batch, or without one its days), not only those "
+            "not current."
+        ),
     )
 
 
@@ -212,12 +215,13 @@ def _stops_when_interrupted() -> Iterator[None]:
 def _targets(
     context: dg.AssetExecutionContext, engine: Any, model: Any, batch: str | None, redo: bool
 ) -> Iterator[inventory.Target]:
-    """The sensor's batch when the run has one, else the objects of its days not current."""
+    """The objects of the sensor's batch when the run has one, else of its days, that are not
+    current (all: reclassify)."""
     days = context.partition_keys
     span = days[0] if len(days) == 1 else f"{days[0]}…{days[-1]} ({len(days)} days)"
     if batch:
         context.log.info(f"classifying batch {batch} of {span} with {model.model_id}")
-        return inventory.batch_targets(engine, batch)
+        return inventory.batch_targets(engine, batch, model.model_id, model.model_revision, redo)
     what = "every object" if redo else "the objects not current"
     context.log.info(f"classifying {what} of {span} with {model.model_id} on {model.device}")
     return itertools.chain.from_iterable(
