@@ -26,8 +26,8 @@ rows, upsert) and "other" (the rest: thread pools, generators, and in "run" Dags
 and the main thread's busy ms per image. torch runs one thread, so the model's CPU is the
 calling thread's. Model excluded means: all CPU but the "model" stage.
 
-Then the accuracy guard: top-1 agreement of the run's path (with the bundled model, fp32 and
-bf16) with transformers' own processor path, on corpus images and the sample photos.
+Then the accuracy guard: top-1 agreement of the run's path (with the bundled model, in fp32, fp16
+and bf16) with transformers' own processor path in fp32, on corpus images and the sample photos.
 
 Ends with: RESULT cpu_ms_per_image=… (run, model excluded) run_img_s=… memory_img_s=… …
 """
@@ -438,13 +438,13 @@ def main() -> None:
     every = max(1, len(keys) // args.agreement_images)
     guard = [images[k] for k in keys[::every][: args.agreement_images]]
     guard += list(sample_jpegs().values())
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "fp16", "bf16"):
         agree = figures[f"top1_agreement_{precision}"] = top1_agreement(guard, precision)
         print(f"top-1 agreement with transformers' path, {precision}: {agree:.4f} on {len(guard)}")
     print_figures(
         figures,
         ["cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "top1_agreement_fp32",
-         "top1_agreement_bf16", "memory_img_s",
+         "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
          "memory_cpu_ms_no_model", "memory_main_thread_ms", "s3_img_s", "s3_cpu_ms_no_model",
          "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
          "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",

@@ -7,7 +7,9 @@ in memory, so this runs wherever torch runs, a GPU machine without Dagster inclu
 * loop    – classify_objects over the in-memory JPEGs (round and round for ``--seconds``): fetch
             threads decode and preprocess while the model classifies, exactly the run's
             pipeline minus S3 and the upserts; and the main thread's CPU ms per image (on a
-            GPU that includes CUDA's spinning while the thread waits for a batch's labels).
+            GPU that includes CUDA's spinning while the thread waits for a batch's labels);
+* agreement – each precision's top-1 labels on the device against the fp32 model's on the CPU
+            (the same preprocessed images): what the device's arithmetic changes.
 
 Ends with one line: RESULT device=… <precision>_b<batch>_ceiling_img_s=… loop_img_s=… …
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import print_figures
-from throughput import corpus, measure_ceiling, prepared
+from throughput import agreement, corpus, measure_ceiling, prepared, top1
 
 
 def round_and_round(keys: list[str], seconds: float) -> Iterator[Any]:
@@ -45,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model directory (default: the bundled, converted one)")
     parser.add_argument("--device", help="torch device (default: CUDA when available)")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="fp32,fp16,bf16")
     parser.add_argument("--batch-sizes", default="32")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -66,10 +68,17 @@ def main() -> None:
     images = corpus(args.images)
     concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
     figures: dict[str, object] = {}
+    reference = ImageClassifier(model, "cpu", "fp32")
+    expected = top1(reference, prepared(reference, list(images.values())))
+    del reference
     for precision in args.precisions.split(","):
         classifier = ImageClassifier(model, args.device, precision)
         figures["device"] = classifier.device
         pixels = prepared(classifier, list(images.values()))
+        agrees = figures[f"{precision}_top1_agreement"] = agreement(
+            top1(classifier, pixels), expected
+        )
+        print(f"{precision}: top-1 agreement with fp32 on the CPU {agrees:.4f}", flush=True)
         for batch_size in map(int, args.batch_sizes.split(",")):
             ceiling = measure_ceiling(classifier, pixels, batch_size, args.seconds)
             classifier.warm_up(batch_size)

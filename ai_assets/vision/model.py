@@ -29,7 +29,8 @@ def auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-#: ``AI_ASSETS_PRECISION`` → torch dtype; bf16 runs on AMX/AVX-512 CPUs and GPU tensor cores.
+#: ``AI_ASSETS_PRECISION`` → torch dtype. fp16 and bf16 run on GPU tensor cores and on CPUs with
+#: AVX512-FP16 / AMX; fp16 keeps more mantissa, so it changes fewer labels (bench/feed.py).
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
