@@ -44,7 +44,7 @@ def round_and_round(keys: list[str], seconds: float) -> Iterator[Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", help="model directory (default: the bundled, converted one)")
     parser.add_argument("--device", help="torch device (default: CUDA when available)")
     parser.add_argument("--precisions", default="fp32,fp16,bf16")
