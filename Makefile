@@ -7,7 +7,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 1073741824
 export HF_HUB_OFFLINE := 1
 export DAGSTER_EVENT_BATCH_SIZE ?= 1000
 
-.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-latency bench-sqs gpu-wheels screenshots clean
+.PHONY: install install-demo demo demo-once demo-clean serve test test-fast lint model browser prometheus reliability bench bench-latency bench-sqs bench-run-size gpu-wheels screenshots clean
 
 # the demo needs only the package and its demo extra; make test adds the dev tooling
 $(VENV)/.installed-demo: pyproject.toml
@@ -93,6 +93,10 @@ bench-latency: install model
 
 bench-sqs: install
 	$(PY) bench/sqs_drain.py
+
+# what a run's size costs: whole run processes of 1,000-5,000 objects, two models (~10 min)
+bench-run-size: install model
+	$(PY) bench/run_size.py
 
 # what bench/gpu.sh needs on a GPU machine without a registry (CPython 3.12 with torch and
 # transformers already there): this venv's versions as wheels in .whl/; carry it and

@@ -21,6 +21,7 @@ from ai_assets.defs.images.sensor import BATCH_TAG, Cursor
 from ai_assets.resources import ImageBucketResource
 from ai_assets.s3.events import is_later
 from ai_assets.s3.sqs import Drained, decode_key, read_message
+from ai_assets.settings import max_objects_per_run
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.fakes.sqs_server import ACCESS_DENIED, THROTTLED, FakeSqs
 from ai_assets_tests.support.s3_events import NOW, body, s3_event, send
@@ -364,7 +365,7 @@ def test_a_burst_of_10000_events_is_inventoried_exactly_once(
     batches: dict[str, int] = {}
     for row in rows.values():
         batches[row["batch_id"]] = batches.get(row["batch_id"], 0) + 1
-    assert sum(batches.values()) == 10_000 and max(batches.values()) <= 2_000
+    assert sum(batches.values()) == 10_000 and max(batches.values()) <= max_objects_per_run()
     assert sqs.depth("image-events") == 0
 
 
