@@ -69,7 +69,7 @@ prometheus:
 
 # two workers: most tests wait on servers and subprocesses, so CI's two cores overlap them
 test: install lint model browser prometheus
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
 # the tests that need no server: pure logic, SQLite, in-process Dagster (under a minute)
 test-fast: install model

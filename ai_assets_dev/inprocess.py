@@ -63,7 +63,9 @@ class InProcessDaemon:
             raise_on_error=False,
         )
 
-    def run_process_command(self, request: dg.RunRequest) -> tuple[str, list[str]]:
+    def run_process_command(
+        self, request: dg.RunRequest, run_config: dict | None = None
+    ) -> tuple[str, list[str]]:
         """A run for ``request`` in the instance, and the command that executes it in a process
         of its own: ``dagster api execute_run``, what Dagster's run launchers start (a
         Kubernetes run pod included)."""
@@ -76,6 +78,7 @@ class InProcessDaemon:
             tags["dagster/partition"] = request.partition_key
         run = self.instance.create_run_for_job(
             job_def=job_def,
+            run_config=run_config,
             tags=tags,
             job_code_origin=job.get_python_origin(),
             asset_selection=frozenset(job_def.asset_layer.executable_asset_keys),

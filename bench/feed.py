@@ -234,7 +234,9 @@ def run_process(daemon: Any, request: Any, images: int) -> dict[str, float]:
     sampled every 50 ms and split at its first image and its last row (the run's log lines)."""
     import dagster as dg
 
-    run_id, command = daemon.run_process_command(request)
+    # the batch again, whole: a batch run classifies only what is not current yet
+    redo = {"ops": {"image_classifications": {"config": {"reclassify": True}}}}
+    run_id, command = daemon.run_process_command(request, redo)
     samples: list[tuple[float, float]] = []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
