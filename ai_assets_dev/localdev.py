@@ -110,14 +110,19 @@ def stop_process(
     deadline = time.monotonic() + timeout
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout)
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the leader's children too, e.g. a run process finishing its step
+    # the leader's children too, e.g. a run process finishing its step
+    _wait_group_gone(process.pid, deadline - time.monotonic())
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    killed = time.monotonic() + 5
-    while _group_alive(process.pid) and time.monotonic() < killed:
-        time.sleep(0.05)  # SIGKILL is delivered, the exit takes a moment
+    _wait_group_gone(process.pid, 5)  # SIGKILL is delivered, the exit takes a moment
+
+
+def _wait_group_gone(group: int, seconds: float) -> None:
+    """Wait up to ``seconds`` until no process of ``group`` runs."""
+    deadline = time.monotonic() + seconds
+    while _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _group_alive(group: int) -> bool:

@@ -69,6 +69,22 @@ def corpus(n: int) -> dict[str, bytes]:
     return photos(n, sides=(384, 640), prefix="feed")
 
 
+def serve_corpus(endpoint: str, images: dict[str, bytes]) -> None:
+    """Point this process's settings (and the run processes it starts) at the local S3 server,
+    and put the corpus in its bucket."""
+    import boto3
+
+    os.environ.update(
+        {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
+         "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
+         "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": ""}
+    )  # fmt: skip
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=images[k]), images))
+
+
 def near_zero_model(directory: Path, like: Path) -> str:
     """A one-layer 224 px ViT with ``like``'s image processor and labels: the model costs ~0."""
     import torch
@@ -326,7 +342,6 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import boto3
     import dagster as dg
     import sqlalchemy as sa
     import torch
@@ -350,17 +365,11 @@ def main() -> None:
         postgres() as pg,
     ):
         model_dir = near_zero_model(Path(tmp) / "model", ensure_default_model())
+        serve_corpus(endpoint, images)
         os.environ.update(
-            {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
-             "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-             "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": "",
-             "AI_ASSETS_MODEL": model_dir, "AI_ASSETS_BATCH_SIZE": str(args.batch_size),
+            {"AI_ASSETS_MODEL": model_dir, "AI_ASSETS_BATCH_SIZE": str(args.batch_size),
              "AI_ASSETS_MAX_OBJECTS_PER_RUN": str(len(images))}
         )  # fmt: skip
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=images[k]), keys))
         # the arguments ClassifierResource.load passes: the runs below reuse this model
         classifier = load_classifier(model_dir, None, "fp32", True)
         classifier.warm_up(args.batch_size)

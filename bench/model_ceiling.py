@@ -69,12 +69,12 @@ def main() -> None:
     concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
     figures: dict[str, object] = {}
     reference = ImageClassifier(model, "cpu", "fp32")
-    expected = top1(reference, prepared(reference, list(images.values())))
+    pixels = prepared(reference, list(images.values()))  # the same for every precision
+    expected = top1(reference, pixels)
     del reference
     for precision in args.precisions.split(","):
         classifier = ImageClassifier(model, args.device, precision)
         figures["device"] = classifier.device
-        pixels = prepared(classifier, list(images.values()))
         agrees = figures[f"{precision}_top1_agreement"] = agreement(
             top1(classifier, pixels), expected
         )

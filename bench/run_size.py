@@ -18,13 +18,12 @@ import argparse
 import os
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from feed import ACCESS, BUCKET, SECRET, corpus, near_zero_model, run_process
+from feed import ACCESS, SECRET, corpus, near_zero_model, run_process, serve_corpus
 from report import print_figures
 
 
@@ -51,7 +50,6 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     assert len(set(sizes)) >= 2, "a line needs two sizes"
 
-    import boto3
     import dagster as dg
 
     from ai_assets.vision.convert import ensure_default_model
@@ -68,17 +66,7 @@ def main() -> None:
     ):
         bundled = ensure_default_model()
         models = {"bundled": str(bundled), "near_zero": near_zero_model(Path(tmp) / "m", bundled)}
-        os.environ.update(
-            {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
-             "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-             "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": ""}
-        )  # fmt: skip
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        with ThreadPoolExecutor(16) as pool:
-            list(
-                pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=images[k]), images)
-            )
+        serve_corpus(endpoint, images)
         runs = 0
         cpu: dict[str, dict[int, list[float]]] = {
             m: {s: [] for s in sizes} for m in args.models.split(",")
