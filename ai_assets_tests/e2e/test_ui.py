@@ -1,7 +1,8 @@
 """The Dagster UI path with the real processes: `dagster dev` (webserver + daemon) on Dagster's
-Postgres storage, the S3 sensor, a backfill of a date range and a UI-style materialization
-through GraphQL, the pages a user opens (the daily partitions view) in headless Chromium, and
-the exporter beside it all, scraped by a real Prometheus that evaluates the shipped alerts."""
+Postgres storage, its runs classifying through the model service as the demo's do, the S3
+sensor, a backfill of a date range and a UI-style materialization through GraphQL, the pages a
+user opens (the daily partitions view) in headless Chromium, and the exporter and the model
+service beside it all, scraped by a real Prometheus that evaluates the shipped alerts."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ SCREENSHOTS = os.environ.get("AI_ASSETS_TEST_SCREENSHOTS_DIR", "")
 RULES = CHART / "files" / "prometheus-rules.yaml"
 LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
 T = TypeVar("T")
+FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
 #: The first partition: a month back, as the demo's (the photos are all of today).
@@ -102,8 +104,16 @@ class DagsterDev:
 
 
 @pytest.fixture(scope="module")
+def model_service_url(lite0_dir: str) -> Iterator[str]:
+    """The model service the runs use, as the demo's: a run process then never imports torch
+    (~10 s of CPU each on 2 cores), and Prometheus scrapes the service the runs use."""
+    with uvicorn_service(lite0_dir) as url:  # the real model: the screenshots show real labels
+        yield url
+
+
+@pytest.fixture(scope="module")
 def dagster_dev(
-    pg_server: PostgresServer, s3_endpoint: str, lite0_dir: str
+    pg_server: PostgresServer, s3_endpoint: str, model_service_url: str
 ) -> Iterator[DagsterDev]:
     import boto3
 
@@ -126,7 +136,7 @@ def dagster_dev(
         "AI_ASSETS_S3_PREFIX": "",
         "AI_ASSETS_START_DATE": MONTH_AGO,
         "AI_ASSETS_SENSOR_INTERVAL_SECONDS": "1",  # a tick every daemon loop, as the demo's
-        "AI_ASSETS_MODEL": lite0_dir,  # the real model: the screenshots show real labels
+        "AI_ASSETS_INFERENCE_URL": model_service_url,
         "AI_ASSETS_DATABASE_URL": results_url,
         "HF_HUB_OFFLINE": "1",
     }
@@ -264,20 +274,17 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     )  # fmt: skip
     backfill_id = launched["launchPartitionBackfill"]["backfillId"]
 
-    def backfill_status() -> str | None:
-        status = dev.graphql(
-            """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-                 ... on PartitionBackfill { status } } }""",
-            {"id": backfill_id},
-        )["partitionBackfillOrError"]["status"]
-        return None if status in ("REQUESTED", "CANCELING", "FAILING") else status
+    def backfill_runs() -> list[dict[str, Any]]:
+        tag = {"key": "dagster/backfill", "value": backfill_id}
+        return [run for run in dev.runs("__ASSET_JOB") if tag in run["tags"]]
 
-    assert wait_for("the backfill", backfill_status, timeout=240) == "COMPLETED_SUCCESS"
-    [backfill_run] = [
-        run
-        for run in dev.runs("__ASSET_JOB")
-        if {"key": "dagster/backfill", "value": backfill_id} in run["tags"]
-    ]
+    # its run's end, not the backfill's: the backfill daemon marks that on its next pass, up to
+    # 30 s later (Dagster's fixed interval), so the backfill's status is checked at the end
+    [backfill_run] = wait_for(
+        "the backfill's run",
+        lambda: (r := backfill_runs()) and r[0]["status"] in FINISHED and r,
+        timeout=240,
+    )
     assert backfill_run["status"] == "SUCCESS"
     tags = {tag["key"]: tag["value"] for tag in backfill_run["tags"]}
     assert tags["dagster/asset_partition_range_start"] == MONTH_AGO
@@ -309,10 +316,9 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     )  # fmt: skip
     run_id = launched["launchRun"]["run"]["runId"]
     client = DagsterGraphQLClient("127.0.0.1", port_number=dev.port)
-    finished = {"SUCCESS", "FAILURE", "CANCELED"}
     status = wait_for(
         "the materialization",
-        lambda: (s := client.get_run_status(run_id).value) in finished and s,
+        lambda: (s := client.get_run_status(run_id).value) in FINISHED and s,
     )
     assert status == "SUCCESS"
     data = dev.graphql(
@@ -330,6 +336,17 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     assert entries["images_per_second"]["floatValue"] > 0
     assert dev.rows()["coffee-0.jpg"]["label"] in entries["sample"]["mdStr"]
     assert {row["run_id"] for row in dev.rows().values()} == {run_id}
+
+    def backfill_status() -> str | None:
+        status = dev.graphql(
+            """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+                 ... on PartitionBackfill { status } } }""",
+            {"id": backfill_id},
+        )["partitionBackfillOrError"]["status"]
+        return None if status in ("REQUESTED", "CANCELING", "FAILING") else status
+
+    assert wait_for("the backfill", backfill_status, timeout=120) == "COMPLETED_SUCCESS"
+    assert [run["runId"] for run in backfill_runs()] == [backfill_run["runId"]]
 
 
 def _partition_stats(dev: DagsterDev, asset: str) -> dict[str, int]:
@@ -506,17 +523,14 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
     dagster_dev: DagsterDev,
     s3_client: Any,
     jpegs: dict[str, bytes],
-    lite0_dir: str,
+    model_service_url: str,
     tmp_path: Path,
 ) -> None:
     dev = dagster_dev
     bucket = dev.env["AI_ASSETS_S3_BUCKET"]
     rules = _rules_without_waiting(tmp_path / "rules.yaml")
-    with (
-        exporter(dev.env, tmp_path / "exporter.log") as exporter_at,
-        uvicorn_service(lite0_dir) as service_url,
-    ):
-        targets = {"exporter": exporter_at, "model": service_url.removeprefix("http://")}
+    with exporter(dev.env, tmp_path / "exporter.log") as exporter_at:
+        targets = {"exporter": exporter_at, "model": model_service_url.removeprefix("http://")}
         with prometheus(tmp_path / "prometheus", targets, [rules]) as prom:
             assert _set_sensor(dev, running=True) == "RUNNING"
             s3_client.put_object(Bucket=bucket, Key="monitoring/new.jpg", Body=jpegs["coffee"])
@@ -530,6 +544,11 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             wait_for("the new image classified by a successful run", caught_up, 240)
             assert prom.value('up{job="exporter"}') == prom.value('up{job="model"}') == 1
             assert prom.value("ai_assets_service_ready") == 1
+            wait_for(  # the runs' images went through the service it scrapes
+                "the service's images scraped",
+                lambda: (prom.value("ai_assets_service_images_total") or 0) >= 1,
+                timeout=60,
+            )
             assert prom.value("ai_assets_sensor_running") == 1
             assert (prom.value("ai_assets_sensor_last_good_tick_age_seconds") or 1e9) < 120
             assert prom.value('ai_assets_objects{state="current"}') == len(dev.rows())

@@ -98,7 +98,9 @@ def test_the_code_server_and_the_daemon_log_json_lines(tmp_path: Path, tiny_mode
             stack.callback(stop_process, process, 30)
             if name == "code":
                 wait_for_port(port, timeout=120, process=process)
-        time.sleep(20)  # the daemons start; the sensor ticks
+        deadline = time.monotonic() + 120
+        while not _sensor_ticked_yet(tmp_path / "daemon.log") and time.monotonic() < deadline:
+            time.sleep(0.5)  # the daemons start and load the code location
     for name in ("code", "daemon"):
         outputs[name] = json_lines((tmp_path / f"{name}.log").read_text())
         assert all(
@@ -107,3 +109,19 @@ def test_the_code_server_and_the_daemon_log_json_lines(tmp_path: Path, tiny_mode
     assert any("Started Dagster code server" in line["event"] for line in outputs["code"])
     daemons = [line["event"] for line in outputs["daemon"] if line["logger"] == "dagster.daemon"]
     assert any("SensorDaemon" in event for event in daemons), daemons
+    assert any(_sensor_ticked(line) for line in outputs["daemon"]), outputs["daemon"]
+
+
+def _sensor_ticked(line: dict) -> bool:
+    """A sensor tick: the daemon has loaded the code location from its gRPC server."""
+    return line.get("logger") == "dagster.daemon.SensorDaemon" and "for sensor:" in line["event"]
+
+
+def _sensor_ticked_yet(log: Path) -> bool:
+    """Whether a whole line of the daemon's log is a sensor tick yet (all lines checked after)."""
+    for line in log.read_text().splitlines(keepends=True):
+        if line.endswith("\n") and "SensorDaemon" in line:
+            with contextlib.suppress(ValueError):
+                if _sensor_ticked(json.loads(line)):
+                    return True
+    return False
