@@ -17,7 +17,7 @@ import numpy as np
 from ai_assets.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PRECISION
 from ai_assets.vision.decode import decode_image
 from ai_assets.vision.labels import Label
-from ai_assets.vision.threads import freeze_loaded_objects, tune_allocator
+from ai_assets.vision.threads import loading, tune_allocator
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +37,7 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 class ImageClassifier:
     """A transformers image-classification model, loaded once, run in batches."""
 
+    @loading()  # with the cyclic collector paused, then frozen (vision.threads)
     def __init__(
         self,
         model: str,
@@ -75,7 +76,6 @@ class ImageClassifier:
         id2label = self.model.config.id2label or {}
         self.labels = {int(i): str(label) for i, label in id2label.items()}
         self._warm: set[int] = set()
-        freeze_loaded_objects()
 
     def warm_up(self, batch_size: int) -> None:
         """Run one blank batch: oneDNN builds its kernels for a batch shape on first use (~1 s)."""

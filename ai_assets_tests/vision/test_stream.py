@@ -263,11 +263,22 @@ def test_precision_is_validated_and_bf16_classifies(
     assert all(0.0 <= label.score <= 1.0 for row in labels for label in row)
 
 
-def test_a_loaded_model_is_frozen_out_of_the_cyclic_collector(tiny_model_dir: str) -> None:
+def test_a_model_loads_without_the_cyclic_collector_then_is_frozen_out_of_it(
+    tiny_model_dir: str,
+) -> None:
     import gc
 
     gc.unfreeze()  # whatever an earlier test loaded
-    classifier = ImageClassifier(tiny_model_dir, "cpu")
+    passes: list[int] = []
+    gc.callbacks.append(record := lambda phase, info: passes.append(info["generation"]))
+    try:
+        classifier = ImageClassifier(tiny_model_dir, "cpu")
+        with pytest.raises(ValueError, match="precision"):
+            ImageClassifier(tiny_model_dir, "cpu", "int3")
+    finally:
+        gc.callbacks.remove(record)
+    assert passes == []  # not one pass while it loaded
+    assert gc.isenabled()  # on again after a load, and after a load that failed
     assert gc.get_freeze_count() > 0
     tracked = gc.get_objects()  # every generation the collector walks; frozen objects are not
     assert not any(o is classifier.model or o is classifier for o in tracked)
