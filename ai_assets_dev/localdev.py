@@ -7,6 +7,7 @@ All bind 127.0.0.1 on free ports and are stopped by their context managers, even
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -127,19 +128,45 @@ def _wait_group_gone(group: int, seconds: float) -> None:
 
 def _group_alive(group: int) -> bool:
     """Whether a process of ``group`` still runs (zombies, dead but not yet reaped, do not)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         try:
             os.killpg(group, 0)
         except ProcessLookupError:
             return False
         return True
-    for stat in proc.glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == group and state != "Z":
-                return True
-    return False
+    return any(int(stat.fields[2]) == group and stat.fields[0] != "Z" for stat in process_stats())
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcStat:
+    """One process's ``/proc/<pid>/stat`` (Linux): its command name, then the fields after it
+    (``fields[0]`` is the state, ``[2]`` the process group, ``[11:15]`` its CPU ticks)."""
+
+    pid: int
+    command: str
+    fields: list[str]
+
+    @classmethod
+    def of(cls, pid: int) -> ProcStat | None:
+        """None once the process is gone."""
+        try:
+            text = (Path("/proc") / str(pid) / "stat").read_text()
+        except OSError:
+            return None
+        head, _, rest = text.rpartition(")")  # the command name may hold spaces and ")"
+        return cls(pid, head.split("(", 1)[1], rest.split())
+
+    def cpu_seconds(self, reaped_children: bool = False) -> float:
+        """User + system CPU, with that of the children it has waited for if asked."""
+        ticks = self.fields[11:15] if reaped_children else self.fields[11:13]
+        return sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")
+
+
+def process_stats() -> Iterator[ProcStat]:
+    """Every process's stat that is still there when read."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        if (stat := ProcStat.of(int(entry.name))) is not None:
+            yield stat
 
 
 @contextlib.contextmanager

@@ -232,16 +232,18 @@ def side_by_side(variants: dict[str, Variant], images: int, rounds: int) -> dict
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and its live descendants, and of those it has reaped."""
+    from ai_assets_dev.localdev import ProcStat
+
     total, pending = 0.0, [pid]
     while pending:
         proc = Path("/proc") / str(pending.pop())
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = ProcStat.of(int(proc.name))
             for task in (proc / "task").iterdir():
                 pending += map(int, (task / "children").read_text().split())
         except OSError:  # it ended meanwhile: its parent's counters have it once reaped
             continue
-        total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+        total += stat.cpu_seconds(reaped_children=True) if stat else 0.0
     return total
 
 

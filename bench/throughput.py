@@ -110,17 +110,10 @@ def peak_rss_mb() -> float:
 
 def cpu_seconds(names: Iterable[str]) -> float:
     """CPU time (user + system) of every process whose command name is in ``names``."""
-    wanted, total = set(names), 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        comm, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
-        if comm in wanted:
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    from ai_assets_dev.localdev import process_stats
+
+    wanted = set(names)
+    return sum(stat.cpu_seconds() for stat in process_stats() if stat.command in wanted)
 
 
 def timed_rate(run: Callable[[], int], min_seconds: float) -> float:
