@@ -236,14 +236,13 @@ def tree_cpu(pid: int) -> float:
 
     total, pending = 0.0, [pid]
     while pending:
-        proc = Path("/proc") / str(pending.pop())
-        try:
-            stat = ProcStat.of(int(proc.name))
-            for task in (proc / "task").iterdir():
+        pid = pending.pop()
+        if (stat := ProcStat.of(pid)) is None:
+            continue  # it ended meanwhile: its parent's counters have it once reaped
+        total += stat.cpu_seconds(reaped_children=True)
+        with contextlib.suppress(OSError):  # it ends now: no children left to list
+            for task in (Path("/proc") / str(pid) / "task").iterdir():
                 pending += map(int, (task / "children").read_text().split())
-        except OSError:  # it ended meanwhile: its parent's counters have it once reaped
-            continue
-        total += stat.cpu_seconds(reaped_children=True) if stat else 0.0
     return total
 
 
