@@ -10,8 +10,11 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
   memory_pillow_resize (the preprocessing resize by Pillow, as before torch's);
 * s3     – the same loop, every image fetched from a local SeaweedFS as runs do (obstore); and
   side by side, s3_boto3, every GET through boto3 as before;
+* decode – one thread decoding the corpus in full, and at 1/8 scale: entropy decoding alone,
+  the part of a decode that no DCT scale or crop skips.
 
-Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), summed.
+Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), summed. Then:
+
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
   runs it requests, in this process, with the model already loaded);
 * process – the same runs in run processes of their own, started as Dagster's run launchers
@@ -48,16 +51,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from local_s3 import local_s3
 from report import print_figures
 
-ACCESS, SECRET = "bench", "bench-secret"
 BUCKET = "feed"
 STAGES = ("get", "decode", "preprocess", "collate", "model", "rows", "upsert")
 
@@ -67,22 +69,6 @@ def corpus(n: int) -> dict[str, bytes]:
     from throughput import corpus as photos
 
     return photos(n, sides=(384, 640), prefix="feed")
-
-
-def serve_corpus(endpoint: str, images: dict[str, bytes]) -> None:
-    """Point this process's settings (and the run processes it starts) at the local S3 server,
-    and put the corpus in its bucket."""
-    import boto3
-
-    os.environ.update(
-        {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
-         "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-         "AI_ASSETS_S3_BUCKET": BUCKET, "AI_ASSETS_S3_PREFIX": ""}
-    )  # fmt: skip
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=BUCKET)
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=images[k]), images))
 
 
 def near_zero_model(directory: Path, like: Path) -> str:
@@ -172,6 +158,22 @@ def decoded_by_pillow() -> Iterator[None]:
         yield
     finally:
         decode._turbo_jpeg = saved  # pyright: ignore[reportPrivateUsage]
+
+
+def decode_floor(images: list[bytes], rounds: int) -> dict[str, float]:
+    """One thread's CPU ms per image to decode the corpus in full (as runs do) and at 1/8
+    scale, where libjpeg-turbo's IDCT is a DC term and upsampling and colour conversion touch
+    1/64 of the pixels: what is left is entropy decoding, which no scale or crop skips."""
+    import simplejpeg
+
+    spent = {"decode_full_ms": 0.0, "decode_eighth_ms": 0.0}
+    for _ in range(rounds):
+        for name, smallest in (("decode_full_ms", 0), ("decode_eighth_ms", 1)):
+            started = time.thread_time()
+            for data in images:
+                simplejpeg.decode_jpeg(data, "RGB", min_width=smallest, min_height=smallest)
+            spent[name] += time.thread_time() - started
+    return {name: seconds * 1000 / (rounds * len(images)) for name, seconds in spent.items()}
 
 
 def process_cpu() -> float:
@@ -353,7 +355,7 @@ def main() -> None:
     from ai_assets.vision.convert import ensure_default_model
     from ai_assets.vision.model import load_classifier
     from ai_assets_dev.inprocess import InProcessDaemon
-    from ai_assets_dev.localdev import postgres, seaweedfs
+    from ai_assets_dev.localdev import postgres
 
     torch.set_num_threads(1)  # the model's CPU is then the calling thread's
     images = corpus(args.images)
@@ -362,11 +364,10 @@ def main() -> None:
     print(f"{len(images):,} JPEGs of 384–640 px, {size / 1024:.0f} KiB on average", flush=True)
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-feed-") as tmp,
-        seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
+        local_s3(Path(tmp) / "s3", BUCKET, images) as endpoint,
         postgres() as pg,
     ):
         model_dir = near_zero_model(Path(tmp) / "model", ensure_default_model())
-        serve_corpus(endpoint, images)
         os.environ.update(
             {"AI_ASSETS_MODEL": model_dir, "AI_ASSETS_BATCH_SIZE": str(args.batch_size),
              "AI_ASSETS_MAX_OBJECTS_PER_RUN": str(len(images))}
@@ -401,6 +402,11 @@ def main() -> None:
             },
             len(keys),
             args.rounds,
+        )
+        figures |= decode_floor([images[k] for k in keys], args.rounds)
+        print(
+            "decode on one thread: {decode_full_ms:.3f} ms per image in full, "
+            "{decode_eighth_ms:.3f} at 1/8 scale (entropy decoding)".format(**figures)
         )
         # boto3's GET, as before obstore's, side by side with the run's own fetcher
         bucket = ImageBucketResource(bucket=BUCKET, endpoint_url=endpoint)
@@ -462,7 +468,7 @@ def main() -> None:
          "top1_agreement_fp32",
          "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
          "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
-         "s3_img_s", "s3_cpu_ms_no_model",
+         "decode_full_ms", "decode_eighth_ms", "s3_img_s", "s3_cpu_ms_no_model",
          "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
          "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",
          "process_after_last_row_cpu_s"],

@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from feed import ACCESS, SECRET, corpus, near_zero_model, run_process, serve_corpus
+from feed import BUCKET, corpus, near_zero_model, run_process
+from local_s3 import local_s3
 from report import print_figures
 
 
@@ -54,19 +55,18 @@ def main() -> None:
 
     from ai_assets.vision.convert import ensure_default_model
     from ai_assets_dev.inprocess import InProcessDaemon
-    from ai_assets_dev.localdev import postgres, seaweedfs
+    from ai_assets_dev.localdev import postgres
 
     images = corpus(max(sizes))
     print(f"a backlog of {len(images):,} JPEGs of 384–640 px", flush=True)
     figures: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-run-size-") as tmp,
-        seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
+        local_s3(Path(tmp) / "s3", BUCKET, images),
         postgres() as pg,
     ):
         bundled = ensure_default_model()
         models = {"bundled": str(bundled), "near_zero": near_zero_model(Path(tmp) / "m", bundled)}
-        serve_corpus(endpoint, images)
         runs = 0
         cpu: dict[str, dict[int, list[float]]] = {
             m: {s: [] for s in sizes} for m in args.models.split(",")

@@ -35,8 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from local_s3 import local_s3
 from report import print_figures
-from sensor_scale import ACCESS, SECRET, Driver, upload
+from sensor_scale import Driver, upload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,23 +230,15 @@ def main() -> None:
     if args.quick:
         args.events, args.inventory, args.list_objects = 10_000, 100_000, 5_000
 
-    import boto3
-
     from ai_assets.defs.images.sensor import SQS_RECEIVERS
-    from ai_assets_dev.localdev import postgres, seaweedfs
+    from ai_assets_dev.localdev import postgres
 
     figures: dict[str, object] = {}
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sqs-bench-") as tmp,
-        seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
+        local_s3(Path(tmp) / "s3", "events") as endpoint,
         postgres() as pg,
     ):
-        os.environ.update(
-            {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ACCESS,
-             "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-             "AI_ASSETS_S3_BUCKET": "events", "AI_ASSETS_S3_PREFIX": ""}
-        )  # fmt: skip
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="events")
         for latency in (0.0, args.latency_ms):
             server, url = sqs_server(latency)
             os.environ["AWS_ENDPOINT_URL_SQS"] = url

@@ -32,18 +32,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_s3 import local_s3
 from report import print_figures
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ACCESS, SECRET = "bench", "bench-secret"
 BUCKET = "bench"
 
 
@@ -313,22 +312,17 @@ def main() -> None:
 
     from ai_assets.vision.convert import ensure_default_model
     from ai_assets.vision.model import ImageClassifier, load_classifier
-    from ai_assets_dev.localdev import postgres, seaweedfs
+    from ai_assets_dev.localdev import postgres
 
     model_dir = str(ensure_default_model())
     images = corpus(n)
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-bench-") as tmp,
-        seaweedfs(Path(tmp) / "s3", ACCESS, SECRET) as endpoint,
+        local_s3(Path(tmp) / "s3", BUCKET, images),
         postgres() as pg,
     ):
         os.environ.update(
             {
-                "AWS_ENDPOINT_URL": endpoint,
-                "AWS_ACCESS_KEY_ID": ACCESS,
-                "AWS_SECRET_ACCESS_KEY": SECRET,
-                "AWS_REGION": "us-east-1",
-                "AI_ASSETS_S3_BUCKET": BUCKET,
                 "AI_ASSETS_DATABASE_URL": pg.url,
                 # the corpus's day, as uploaded now: a fresh deployment's first ticks also
                 # record the days before it that hold no object (up to 200 a tick, two
@@ -339,19 +333,8 @@ def main() -> None:
                 "BENCH_DAGSTER_PG_URL": pg.create_database("dagster").replace("+psycopg2", ""),
             }
         )
-        for name in ("AI_ASSETS_MODEL", "AI_ASSETS_S3_PREFIX", "AI_ASSETS_PRECISION"):
+        for name in ("AI_ASSETS_MODEL", "AI_ASSETS_PRECISION"):
             os.environ.pop(name, None)
-        import boto3
-
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        with ThreadPoolExecutor(16) as pool:
-            list(
-                pool.map(
-                    lambda kv: client.put_object(Bucket=BUCKET, Key=kv[0], Body=kv[1]),
-                    images.items(),
-                )
-            )
 
         batch_size = int(os.environ.get("AI_ASSETS_BATCH_SIZE", "32"))
         classifier = load_classifier(model_dir, None)
