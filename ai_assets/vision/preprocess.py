@@ -163,6 +163,14 @@ class Geometry:
         size = _as_dict(getattr(processor, "size", None))
         crop = _as_dict(getattr(processor, "crop_size", None))
         resample = int(getattr(processor, "resample", None) or Image.Resampling.BILINEAR)
+        crop_pct = getattr(processor, "crop_pct", None)
+        if crop_pct is not None:  # ConvNeXt's: below 384 px, resize to edge / crop_pct, crop
+            if size.keys() != {"shortest_edge"} or getattr(processor, "do_center_crop", False):
+                return None
+            edge = int(size["shortest_edge"])
+            if edge >= 384:  # its rule: warped to a square, not cropped
+                return cls(resample, size=(edge, edge))
+            return cls(resample, shortest_edge=int(edge / crop_pct), crop=(edge, edge))
         if size.keys() == {"shortest_edge"}:
             geometry = cls(resample, shortest_edge=int(size["shortest_edge"]))
         elif size.keys() == {"height", "width"}:
@@ -177,6 +185,8 @@ class Geometry:
             smallest = geometry.size or (geometry.shortest_edge, geometry.shortest_edge)
             if geometry.crop[0] > smallest[0] or geometry.crop[1] > smallest[1]:  # type: ignore[index]
                 return None
+        elif geometry.size is None:  # each image's own size: no batch buffer has room for it
+            return None
         return geometry
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.nn import functional
-from transformers import ViTImageProcessorPil
+from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
 
 from ai_assets.vision.convert import build_image_processor
 from ai_assets.vision.decode import decode_image
@@ -63,6 +63,21 @@ def test_fixed_size_processors_get_the_fast_path_too() -> None:
     assert max_difference(fast, slow, reference_image()) <= 2 * level + 1e-6  # torch's rounding
     pillow = FastPreprocessor(fast.geometry, *affine_of(processor), resize="pillow")
     assert max_difference(pillow, slow, reference_image()) < 1e-5  # Pillow's own passes: exact
+
+
+@pytest.mark.parametrize(
+    ("edge", "geometry"),
+    [
+        (224, Geometry(resample=3, shortest_edge=256, crop=(224, 224))),  # 224 / crop_pct, crop
+        (384, Geometry(resample=3, size=(384, 384))),  # warped: ConvNeXt's rule from 384 px
+    ],
+)
+def test_convnext_processors_get_the_fast_path(edge: int, geometry: Geometry) -> None:
+    processor = ConvNextImageProcessorPil(size={"shortest_edge": edge})
+    fast, slow = build_preprocessor(processor), ProcessorPreprocessor(processor)
+    assert isinstance(fast, FastPreprocessor) and fast.geometry == geometry
+    for size in SIZES:
+        assert max_difference(fast, slow, reference_image(*size)) <= 2 * LEVEL + 1e-6
 
 
 def test_filters_torch_cannot_reproduce_are_resized_by_pillow() -> None:
@@ -157,7 +172,8 @@ def test_unsupported_configurations_use_the_processor(lite0_processor) -> None:
     padded = ViTImageProcessorPil(size={"height": 32, "width": 32}, do_pad=True)
     longest = ViTImageProcessorPil(size={"longest_edge": 64})
     no_resize = ViTImageProcessorPil(do_resize=False)
-    for processor in (padded, longest, no_resize):
+    uncropped = ViTImageProcessorPil(size={"shortest_edge": 64})  # each image its own size
+    for processor in (padded, longest, no_resize, uncropped):
         assert isinstance(build_preprocessor(processor), ProcessorPreprocessor)
 
 

@@ -311,6 +311,34 @@ def test_the_bundled_model_runs_with_folded_batchnorms_and_the_same_labels(
         assert [label.score for label in a] == pytest.approx([label.score for label in b], abs=1e-4)
 
 
+def test_a_convnext_checkpoint_labels_images_as_transformers_pipeline_does(
+    tmp_path, jpegs: dict[str, bytes]
+) -> None:
+    """ConvNeXt's processor resizes by its crop_pct rule (no do_center_crop, no crop_size)."""
+    import torch
+    from transformers import (
+        ConvNextConfig,
+        ConvNextForImageClassification,
+        ConvNextImageProcessorPil,
+        pipeline,
+    )
+
+    torch.manual_seed(0)
+    labels = {0: "alpha", 1: "beta", 2: "gamma", 3: "delta"}
+    config = ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], id2label=labels)
+    ConvNextForImageClassification(config).save_pretrained(tmp_path)
+    ConvNextImageProcessorPil(size={"shortest_edge": 224}).save_pretrained(tmp_path)
+    ours, theirs = (
+        ImageClassifier(str(tmp_path), "cpu"),
+        pipeline("image-classification", model=str(tmp_path)),
+    )
+    for data in jpegs.values():
+        [mine] = ours.predict([ours.prepare(data)], top_k=4)
+        reference = theirs(ImageOps.exif_transpose(Image.open(io.BytesIO(data))), top_k=4)
+        got = {label.label: label.score for label in mine}
+        assert got == pytest.approx({r["label"]: r["score"] for r in reference}, abs=5e-4)
+
+
 @pytest.mark.integration  # a subprocess or a server
 def test_importing_the_package_changes_no_pillow_global() -> None:
     import subprocess
