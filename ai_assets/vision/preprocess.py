@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import PIL
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 #: The fast path differs from the processor by rounding only: a level or two of 255, where
 #: bicubic's negative lobes carry the intermediate pass's rounding; a wrong config differs more.
 _TOLERANCE_LEVELS = 2.0
+#: Pillow 13 resizes an image's height first when it shrinks by more than twice as many pixels
+#: as its width (earlier versions always begin with the width); the order changes the rounding.
+_PILLOW_HEIGHT_FIRST = int(PIL.__version__.split(".")[0]) >= 13
 #: JPEG draft mode keeps both sides at least this many times the model's input side. libjpeg's
 #: DCT scaling down to the input size itself changed the top-1 label of 1.3 % of the bench
 #: corpus and 4.4 % of large photos against transformers' own path (full decode, one bicubic
@@ -109,6 +113,12 @@ class Geometry:
         out_w, out_h = self.output
         return (new_w, new_h), ((new_w - out_w) // 2, (new_h - out_h) // 2)
 
+    def height_first(self, width: int, height: int) -> bool:
+        """Whether Pillow resizes this image's height before its width, as the processor does."""
+        new_w, new_h = self.resized(width, height)
+        shrink_w, shrink_h = width - new_w, height - new_h
+        return _PILLOW_HEIGHT_FIRST and shrink_h > 0 and shrink_h > 2 * shrink_w
+
     @property
     def torch_mode(self) -> str | None:
         """torch's antialiased ``interpolate`` mode for this Pillow filter, if it has one."""
@@ -121,6 +131,8 @@ class Geometry:
 
         The whole image is resized, and still in ~60 % of the CPU time of Pillow's passes over
         the crop box alone; the values stay within rounding of Pillow's (checked at load).
+        Where Pillow resizes the height first, so does this, in two calls: the height over the
+        whole width, then the width over the crop's rows alone.
         The crop is a view in HWC memory: the resize writes there itself through the
         ``interpolate`` kernel's out= form (``interpolate`` alone returns CHW memory, and
         transposing it back cost more than the resize saves; bench/feed.py).
@@ -132,27 +144,40 @@ class Geometry:
         height, width = pixels.shape[:2]
         (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
-        image = torch.from_numpy(pixels).permute(2, 0, 1)  # HWC memory: torch's SIMD uint8 path
-        resized = torch.empty(
-            (1, 3, new_h, new_w), dtype=torch.uint8, memory_format=torch.channels_last
-        )
+        # HWC memory: torch's SIMD uint8 path
+        image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
         resize = getattr(torch.ops.aten, f"_upsample_{mode}2d_aa")  # interpolate(antialias=True)
-        resize.out(image.unsqueeze(0), [new_h, new_w], False, None, None, out=resized)
-        return resized[0, :, top : top + out_h, left : left + out_w]
+
+        def resized(source: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+            out = torch.empty(
+                (1, 3, rows, columns), dtype=torch.uint8, memory_format=torch.channels_last
+            )
+            resize.out(source, [rows, columns], False, None, None, out=out)
+            return out
+
+        if self.height_first(width, height):  # Pillow's order; then only the crop's rows
+            tall = resized(image, new_h, width)[:, :, top : top + out_h]
+            return resized(tall, out_h, new_w)[0, :, :, left : left + out_w]
+        return resized(image, new_h, new_w)[0, :, top : top + out_h, left : left + out_w]
 
     def apply(self, image: Image.Image) -> Image.Image:
         """Resize and crop at once: only the pixels inside the crop box are computed.
 
-        Two one-axis passes, horizontal first, as Pillow resizes a whole image; a single
-        boxed resize may take the other order and round differently.
+        Two one-axis passes in the order Pillow takes for the whole image; a single boxed
+        resize may take the other order and round differently.
         """
         width, height = image.size
         (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
         sx, sy = width / new_w, height / new_h
+        if self.height_first(width, height):
+            rows = (0, top * sy, width, (top + out_h) * sy)
+            shortened = image.resize((width, out_h), self.resample, box=rows)
+            columns = (left * sx, 0, (left + out_w) * sx, out_h)
+            return shortened.resize((out_w, out_h), self.resample, box=columns)
         columns = (left * sx, 0, (left + out_w) * sx, height)
-        rows = (0, top * sy, out_w, (top + out_h) * sy)
         narrowed = image.resize((out_w, height), self.resample, box=columns)
+        rows = (0, top * sy, out_w, (top + out_h) * sy)
         return narrowed.resize((out_w, out_h), self.resample, box=rows)
 
     @classmethod
@@ -333,8 +358,9 @@ def reference_image(width: int = 331, height: int = 217) -> np.ndarray:
     return noisy.clip(0, 255).astype(np.uint8)
 
 
-#: Sizes of the reference images: landscape, portrait and one above the usual input size.
-REFERENCE_SIZES = ((331, 217), (217, 331), (640, 480))
+#: Sizes of the reference images: landscape, portrait, one above the usual input size, and one
+#: tall enough that Pillow 13 resizes its height first.
+REFERENCE_SIZES = ((331, 217), (217, 331), (640, 480), (300, 800))
 
 
 def reference_batch(preprocessor: Preprocessor, device: str) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import logging
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image
@@ -25,6 +26,7 @@ from ai_assets_tests.support.util import size as size_of
 
 LEVEL = 1 / 255 / 0.5  # one uint8 level after EfficientNet-Lite0's rescale and normalise
 SIZES = [(331, 217), (217, 331), (640, 480), (512, 512), (100, 60), (3000, 400), (256, 256)]
+SIZES += [(300, 800), (200, 2000)]  # tall: Pillow 13 resizes their height first
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +57,30 @@ def test_fast_path_matches_on_real_photos(lite0_processor, jpegs: dict[str, byte
         assert (a - b).abs().mean() < 0.01 * LEVEL  # almost every value is identical
 
 
-def test_fixed_size_processors_get_the_fast_path_too() -> None:
-    processor = ViTImageProcessorPil(size={"height": 32, "width": 48})
+@pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC])
+@pytest.mark.parametrize("size", [(331, 217), (40, 300), (100, 400)], ids=str)
+def test_fixed_size_processors_get_the_fast_path_too(resample, size) -> None:
+    """Warped to 48×32 (ViT's, DeiT's and Swin's kind); Pillow 13 resizes tall ones height first."""
+    processor = ViTImageProcessorPil(size={"height": 32, "width": 48}, resample=resample)
     fast, slow = build_preprocessor(processor), ProcessorPreprocessor(processor)
     assert isinstance(fast, FastPreprocessor) and fast.resize == "torch"
-    level = 1 / 255 / 0.5
-    assert max_difference(fast, slow, reference_image()) <= 2 * level + 1e-6  # torch's rounding
+    image = reference_image(*size)
+    assert max_difference(fast, slow, image) <= 2 * LEVEL + 1e-6  # torch's rounding
     pillow = FastPreprocessor(fast.geometry, *affine_of(processor), resize="pillow")
-    assert max_difference(pillow, slow, reference_image()) < 1e-5  # Pillow's own passes: exact
+    assert max_difference(pillow, slow, image) < 1e-5  # Pillow's own passes: exact
+
+
+def test_pillow_resizes_a_shrinking_height_first_as_the_fast_path_expects() -> None:
+    geometry = Geometry(Image.Resampling.BICUBIC, size=(224, 224))
+    for width, height in [(217, 331), (331, 217), (640, 480), (150, 200), (300, 800)]:
+        image = Image.fromarray(reference_image(width, height))
+        whole = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC))
+        if geometry.height_first(width, height):
+            passes = image.resize((width, 224), Image.Resampling.BICUBIC).resize((224, 224))
+        else:
+            passes = image.resize((224, height), Image.Resampling.BICUBIC).resize((224, 224))
+        assert np.array_equal(whole, np.asarray(passes)), (width, height)
+    assert geometry.height_first(217, 331) == (int(PIL.__version__.split(".")[0]) >= 13)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +125,8 @@ def test_torch_resize_gives_interpolates_values_in_pixel_line_memory(lite0_proce
     assert crop.stride(0) == 1  # channels innermost: each pixel line is one run of memory
     (new_w, new_h), (left, top) = fast.geometry.crop_origin(*size)
     image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
+    if fast.geometry.height_first(*size):  # as Pillow 13 orders it: the height, then the width
+        image = functional.interpolate(image, (new_h, size[0]), mode="bicubic", antialias=True)
     resized = functional.interpolate(image, (new_h, new_w), mode="bicubic", antialias=True)
     assert torch.equal(crop, resized[0, :, top : top + 224, left : left + 224])
 
