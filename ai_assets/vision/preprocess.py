@@ -40,6 +40,12 @@ _PILLOW_HEIGHT_FIRST = int(PIL.__version__.split(".")[0]) >= 13
 DRAFT_MARGIN = 2
 
 
+def pillow_height_first(source: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether Pillow resizes ``source`` (width, height) to ``target`` height first."""
+    shrink_w, shrink_h = source[0] - target[0], source[1] - target[1]
+    return _PILLOW_HEIGHT_FIRST and shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
 class Preprocessor(Protocol):
     """One image's RGB pixels (H, W, 3) uint8 → a tensor → its slot in a batch → model input.
 
@@ -113,12 +119,6 @@ class Geometry:
         out_w, out_h = self.output
         return (new_w, new_h), ((new_w - out_w) // 2, (new_h - out_h) // 2)
 
-    def height_first(self, width: int, height: int) -> bool:
-        """Whether Pillow resizes this image's height before its width, as the processor does."""
-        new_w, new_h = self.resized(width, height)
-        shrink_w, shrink_h = width - new_w, height - new_h
-        return _PILLOW_HEIGHT_FIRST and shrink_h > 0 and shrink_h > 2 * shrink_w
-
     @property
     def torch_mode(self) -> str | None:
         """torch's antialiased ``interpolate`` mode for this Pillow filter, if it has one."""
@@ -155,7 +155,7 @@ class Geometry:
             resize.out(source, [rows, columns], False, None, None, out=out)
             return out
 
-        if self.height_first(width, height):  # Pillow's order; then only the crop's rows
+        if pillow_height_first((width, height), (new_w, new_h)):  # then the crop's rows alone
             tall = resized(image, new_h, width)[:, :, top : top + out_h]
             return resized(tall, out_h, new_w)[0, :, :, left : left + out_w]
         return resized(image, new_h, new_w)[0, :, top : top + out_h, left : left + out_w]
@@ -170,7 +170,7 @@ class Geometry:
         (new_w, new_h), (left, top) = self.crop_origin(width, height)
         out_w, out_h = self.output
         sx, sy = width / new_w, height / new_h
-        if self.height_first(width, height):
+        if pillow_height_first((width, height), (new_w, new_h)):
             rows = (0, top * sy, width, (top + out_h) * sy)
             shortened = image.resize((width, out_h), self.resample, box=rows)
             columns = (left * sx, 0, (left + out_w) * sx, out_h)

@@ -19,6 +19,7 @@ from ai_assets.vision.preprocess import (
     affine_of,
     build_preprocessor,
     max_difference,
+    pillow_height_first,
     reference_image,
 )
 from ai_assets_dev.samples import encode
@@ -71,16 +72,15 @@ def test_fixed_size_processors_get_the_fast_path_too(resample, size) -> None:
 
 
 def test_pillow_resizes_a_shrinking_height_first_as_the_fast_path_expects() -> None:
-    geometry = Geometry(Image.Resampling.BICUBIC, size=(224, 224))
     for width, height in [(217, 331), (331, 217), (640, 480), (150, 200), (300, 800)]:
         image = Image.fromarray(reference_image(width, height))
         whole = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC))
-        if geometry.height_first(width, height):
+        if pillow_height_first((width, height), (224, 224)):
             passes = image.resize((width, 224), Image.Resampling.BICUBIC).resize((224, 224))
         else:
             passes = image.resize((224, height), Image.Resampling.BICUBIC).resize((224, 224))
         assert np.array_equal(whole, np.asarray(passes)), (width, height)
-    assert geometry.height_first(217, 331) == (int(PIL.__version__.split(".")[0]) >= 13)
+    assert pillow_height_first((217, 331), (224, 224)) == (int(PIL.__version__.split(".")[0]) >= 13)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +125,7 @@ def test_torch_resize_gives_interpolates_values_in_pixel_line_memory(lite0_proce
     assert crop.stride(0) == 1  # channels innermost: each pixel line is one run of memory
     (new_w, new_h), (left, top) = fast.geometry.crop_origin(*size)
     image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-    if fast.geometry.height_first(*size):  # as Pillow 13 orders it: the height, then the width
+    if pillow_height_first(size, (new_w, new_h)):  # as Pillow 13 orders it: height, then width
         image = functional.interpolate(image, (new_h, size[0]), mode="bicubic", antialias=True)
     resized = functional.interpolate(image, (new_h, new_w), mode="bicubic", antialias=True)
     assert torch.equal(crop, resized[0, :, top : top + 224, left : left + 224])
