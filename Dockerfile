@@ -27,9 +27,9 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; 
     && pip install torch==2.13.0
 
 # the project's dependencies, read from pyproject.toml, before the code: a code change keeps
-# this layer cached
+# this layer cached; the GPU variant (no TORCH_INDEX_URL) adds the gpu extra (nvJPEG)
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + ([] if os.environ.get('TORCH_INDEX_URL') else p['optional-dependencies']['gpu'])))" > /tmp/requirements.txt \
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

@@ -99,6 +99,7 @@ CONTRACT: tuple[Variable, ...] = (
     Variable("AI_ASSETS_TOP_K", str(DEFAULT_TOP_K), "labels kept per image"),
     Variable("AI_ASSETS_DOWNLOAD_CONCURRENCY", "cores + 1", "fetch/decode threads per run"),
     Variable("AI_ASSETS_PRECISION", DEFAULT_PRECISION, "fp32, bf16 or fp16"),
+    Variable("AI_ASSETS_GPU_JPEG_DECODE", "false", "JPEGs decoded by nvJPEG on CUDA"),
     Variable("AI_ASSETS_INFERENCE_URL", "", "model service for runs"),
     Variable(
         "AI_ASSETS_INFERENCE_CONCURRENCY", str(DEFAULT_INFERENCE_CONCURRENCY), "requests in flight"
@@ -203,6 +204,14 @@ def reconcile_minutes() -> float:
     return _number("AI_ASSETS_RECONCILE_MINUTES", DEFAULT_RECONCILE_MINUTES, float, 0)
 
 
+def gpu_jpeg_decode() -> bool:
+    """Whether runs decode plain JPEGs on the GPU with nvJPEG (``AI_ASSETS_GPU_JPEG_DECODE``)."""
+    raw = os.environ.get(declared("AI_ASSETS_GPU_JPEG_DECODE"), "").strip()
+    if raw.lower() not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise ValueError(f"AI_ASSETS_GPU_JPEG_DECODE must be true or false, got {raw!r}")
+    return raw.lower() in ("1", "true", "yes")
+
+
 def max_wait_minutes() -> float:
     return _number("AI_ASSETS_MAX_WAIT_MINUTES", DEFAULT_MAX_WAIT_MINUTES, float, 0)
 
@@ -224,7 +233,7 @@ def problems() -> list[str]:
     anything starts (the demo does; a sensor or run would otherwise fail later, buried)."""
     checks = [start_date, max_objects_per_run, list_seconds_per_tick, sensor_interval_seconds,
               reconcile_minutes, slack_digest_minutes, max_wait_minutes,
-              service_settings]  # fmt: skip
+              service_settings, gpu_jpeg_decode]  # fmt: skip
     checks += [lambda name=name: _number(name, 1, int, 1) for name in _RUN_INTEGERS]
     found = []
     for check in checks:

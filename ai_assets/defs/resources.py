@@ -24,6 +24,7 @@ from ai_assets.settings import (
     DEFAULT_WEBSERVER_URL,
     declared,
     default_database_url,
+    gpu_jpeg_decode,
 )
 
 
@@ -66,6 +67,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
                 "AI_ASSETS_DOWNLOAD_CONCURRENCY", DEFAULT_DOWNLOAD_CONCURRENCY
             ),
             precision=setting("AI_ASSETS_PRECISION", DEFAULT_PRECISION),
+            gpu_jpeg_decode=gpu_jpeg_decode(),  # read now: Dagster has no boolean EnvVar
             inference_url=setting("AI_ASSETS_INFERENCE_URL", ""),
             inference_concurrency=int_setting(
                 "AI_ASSETS_INFERENCE_CONCURRENCY", DEFAULT_INFERENCE_CONCURRENCY

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -126,5 +126,6 @@ class Uploads:
     def put(self, slot: int, prepared: bytes) -> None:
         self.items[slot] = prepared
 
-    def label(self, slots: Sequence[int], top_k: int) -> list[list[Label] | str]:
-        return self.classifier.label([self.items[slot] for slot in slots], top_k)
+    def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
+        answers = self.classifier.label([self.items[slot] for slot in slots], top_k)
+        return lambda: answers

@@ -7,9 +7,12 @@ an ``ImageError`` with a ``kind``, which runs turn into error rows and the model
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import io
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import simplejpeg
@@ -45,6 +48,15 @@ class ImageError(ValueError):
         self.kind = kind
 
 
+@dataclasses.dataclass(frozen=True)
+class EncodedJpeg:
+    """A JPEG whose header passed every check, left encoded for a batched decode on the device."""
+
+    data: bytes
+    width: int
+    height: int
+
+
 def decode_image(
     data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_side: int = 0
 ) -> np.ndarray:
@@ -55,19 +67,8 @@ def decode_image(
     scale Pillow's draft mode picks) while both sides stay at least ``min_side`` pixels: a
     4000×3000 photo bound for a 256 px model input decodes ~10× faster.
     """
-    if not data:
-        raise ImageError("empty object (0 bytes)", "empty")
-    _own_pixel_limit()
-    try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageError(
-                f"image is {width}x{height} = {width * height:,} pixels, "
-                f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)",
-                "too_many_pixels",
-            )
-        image.seek(0)  # first frame of animations
+    with _image_errors():
+        image = _open(data, max_pixels)
         if min_side:
             image.draft(image.mode, (min_side, min_side))  # a no-op unless JPEG; sets the size
         pixels = _turbo_jpeg(data, image)
@@ -76,6 +77,52 @@ def decode_image(
             pixels = np.array(_to_rgb(image))
         orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
         return _limit_aspect_ratio(_UPRIGHT.get(orientation, lambda p: p)(pixels))
+
+
+def plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> EncodedJpeg | None:
+    """The header checks of ``decode_image``; the JPEG itself when a plain decode of its bytes is
+    exactly what ``decode_image`` returns, else None (decode it with ``decode_image``).
+
+    Plain: baseline YCbCr, upright, within the aspect ratio, and ending with its end-of-image
+    marker (a truncated file must stay an error row, and nvJPEG does not refuse one).
+    """
+    with _image_errors():
+        image = _open(data, max_pixels)
+        width, height = image.size
+        if (
+            image.format != "JPEG"
+            or image.mode != "RGB"
+            or image.info.get("progressive")
+            or max(width, height) > MAX_ASPECT_RATIO * min(width, height)
+            or not data.endswith(b"\xff\xd9")
+            or image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+        ):
+            return None
+        return EncodedJpeg(data, width, height)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """The image's header, read and checked against the pixel limit; its first frame."""
+    if not data:
+        raise ImageError("empty object (0 bytes)", "empty")
+    _own_pixel_limit()
+    image = Image.open(io.BytesIO(data))  # reads the header only
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}x{height} = {width * height:,} pixels, "
+            f"above the limit of {max_pixels:,} (AI_ASSETS_MAX_IMAGE_PIXELS)",
+            "too_many_pixels",
+        )
+    image.seek(0)  # first frame of animations
+    return image
+
+
+@contextlib.contextmanager
+def _image_errors() -> Iterator[None]:
+    """Whatever Pillow or a decoder raises over bad bytes, as an ImageError."""
+    try:
+        yield
     except ImageError:
         raise
     except UnidentifiedImageError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -159,6 +159,37 @@ class Geometry:
             tall = resized(image, new_h, width)[:, :, top : top + out_h]
             return resized(tall, out_h, new_w)[0, :, :, left : left + out_w]
         return resized(image, new_h, new_w)[0, :, top : top + out_h, left : left + out_w]
+
+    def apply_device(self, image: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) uint8 pixels on any device → the crop, (3, h, w) uint8, as ``apply_torch``.
+
+        For images decoded on the GPU, where torch's antialiased resize works in float: one
+        axis at a time in Pillow's order, rounded and clipped in between as uint8 passes are
+        (in one float call, the overshoot that clipping removes shifts bicubic edges by up to
+        11 levels). The second pass covers the crop's rows or columns alone.
+        """
+        import torch
+
+        mode = self.torch_mode
+        assert mode is not None, "a filter torch has no antialiased mode for"
+        height, width = image.shape[1:]
+        (new_w, new_h), (left, top) = self.crop_origin(width, height)
+        out_w, out_h = self.output
+
+        def resized(source: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+            out = torch.nn.functional.interpolate(
+                source, (rows, columns), mode=mode, antialias=True
+            )
+            return out.round_().clamp_(0, 255)
+
+        pixels = image.unsqueeze(0).float()
+        if pillow_height_first((width, height), (new_w, new_h)):
+            tall = resized(pixels, new_h, width)[:, :, top : top + out_h]
+            crop = resized(tall, out_h, new_w)[0, :, :, left : left + out_w]
+        else:
+            wide = resized(pixels, height, new_w)[:, :, :, left : left + out_w]
+            crop = resized(wide, new_h, out_w)[0, :, top : top + out_h]
+        return crop.to(torch.uint8)
 
     def apply(self, image: Image.Image) -> Image.Image:
         """Resize and crop at once: only the pixels inside the crop box are computed.
@@ -304,7 +335,41 @@ class FastPreprocessor(Preprocessor):
         if target.is_floating_point():
             self._normalise(target)
 
-    def model_input(self, buffer: torch.Tensor, slots: Sequence[int], device: str) -> torch.Tensor:
+    def model_input(
+        self,
+        buffer: torch.Tensor,
+        slots: Sequence[int],
+        device: str,
+        placed: Mapping[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """As ``Preprocessor.model_input``; ``placed`` holds slots' uint8 crops already on
+        ``device`` (images decoded there, ``apply_device``), which their buffer slots lack."""
+        import torch
+
+        if not placed:
+            return self._from_buffer(buffer, slots, device)
+        crops = torch.stack(list(placed.values())).contiguous(memory_format=torch.channels_last)
+        crops = crops.float()
+        self._normalise(crops)
+        if list(placed) == list(slots):
+            return crops
+        position = {slot: i for i, slot in enumerate(slots)}
+        pixels = torch.empty(
+            (len(slots), *crops.shape[1:]), device=device, memory_format=torch.channels_last
+        )
+
+        def fill(at: Sequence[int], values: torch.Tensor) -> None:
+            index = torch.tensor([position[slot] for slot in at], device=device)
+            pixels.index_copy_(0, index, values)
+
+        fill(list(placed), crops)
+        host = [slot for slot in slots if slot not in placed]
+        if host:
+            fill(host, self._from_buffer(buffer, host, device))
+        return pixels
+
+    def _from_buffer(self, buffer: torch.Tensor, slots: Sequence[int], device: str) -> torch.Tensor:
+        """The ``slots`` of ``buffer`` as normalised model input on ``device``."""
         import torch
 
         count = len(slots)
@@ -378,6 +443,33 @@ def max_difference(a: Preprocessor, b: Preprocessor, pixels: np.ndarray) -> floa
     return float((first - second).abs().max())
 
 
+def _tolerance(scale: np.ndarray) -> float:
+    """The largest difference from the processor that rounding explains, in model input units."""
+    return _TOLERANCE_LEVELS * float(np.abs(scale).max()) + 1e-5
+
+
+def reproduces_on_device(preprocessor: Preprocessor, processor: Any, device: str) -> bool:
+    """Whether crops resized on ``device`` (``Geometry.apply_device``) reproduce ``processor``."""
+    import torch
+
+    if not isinstance(preprocessor, FastPreprocessor) or preprocessor.geometry.torch_mode is None:
+        return False
+    reference = ProcessorPreprocessor(processor)
+    for width, height in REFERENCE_SIZES:
+        pixels = reference_image(width, height)
+        image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)
+        crop = preprocessor.geometry.apply_device(image).cpu()
+        ours = preprocessor.collate([crop], "cpu")
+        theirs = reference.collate([reference(pixels)], "cpu")
+        if ours.shape != theirs.shape:
+            return False
+        difference = float((ours - theirs).abs().max())
+        if difference > _tolerance(preprocessor.scale):
+            log.info("resizing on %s differs by %.4g: decoding on the CPU", device, difference)
+            return False
+    return True
+
+
 def build_preprocessor(processor: Any) -> Preprocessor:
     """The fast path when it reproduces ``processor`` (checked now), else the processor itself."""
     reference = ProcessorPreprocessor(processor)
@@ -390,7 +482,7 @@ def build_preprocessor(processor: Any) -> Preprocessor:
     except (TypeError, ValueError) as exc:
         log.info("%s: cannot calibrate the fast path (%s)", type(processor).__name__, exc)
         return reference
-    tolerance = _TOLERANCE_LEVELS * float(np.abs(scale).max()) + 1e-5
+    tolerance = _tolerance(scale)
     for resize in ("torch", "pillow") if geometry.torch_mode else ("pillow",):
         fast = FastPreprocessor(geometry, scale, shift, resize)
         difference = max(

@@ -20,6 +20,8 @@ from ai_assets.vision.labels import Label
 from ai_assets.vision.rows import Job, Outcome, result_rows
 from ai_assets.vision.threads import yield_to_inference
 
+Answer = list[Label] | str | None  # an outcome's labels, why it has none, or None: not labelled
+
 
 class Batch(Protocol):
     """One batch's model input, assembled slot by slot by the threads that prepare it."""
@@ -28,8 +30,13 @@ class Batch(Protocol):
         """A prepared object into its slot (runs in worker threads)."""
         ...
 
-    def label(self, slots: Sequence[int], top_k: int) -> list[list[Label] | str]:
-        """Labels per filled slot, in order, or why that object could not be classified."""
+    def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
+        """Start labelling the filled slots; the call it returns waits for their labels, in
+        order, or why each object could not be classified.
+
+        On an accelerator the model labels one batch while this thread builds the previous
+        batch's rows and assembles the next (``classify_objects``).
+        """
         ...
 
 
@@ -83,7 +90,8 @@ def classify_objects(
     At most ``2 * batch_size`` objects are in flight, so memory stays bounded however many
     objects a run covers. Each object goes straight into its slot of its batch (the n-th
     object: batch n // batch_size), so this thread only hands filled batches to the model.
-    Bad images become error rows; the rest of their batch goes on.
+    Bad images become error rows; the rest of their batch goes on. A batch's rows come once the
+    next batch is being labelled, so an accelerator never waits for this thread's rows.
     """
     window = max(2 * batch_size, concurrency)
     pool = ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference)
@@ -102,30 +110,41 @@ def classify_objects(
             pending.append(pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot))
             submitted += 1
 
+    def rows(
+        outcomes: Sequence[Outcome], answers: Callable[[], list[Answer]]
+    ) -> list[ClassificationRow]:
+        model_id, revision = classifier.model_id, classifier.model_revision
+        return result_rows(outcomes, answers(), model_id, revision, run_id)
+
+    labelling: tuple[Sequence[Outcome], Callable[[], list[Answer]]] | None = None
     try:
         refill()
         while pending:
             outcomes = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             batch = batches.popleft()
             refill()
-            yield _classify(outcomes, batch, top_k, classifier, run_id)
+            started = outcomes, _label(outcomes, batch, top_k)
+            if labelling is not None:  # the previous batch's rows, while this one is labelled
+                yield rows(*labelling)
+            labelling = started
+        if labelling is not None:
+            yield rows(*labelling)
     except BaseException:  # a failure, an interrupted run, a consumer that stopped early
         pool.shutdown(wait=False, cancel_futures=True)  # not behind a slow GET in flight
         raise
     pool.shutdown()
 
 
-def _classify(
-    outcomes: Sequence[Outcome],
-    batch: Batch,
-    top_k: int,
-    classifier: Classifier,
-    run_id: str | None,
-) -> list[ClassificationRow]:
-    """Label the outcomes that are in their slots, in one call, and build every outcome's row."""
+def _label(outcomes: Sequence[Outcome], batch: Batch, top_k: int) -> Callable[[], list[Answer]]:
+    """Start labelling the outcomes that are in their slots, in one call; the call it returns
+    gives each outcome's answer (None: it never reached the model)."""
     ready = [slot for slot, outcome in enumerate(outcomes) if outcome.ready]
-    labelled = batch.label(ready, top_k) if ready else []
-    answers: list[list[Label] | str | None] = [None] * len(outcomes)
-    for slot, labels in zip(ready, labelled, strict=True):
-        answers[slot] = labels
-    return result_rows(outcomes, answers, classifier.model_id, classifier.model_revision, run_id)
+    labelled = batch.label(ready, top_k) if ready else lambda: []
+
+    def answers() -> list[Answer]:
+        found: list[Answer] = [None] * len(outcomes)
+        for slot, labels in zip(ready, labelled(), strict=True):
+            found[slot] = labels
+        return found
+
+    return answers

@@ -97,6 +97,9 @@ def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch)
     assert (resolved.bucket, resolved.prefix) == ("my-bucket", "")
     classifier = resources["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
     assert classifier.batch_size == 7
+    assert classifier.gpu_jpeg_decode is False
+    monkeypatch.setenv("AI_ASSETS_GPU_JPEG_DECODE", "true")
+    assert (build_defs().resources or {})["classifier"].gpu_jpeg_decode is True  # type: ignore[attr-defined]
 
 
 @pytest.mark.integration  # a subprocess or a server
@@ -121,11 +124,13 @@ def test_bad_settings_fail_the_load_with_one_message_naming_each(
 ) -> None:
     monkeypatch.setenv("AI_ASSETS_START_DATE", "yesterday")
     monkeypatch.setenv("AI_ASSETS_SENSOR_INTERVAL_SECONDS", "often")
+    monkeypatch.setenv("AI_ASSETS_GPU_JPEG_DECODE", "sometimes")
     with pytest.raises(SettingsError) as raised:
         build_defs()
     assert str(raised.value) == (
         "ai_assets configuration: AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got "
-        "'yesterday'; AI_ASSETS_SENSOR_INTERVAL_SECONDS must be a whole number, got 'often'"
+        "'yesterday'; AI_ASSETS_SENSOR_INTERVAL_SECONDS must be a whole number, got 'often'; "
+        "AI_ASSETS_GPU_JPEG_DECODE must be true or false, got 'sometimes'"
     )
     assert raised.value.__cause__ is None and raised.value.__context__ is None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -459,7 +460,17 @@ def test_the_image_installs_what_pyproject_declares() -> None:
     [torch] = [d for d in project["dependencies"] if d.startswith("torch")]
     assert f"pip install {torch}" in dockerfile  # torch first, with the same pin
     assert dockerfile.index(f"pip install {torch}") < dockerfile.index("COPY pyproject.toml")
-    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in dockerfile
+    # what the requirements line lists: the dependencies, and on the GPU variant the gpu extra
+    [code] = re.findall(r'RUN python -c "(.*)" > /tmp/requirements.txt', dockerfile)
+    for index_url, extra in (
+        ("https://cpu.example/whl", []),
+        ("", project["optional-dependencies"]["gpu"]),
+    ):
+        environment = {**os.environ, "TORCH_INDEX_URL": index_url}
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        listed = done.stdout.splitlines()
+        assert listed == project["dependencies"] + extra
     assert dockerfile.index("COPY pyproject.toml") < dockerfile.index("COPY ai_assets")
     assert "USER 10001" in dockerfile and "AI_ASSETS_MODEL=" in dockerfile
     assert "MALLOC_MMAP_THRESHOLD_=1073741824" in dockerfile
