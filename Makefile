@@ -98,16 +98,22 @@ bench-sqs: install
 bench-run-size: install model
 	$(PY) bench/run_size.py
 
-# what bench/gpu.sh needs on a GPU machine without a registry (CPython 3.12 with torch and
-# transformers already there): this venv's versions as wheels in .whl/; carry it and
-# ai_assets/.cache (the converted model) with the repo
-GPU_WHEELS := simplejpeg sqlalchemy greenlet botocore jmespath transformers
+# what bench/gpu.sh needs on a GPU machine without a registry (CPython 3.12 with torch,
+# torchvision and transformers already there): this venv's versions as wheels in .whl/, and
+# for its S3 stage in .whl-s3/ with the SeaweedFS binary (xz: a call carries at most 64 MiB);
+# carry .whl and ai_assets/.cache (the converted model) with the repo, then .whl-s3
+GPU_WHEELS := simplejpeg sqlalchemy greenlet botocore jmespath transformers regex
+GPU_S3_WHEELS := obstore boto3 s3transfer
+WHEELS_312 := $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64
+PINNED := $(PY) -c 'import sys, importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in sys.argv[1:]))'
 gpu-wheels: install model
-	rm -rf .whl
-	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-		--platform manylinux2014_x86_64 -d .whl \
-		$$($(PY) -c 'import sys, importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $(GPU_WHEELS))
+	rm -rf .whl .whl-s3
+	$(WHEELS_312) -d .whl $$($(PINNED) $(GPU_WHEELS))
+	$(WHEELS_312) -d .whl-s3 $$($(PINNED) $(GPU_S3_WHEELS))
+	xz -T0 -6 -c $(VENV)/bin/weed > .whl-s3/weed.xz
+	du -sh .whl .whl-s3 ai_assets/.cache
 
 # the demo's bucket, database and Dagster home: the next `make demo` starts from the samples
 demo-clean:

@@ -42,6 +42,7 @@ import argparse
 import collections
 import contextlib
 import io
+import itertools
 import os
 import resource
 import shutil
@@ -92,7 +93,7 @@ class Stages:
     """CPU seconds per stage, each measured on the thread that runs it."""
 
     def __init__(self) -> None:
-        self.seconds: collections.Counter[str] = collections.Counter()
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
         self.lock = threading.Lock()
 
     def timed(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,18 +114,22 @@ def instrumented(stages: Stages) -> Iterator[None]:
     """Every stage of the run's path timed where it is defined (undone afterwards)."""
     from ai_assets.db import results
     from ai_assets.s3.objects import ObjectFetcher
-    from ai_assets.vision import stream
+    from ai_assets.vision import device_decode, model, stream
     from ai_assets.vision.model import ImageClassifier
-    from ai_assets.vision.preprocess import FastPreprocessor
+    from ai_assets.vision.preprocess import FastPreprocessor, Geometry
 
     patches = [
         (ObjectFetcher, "__call__", "get"),
         (ImageClassifier, "decode", "decode"),
         (ImageClassifier, "preprocess", "preprocess"),
         (FastPreprocessor, "put", "collate"),  # in the worker threads, slot by slot
-        (ImageClassifier, "classify_batch", "model"),
+        (ImageClassifier, "start", "model"),  # labels are built when the rows are
         (stream, "result_rows", "rows"),
         (results, "upsert_rows", "upsert"),
+        # decoding on the device (CUDA): headers in the worker threads, the rest batch by batch
+        (model, "plain_jpeg", "header"),
+        (device_decode, "decode_jpegs", "device_decode"),
+        (Geometry, "apply_device", "device_resize"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, stage in patches:
@@ -326,8 +331,9 @@ def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) ->
         return [top[0].label for batch in batches for top in classifier.classify_batch(batch, 1)]
 
     chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    mine = labels(ours, (ours.preprocessor.collate([ours.prepare(d) for d in c], "cpu")
-                         for c in chunks))  # fmt: skip
+    ready = (ours.preprocess(ours.decode(d)) for d in images)
+    mine = labels(ours, (ours.preprocessor.collate(list(itertools.islice(ready, batch_size)), "cpu")
+                         for _ in chunks))  # fmt: skip
     theirs = labels(reference, (processor.collate([processor(pillow(d)) for d in c], "cpu")
                                 for c in chunks))  # fmt: skip
     return sum(a == b for a, b in zip(mine, theirs, strict=True)) / len(images)

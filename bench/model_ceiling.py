@@ -1,15 +1,22 @@
-"""The model and the in-process run loop alone, per device, precision and batch size.
+"""The model and the run's loop alone, per device, precision and batch size (bench/gpu.sh).
 
-No S3 and no database: the corpus of bench/throughput.py (real-photo JPEGs of ~512 px) is held
-in memory, so this runs wherever torch runs, a GPU machine without Dagster included. Measures
+No database: the corpus (real-photo JPEGs of ~512 px) is held in memory, or with
+``--sources memory,s3`` also in a SeaweedFS on this machine, so this runs wherever torch runs,
+a GPU machine without Dagster included. Measures
 
 * ceiling – forward passes on model-ready batches (the folded model, as runs use it);
-* loop    – classify_objects over the in-memory JPEGs (round and round for ``--seconds``): fetch
-            threads decode and preprocess while the model classifies, exactly the run's
-            pipeline minus S3 and the upserts; and the main thread's CPU ms per image (on a
-            GPU that includes CUDA's spinning while the thread waits for a batch's labels);
-* agreement – each precision's top-1 labels on the device against the fp32 model's on the CPU
-            (the same preprocessed images): what the device's arithmetic changes.
+* loop    – classify_objects over the JPEGs (round and round for ``--seconds``): fetch threads
+            decode and preprocess while the model classifies, exactly the run's pipeline minus
+            the upserts; and the main thread's CPU ms per image (on a GPU that includes CUDA's
+            spinning while the thread waits for a batch's labels). Per source (memory: no GET;
+            s3: every image fetched as runs fetch, through obstore) and per decoding: "cpu"
+            (libjpeg-turbo in the fetch threads) and, where nvJPEG is, "device" (what
+            AI_ASSETS_GPU_JPEG_DECODE turns on: plain JPEGs decoded by nvJPEG and resized on
+            the GPU batch by batch, the fetch threads reading headers); with the CPU time of
+            the process and of each stage (feed.py's stages);
+* agreement – each precision's and decoding's top-1 labels through that loop against
+            transformers' own path (Pillow's full decode, the model's image processor, fp32 on
+            the CPU), on the corpus and the sample photos.
 
 Ends with one line: RESULT device=… <precision>_b<batch>_ceiling_img_s=… loop_img_s=… …
 """
@@ -17,11 +24,15 @@ Ends with one line: RESULT device=… <precision>_b<batch>_ceiling_img_s=… loo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import print_figures
-from throughput import agreement, corpus, measure_ceiling, prepared, top1
+from throughput import agreement, corpus, measure_ceiling, prepared
 
 
 def round_and_round(keys: list[str], seconds: float) -> Iterator[Any]:
@@ -43,6 +54,107 @@ def round_and_round(keys: list[str], seconds: float) -> Iterator[Any]:
         yield Job("bench", keys[i % len(keys)])
 
 
+def transformers_labels(model: str, images: dict[str, bytes]) -> dict[str, str]:
+    """Top-1 per image through transformers' own path, in fp32 on the CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from feed import pillow
+    from transformers import AutoImageProcessor
+
+    from ai_assets.vision.model import ImageClassifier
+    from ai_assets.vision.preprocess import ProcessorPreprocessor
+
+    classifier = ImageClassifier(model, "cpu", "fp32")
+    processor = ProcessorPreprocessor(AutoImageProcessor.from_pretrained(model))
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        pixels = list(pool.map(lambda data: processor(pillow(data)), images.values()))
+    labels = [
+        top[0].label
+        for i in range(0, len(pixels), 32)
+        for top in classifier.classify_batch(processor.collate(pixels[i : i + 32], "cpu"), 1)
+    ]
+    return dict(zip(images, labels, strict=True))
+
+
+@dataclasses.dataclass
+class Loop:
+    """One pass of the run's loop: its rate, and per image its CPU and main-thread ms."""
+
+    img_s: float
+    main_thread_ms: float
+    cpu_ms: float
+    labels: dict[str, str]  # each key's top-1
+
+
+def timed_loop(
+    keys: list[str],
+    fetch: Callable[[str], Any],
+    classifier: Any,
+    batch_size: int,
+    concurrency: int,
+    seconds: float = 0.0,
+) -> Loop | None:
+    """The run's loop over ``keys`` (round and round for ``seconds``), or None if it failed:
+    one variant must not cost a device run the others.
+
+    Prints the process's CPU ms per image and each stage's (feed.py's, on the threads running
+    them; on CUDA a stage that waits for the GPU spins, and counts that as CPU).
+    """
+    from feed import Stages, instrumented, process_cpu
+
+    from ai_assets.vision.stream import classify_objects
+
+    stages, labels, done = Stages(), {}, 0
+    cpu, started, main = process_cpu(), time.perf_counter(), time.thread_time()
+    try:
+        with instrumented(stages):
+            for rows in classify_objects(
+                round_and_round(keys, seconds), fetch, classifier,
+                batch_size=batch_size, top_k=5, concurrency=concurrency,
+            ):  # fmt: skip
+                done += len(rows)
+                for row in rows:
+                    labels.setdefault(row.s3_key, row.label or "")
+    except Exception:
+        traceback.print_exc()
+        return None
+    loop = Loop(
+        done / (time.perf_counter() - started),
+        (time.thread_time() - main) * 1000 / done,
+        (process_cpu() - cpu) * 1000 / done,
+        labels,
+    )
+    split = ", ".join(f"{k} {v * 1000 / done:.3f}" for k, v in stages.seconds.items() if v)
+    print(f"  {loop.cpu_ms:.3f} CPU ms per image; stages: {split}", flush=True)
+    return loop
+
+
+@contextlib.contextmanager
+def sources(
+    names: list[str], images: dict[str, bytes]
+) -> Iterator[dict[str, Callable[[str], Any]]]:
+    """A fetch per source: "memory" (the bytes at hand) and "s3" (a local SeaweedFS, obstore)."""
+    from ai_assets.s3.objects import Fetched, ObjectFetcher
+
+    def in_memory(key: str) -> Fetched:
+        return Fetched(key=key, etag="e", size=len(images[key]), data=images[key])
+
+    fetches: dict[str, Callable[[str], Any]] = {"memory": in_memory}
+    with contextlib.ExitStack() as stack:
+        if "s3" in names:
+            from local_s3 import ACCESS, SECRET, local_s3
+            from obstore.store import S3Store
+
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            endpoint = stack.enter_context(local_s3(directory, "ceiling", images))
+            store = S3Store(
+                "ceiling", endpoint=endpoint, region="us-east-1", access_key_id=ACCESS,
+                secret_access_key=SECRET, client_options={"allow_http": True},
+            )  # fmt: skip  # as ImageBucketResource configures it for this endpoint
+            fetches["s3"] = ObjectFetcher(None, "ceiling", 50 << 20, store)
+        yield {name: fetches[name] for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", help="model directory (default: the bundled, converted one)")
@@ -52,13 +164,23 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, help="decode threads (default cores + 1)")
+    parser.add_argument("--sources", default="memory", help="memory, s3 or both")
+    parser.add_argument("--no-agreement", action="store_true", help="skip the accuracy guard")
+    parser.add_argument(
+        "--device-decode",
+        action="store_true",
+        help="the nvJPEG path off CUDA too, libjpeg-turbo standing in for nvJPEG: a dry run",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ai_assets.s3.objects import Fetched
     from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
+    from ai_assets.vision import device_decode
     from ai_assets.vision.model import ImageClassifier
-    from ai_assets.vision.stream import classify_objects
+
+    if args.device_decode:  # libjpeg-turbo stands in for nvJPEG (device_decode.decode_jpegs)
+        device_decode.nvjpeg_available = lambda device: True
+    from ai_assets_dev.samples import sample_jpegs
 
     model = args.model
     if not model:
@@ -66,45 +188,53 @@ def main() -> None:
 
         model = str(ensure_default_model())
     images = corpus(args.images)
+    photos = {f"photos/{name}.jpg": data for name, data in sample_jpegs().items()}
     concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
     figures: dict[str, object] = {}
+    expected = {} if args.no_agreement else transformers_labels(model, images | photos)
     reference = ImageClassifier(model, "cpu", "fp32")
     pixels = prepared(reference, list(images.values()))  # the same for every precision
-    expected = top1(reference, pixels)
     del reference
-    for precision in args.precisions.split(","):
-        classifier = ImageClassifier(model, args.device, precision)
-        figures["device"] = classifier.device
-        agrees = figures[f"{precision}_top1_agreement"] = agreement(
-            top1(classifier, pixels), expected
-        )
-        print(f"{precision}: top-1 agreement with fp32 on the CPU {agrees:.4f}", flush=True)
-        for batch_size in map(int, args.batch_sizes.split(",")):
-            ceiling = measure_ceiling(classifier, pixels, batch_size, args.seconds)
-            classifier.warm_up(batch_size)
-            started, main = time.perf_counter(), time.thread_time()
-            done = sum(
-                len(rows)
-                for rows in classify_objects(
-                    round_and_round(list(images), args.seconds),
-                    lambda key: Fetched(key=key, etag="e", size=len(images[key]), data=images[key]),
-                    classifier,
-                    batch_size=batch_size,
-                    top_k=5,
-                    concurrency=concurrency,
-                )
-            )
-            loop = done / (time.perf_counter() - started)
-            main_ms = (time.thread_time() - main) * 1000 / done
-            name = f"{precision}_b{batch_size}"
-            figures[f"{name}_ceiling_img_s"] = round(ceiling, 1)
-            figures[f"{name}_loop_img_s"] = round(loop, 1)
-            figures[f"{name}_loop_main_thread_ms"] = round(main_ms, 3)
-            print(
-                f"{name}: ceiling {ceiling:,.1f} images/s; loop {loop:,.1f} images/s, "
-                f"main thread {main_ms:.3f} ms per image",
-                flush=True,
-            )
+    keys, everything = list(images), [*images, *photos]
+    with sources(args.sources.split(","), images | photos) as fetches:
+        for precision in args.precisions.split(","):
+            classifier = ImageClassifier(model, args.device, precision, device_decode=True)
+            figures["device"] = classifier.device
+            on_device = classifier.on_device  # decoding on the device, where it is on
+            decodes = {"cpu": None} | ({"device": on_device} if on_device else {})
+
+            for decode in decodes if expected else ():
+                classifier.on_device = decodes[decode]
+                done = timed_loop(everything, fetches["memory"], classifier, 64, concurrency)
+                if done is not None:
+                    got = agreement([done.labels[k] for k in expected], list(expected.values()))
+                    prefix = precision if decode == "cpu" else f"{precision}_device"
+                    figures[f"{prefix}_top1_agreement"] = got
+                    print(f"{precision}, {decode} decoding: top-1 agreement with transformers' "
+                          f"path {got:.4f} on {len(expected)}", flush=True)  # fmt: skip
+            for batch_size in map(int, args.batch_sizes.split(",")):
+                name = f"{precision}_b{batch_size}"
+                ceiling = measure_ceiling(classifier, pixels, batch_size, args.seconds)
+                figures[f"{name}_ceiling_img_s"] = round(ceiling, 1)
+                print(f"{name}: ceiling {ceiling:,.1f} images/s", flush=True)
+                classifier.warm_up(batch_size)
+                for source, decode in itertools.product(fetches, decodes):
+                    classifier.on_device = decodes[decode]
+                    fetch = fetches[source]
+                    print(f"{name}: loop from {source}, {decode} decoding:", flush=True)
+                    done = timed_loop(
+                        keys, fetch, classifier, batch_size, concurrency, args.seconds
+                    )
+                    if done is None:
+                        continue
+                    kind = "" if source == "memory" else f"{source}_"
+                    kind += "" if decode == "cpu" else "device_"
+                    figures[f"{name}_{kind}loop_img_s"] = round(done.img_s, 1)
+                    figures[f"{name}_{kind}loop_main_thread_ms"] = round(done.main_thread_ms, 3)
+                    figures[f"{name}_{kind}loop_cpu_ms"] = round(done.cpu_ms, 3)
+                    print(f"  {done.img_s:,.1f} images/s, main thread {done.main_thread_ms:.3f} "
+                          f"ms per image", flush=True)  # fmt: skip
+            classifier.on_device = on_device
     figures["decode_threads"] = concurrency
     figures["cpus"] = os.cpu_count()
     print_figures(figures, ["device"])
