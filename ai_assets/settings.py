@@ -37,10 +37,14 @@ DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
 #: Fetch/decode threads per run: one per core plus one, at most 16. Decoding and preprocessing
 #: keep them busy, so more threads than cores only contend (bench/throughput.py); raise it
-#: where S3 is far away.
+#: where S3 is far away (no more of them decode at once: DEFAULT_DECODE_CONCURRENCY).
 DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
     15, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 )
+#: Of those, the threads that decode and preprocess at once (the others fetch or wait): they
+#: share one GIL, and on an H200 machine's 16 cores the run's loop did 2,308 images/s with 4
+#: threads in all, 2,229 with 8 and 1,547 with 16 (docs/scaling.md). No limit on 2-3 threads.
+DEFAULT_DECODE_CONCURRENCY = min(DEFAULT_DOWNLOAD_CONCURRENCY, 4)
 #: Images per model batch, in runs and in the model service (AI_ASSETS_BATCH_SIZE).
 DEFAULT_BATCH_SIZE = 32
 #: Labels kept per image (AI_ASSETS_TOP_K).

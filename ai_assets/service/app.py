@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from ai_assets.service.batcher import Batcher, ModelState, ServiceError
 from ai_assets.service.metrics import Metrics
 from ai_assets.service.routes import Service, router
-from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY, ServiceSettings, service_settings
+from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY, ServiceSettings, service_settings
 from ai_assets.vision.threads import yield_to_inference
 
 
@@ -38,7 +38,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     # decode threads run as SCHED_IDLE, as in runs: preempting torch's threads mid-batch costs
     # more than it gains (vision.threads.yield_to_inference)
     decoders = ThreadPoolExecutor(
-        DEFAULT_DOWNLOAD_CONCURRENCY, "decode", initializer=yield_to_inference
+        DEFAULT_DECODE_CONCURRENCY, "decode", initializer=yield_to_inference
     )
     service = Service(settings, metrics, ModelState(settings, metrics), decoders)
     app = FastAPI(

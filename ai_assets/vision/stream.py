@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import collections
 import itertools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ai_assets.db.results import ClassificationRow
 from ai_assets.s3.objects import Fetched
-from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_MAX_IMAGE_PIXELS
+from ai_assets.settings import (
+    DEFAULT_DECODE_CONCURRENCY,
+    DEFAULT_DOWNLOAD_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_PIXELS,
+)
 from ai_assets.vision.decode import ImageError
 from ai_assets.vision.labels import Label
 from ai_assets.vision.rows import Job, Outcome, result_rows
@@ -62,13 +67,16 @@ def prepare(
     max_pixels: int,
     batch: Batch,
     slot: int,
+    decoding: threading.Semaphore,
 ) -> Outcome:
-    """Fetch, decode and preprocess one object into its batch slot (runs in a worker thread)."""
+    """Fetch, decode and preprocess one object into its batch slot (runs in a worker thread);
+    the decoding waits for one of the ``decoding`` turns."""
     fetched = fetch(job.object_key)
     if fetched.deleted or fetched.error:
         return Outcome(job, fetched, error=fetched.error)
     try:
-        batch.put(slot, classifier.prepare(fetched.data or b"", max_pixels))
+        with decoding:
+            batch.put(slot, classifier.prepare(fetched.data or b"", max_pixels))
     except ImageError as exc:
         return Outcome(job, fetched, error=str(exc))
     return Outcome(job, fetched, ready=True)
@@ -83,18 +91,21 @@ def classify_objects(
     top_k: int,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
+    decode_concurrency: int = DEFAULT_DECODE_CONCURRENCY,
     run_id: str | None = None,
 ) -> Iterator[list[ClassificationRow]]:
     """Yield result rows batch by batch; downloads and decoding overlap with inference.
 
     At most ``2 * batch_size`` objects are in flight, so memory stays bounded however many
-    objects a run covers. Each object goes straight into its slot of its batch (the n-th
+    objects a run covers. ``concurrency`` threads fetch, at most ``decode_concurrency`` of them
+    decoding at once. Each object goes straight into its slot of its batch (the n-th
     object: batch n // batch_size), so this thread only hands filled batches to the model.
     Bad images become error rows; the rest of their batch goes on. A batch's rows come once the
     next batch is being labelled, so an accelerator never waits for this thread's rows.
     """
     window = max(2 * batch_size, concurrency)
     pool = ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference)
+    decoding = threading.BoundedSemaphore(decode_concurrency)
     pending: collections.deque[Future[Outcome]] = collections.deque()
     batches: collections.deque[Batch] = collections.deque()
     queue = iter(jobs)
@@ -107,7 +118,9 @@ def classify_objects(
             if slot == 0:
                 batches.append(classifier.batch(batch_size))
             batch = batches[-1]
-            pending.append(pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot))
+            pending.append(
+                pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot, decoding)
+            )
             submitted += 1
 
     def rows(

@@ -1,4 +1,8 @@
 import io
+import threading
+import time
+from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -206,6 +210,42 @@ def test_objects_after_a_failed_one_get_their_own_labels(
         [alone] = classifier.predict([classifier.prepare(objects[key])], top_k=2)
         assert [label["label"] for label in rows[key].top_k or []] == [x.label for x in alone]
         assert rows[key].score == pytest.approx(alone[0].score, abs=1e-5)
+
+
+def test_all_threads_fetch_but_only_decode_concurrency_of_them_decode_at_once(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    """Decoding shares one GIL: more threads at it only contend; waiting on S3 does not."""
+    classifier = load_classifier(tiny_model_dir, "cpu")
+    data = jpegs["chelsea"]
+    all_fetching = threading.Barrier(6, timeout=60)  # broken unless 6 fetches are in flight
+    decoding, most, lock = [0], [0], threading.Lock()
+
+    def fetch(key: str) -> Fetched:
+        if int(key.split(".")[0]) < 6:
+            all_fetching.wait()
+        return Fetched(key=key, etag="e", size=len(data), data=data)
+
+    def prepare(data: bytes, max_pixels: int) -> Any:
+        with lock:
+            decoding[0] += 1
+            most[0] = max(most[0], decoding[0])
+        try:
+            time.sleep(0.01)  # long enough for the other threads to try to decode too
+            return original(data, max_pixels)
+        finally:
+            with lock:
+                decoding[0] -= 1
+
+    original = classifier.prepare
+    jobs = [Job("2026-12-04", f"{i}.jpg") for i in range(24)]
+    with mock.patch.object(classifier, "prepare", prepare):
+        batches = classify_objects(
+            jobs, fetch, classifier, batch_size=8, top_k=1, concurrency=6, decode_concurrency=2
+        )
+        rows = [row for batch in batches for row in batch]
+    assert [row.status for row in rows] == ["ok"] * 24
+    assert most == [2]
 
 
 def test_predictions_do_not_depend_on_batch_composition(
