@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU figure of the feed, in two commands well inside 8 minutes together (bench/model_ceiling.py):
+# Every GPU figure of the feed, in two commands well inside 8 minutes together
+# (bench/model_ceiling.py; on an H200 with 16 cores they took 185 s and 91 s):
 #
 #   bash bench/gpu.sh        the model's ceiling and the run's loop over images in memory, in
 #                            fp16, bf16 and fp32 at batches of 64 and 256, decoding on the CPU
-#                            (libjpeg-turbo in one thread per core plus one) and on the GPU
-#                            (nvJPEG); each precision's and decoding's top-1 agreement with
+#                            (libjpeg-turbo in the fetch threads, at most 4 at once) and on
+#                            the GPU (nvJPEG); each precision's and decoding's top-1 agreement with
 #                            transformers' own path;
 #   bash bench/gpu.sh s3     bf16 at 256 and 512, from memory and from a SeaweedFS on the same
 #                            machine (every image a GET, as runs fetch).
@@ -15,7 +16,8 @@
 # ai_assets/.cache/ (`make model`). Carry .whl and ai_assets/.cache for the first command, and
 # .whl-s3 for the second on the same machine (the first's install in /tmp/site stays there).
 # On any machine, `PYTHON=.venv/bin/python bash bench/gpu.sh` runs the same figures on whatever
-# device torch finds (the CPU where there is no GPU).
+# device torch finds (the CPU where there is no GPU; DEVICE_DECODE=1 adds the nvJPEG path with
+# libjpeg-turbo standing in). DECODE_CONCURRENCY=N overrides the threads decoding at once.
 #
 # Each ends with bench/model_ceiling.py's line: RESULT device=… bf16_b256_loop_img_s=… …
 set -euo pipefail
@@ -46,7 +48,7 @@ if [ "$STAGE" = s3 ]; then
     timeout "${GPU_BENCH_TIMEOUT:-240}" "$PYTHON" bench/model_ceiling.py --no-agreement \
         --sources memory,s3 --precisions "${PRECISIONS:-bf16}" \
         --batch-sizes "${BATCH_SIZES:-256,512}" --images "${IMAGES:-1024}" --seconds "${SECONDS_EACH:-6}" \
-        ${DEVICE_DECODE:+--device-decode}
+        ${DEVICE_DECODE:+--device-decode} ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"}
     exit
 fi
 
@@ -67,4 +69,5 @@ timeout "${GPU_BENCH_TIMEOUT:-420}" "$PYTHON" bench/model_ceiling.py \
     --precisions "${PRECISIONS:-fp16,bf16,fp32}" \
     --batch-sizes "${BATCH_SIZES:-64,256}" \
     --images "${IMAGES:-1024}" \
-    --seconds "${SECONDS_EACH:-6}" ${DEVICE_DECODE:+--device-decode}
+    --seconds "${SECONDS_EACH:-6}" ${DEVICE_DECODE:+--device-decode} \
+    ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"}

@@ -93,6 +93,7 @@ def timed_loop(
     batch_size: int,
     concurrency: int,
     seconds: float = 0.0,
+    decode_concurrency: int | None = None,
 ) -> Loop | None:
     """The run's loop over ``keys`` (round and round for ``seconds``), or None if it failed:
     one variant must not cost a device run the others.
@@ -102,6 +103,7 @@ def timed_loop(
     """
     from feed import Stages, instrumented, process_cpu
 
+    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
     from ai_assets.vision.stream import classify_objects
 
     stages, labels, done = Stages(), {}, 0
@@ -111,6 +113,7 @@ def timed_loop(
             for rows in classify_objects(
                 round_and_round(keys, seconds), fetch, classifier,
                 batch_size=batch_size, top_k=5, concurrency=concurrency,
+                decode_concurrency=decode_concurrency or DEFAULT_DECODE_CONCURRENCY,
             ):  # fmt: skip
                 done += len(rows)
                 for row in rows:
@@ -163,7 +166,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="32")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, help="decode threads (default cores + 1)")
+    parser.add_argument("--concurrency", type=int, help="fetch threads (default cores + 1)")
+    parser.add_argument(
+        "--decode-concurrency", type=int, help="of them, decoding at once (default at most 4)"
+    )
     parser.add_argument("--sources", default="memory", help="memory, s3 or both")
     parser.add_argument("--no-agreement", action="store_true", help="skip the accuracy guard")
     parser.add_argument(
@@ -174,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
+    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY, DEFAULT_DOWNLOAD_CONCURRENCY
     from ai_assets.vision import device_decode
     from ai_assets.vision.model import ImageClassifier
 
@@ -205,7 +211,10 @@ def main() -> None:
 
             for decode in decodes if expected else ():
                 classifier.on_device = decodes[decode]
-                done = timed_loop(everything, fetches["memory"], classifier, 64, concurrency)
+                done = timed_loop(
+                    everything, fetches["memory"], classifier, 64, concurrency,
+                    decode_concurrency=args.decode_concurrency,
+                )  # fmt: skip
                 if done is not None:
                     got = agreement([done.labels[k] for k in expected], list(expected.values()))
                     prefix = precision if decode == "cpu" else f"{precision}_device"
@@ -223,7 +232,13 @@ def main() -> None:
                     fetch = fetches[source]
                     print(f"{name}: loop from {source}, {decode} decoding:", flush=True)
                     done = timed_loop(
-                        keys, fetch, classifier, batch_size, concurrency, args.seconds
+                        keys,
+                        fetch,
+                        classifier,
+                        batch_size,
+                        concurrency,
+                        args.seconds,
+                        args.decode_concurrency,
                     )
                     if done is None:
                         continue
@@ -235,7 +250,10 @@ def main() -> None:
                     print(f"  {done.img_s:,.1f} images/s, main thread {done.main_thread_ms:.3f} "
                           f"ms per image", flush=True)  # fmt: skip
             classifier.on_device = on_device
-    figures["decode_threads"] = concurrency
+    figures["fetch_threads"] = concurrency
+    figures["decode_threads"] = min(
+        concurrency, args.decode_concurrency or DEFAULT_DECODE_CONCURRENCY
+    )
     figures["cpus"] = os.cpu_count()
     print_figures(figures, ["device"])
 
