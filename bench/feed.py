@@ -78,11 +78,13 @@ def near_zero_model(directory: Path, like: Path) -> str:
     from transformers import AutoConfig, ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    labels = AutoConfig.from_pretrained(like).id2label
+    labels = {
+        int(i): str(name) for i, name in (AutoConfig.from_pretrained(like).id2label or {}).items()
+    }
     config = ViTConfig(
         image_size=224, patch_size=32, hidden_size=32, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=32, id2label=labels,
-        label2id={v: k for k, v in labels.items()},
+        label2id={name: i for i, name in labels.items()},
     )  # fmt: skip
     ViTForImageClassification(config).save_pretrained(directory)
     shutil.copy(like / "preprocessor_config.json", directory / "preprocessor_config.json")

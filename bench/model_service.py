@@ -92,7 +92,8 @@ def ceiling(model: str, photos: list[bytes], images: int, batch_size: int) -> fl
     started = time.perf_counter()
     done = 0
     while done < images:
-        batch = [classifier.prepare(photos[(done + i) % len(photos)]) for i in range(batch_size)]
+        data = [photos[(done + i) % len(photos)] for i in range(batch_size)]
+        batch = [classifier.preprocess(classifier.decode(image)) for image in data]
         classifier.predict(batch, top_k=5)
         done += batch_size
     return done / (time.perf_counter() - started)
@@ -106,7 +107,7 @@ def small_run(env: dict[str, str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=384, help="requests per client level")
     parser.add_argument("--quick", action="store_true", help="96 requests per level")
     args = parser.parse_args()

@@ -191,7 +191,7 @@ def compare(pg, latency_ms: float, whole_tick: bool, total: int) -> dict[str, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 objects")
     parser.add_argument("--full", action="store_true", help="1,000,000 objects")
     parser.add_argument("--objects", type=int, help="bucket size (default 100,000)")

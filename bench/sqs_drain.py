@@ -219,7 +219,7 @@ def listing_worst_s(objects: int, rate: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--inventory", type=int, default=1_000_000)
     parser.add_argument("--latency-ms", type=float, default=10.0)

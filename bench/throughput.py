@@ -127,8 +127,8 @@ def prepared(
     classifier: Any, images: list[bytes], decode: Callable[[bytes], Any] | None = None
 ) -> list[Any]:
     """Decoded and preprocessed images, ready to batch (the same for every precision)."""
-    decode = decode or classifier.decode
-    return [classifier.preprocess(decode(data)) for data in images]
+    decoder = classifier.decode if decode is None else decode
+    return [classifier.preprocess(decoder(data)) for data in images]
 
 
 def measure_ceiling(classifier: Any, pixels: list[Any], batch_size: int, seconds: float) -> float:
@@ -290,7 +290,7 @@ def measure_draft(classifier: Any, photos: list[bytes]) -> tuple[float, float, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="320 images; under a minute")
     parser.add_argument(
         "--images", type=int, help="corpus size (default: one sensor batch, 2,000; quick 320)"
