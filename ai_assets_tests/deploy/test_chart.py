@@ -227,6 +227,8 @@ def test_classification_values_become_run_tags() -> None:
     }
     assert config["pod_spec_config"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert env["AI_ASSETS_WEBSERVER_URL"] == "https://dagster.acme.example"
+    assert (env["AI_ASSETS_PRECISION"], env["AI_ASSETS_BATCH_SIZE"]) == ("fp16", "256")
+    assert env["AI_ASSETS_GPU_JPEG_DECODE"] == "false"  # the accurate decoder unless asked
 
 
 def test_the_model_service_deployment_serves_runs_with_probes_and_no_credentials() -> None:
@@ -272,6 +274,7 @@ def test_the_event_queue_reaches_the_sensor_and_the_listing_reconciles() -> None
         ({"webserver": {"port": "http"}}, "port"),
         ({"s3": {"bucket": ""}}, "bucket"),
         ({"classification": {"gpus": -1}}, "gpus"),
+        ({"model": {"precision": "int8"}}, "precision"),
         ({"webserver": {"ingress": {"enabled": True}}}, "webserver.ingress.host is required"),
         ({"unknown": 1}, "unknown"),
     ],
