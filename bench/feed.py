@@ -129,7 +129,7 @@ def instrumented(stages: Stages) -> Iterator[None]:
         (stream, "result_rows", "rows"),
         (results, "upsert_rows", "upsert"),
         # decoding on the device (CUDA): headers in the worker threads, the rest batch by batch
-        (model, "plain_jpeg", "header"),
+        (model, "decode_or_keep_jpeg", "header"),  # and the CPU decode of what is not plain
         (device_decode, "decode_jpegs", "device_decode"),
         (Geometry, "apply_device", "device_resize"),
     ]

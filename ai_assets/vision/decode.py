@@ -68,20 +68,14 @@ def decode_image(
     4000×3000 photo bound for a 256 px model input decodes ~10× faster.
     """
     with _image_errors():
-        image = _open(data, max_pixels)
-        if min_side:
-            image.draft(image.mode, (min_side, min_side))  # a no-op unless JPEG; sets the size
-        pixels = _turbo_jpeg(data, image)
-        if pixels is None:
-            image.load()
-            pixels = np.array(_to_rgb(image))
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-        return _limit_aspect_ratio(_UPRIGHT.get(orientation, lambda p: p)(pixels))
+        return _decoded(_open(data, max_pixels), data, min_side)
 
 
-def plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> EncodedJpeg | None:
-    """The header checks of ``decode_image``; the JPEG itself when a plain decode of its bytes is
-    exactly what ``decode_image`` returns, else None (decode it with ``decode_image``).
+def decode_or_keep_jpeg(
+    data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_side: int = 0
+) -> np.ndarray | EncodedJpeg:
+    """``decode_image``'s pixels, or a plain JPEG left encoded, whose plain decode is exactly
+    those pixels (for a batched decode on the device); one header read either way.
 
     Plain: baseline YCbCr, upright, within the aspect ratio, and ending with its end-of-image
     marker (a truncated file must stay an error row, and nvJPEG does not refuse one).
@@ -90,15 +84,27 @@ def plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Encod
         image = _open(data, max_pixels)
         width, height = image.size
         if (
-            image.format != "JPEG"
-            or image.mode != "RGB"
-            or image.info.get("progressive")
-            or max(width, height) > MAX_ASPECT_RATIO * min(width, height)
-            or not data.endswith(b"\xff\xd9")
-            or image.getexif().get(ExifTags.Base.Orientation, 1) != 1
+            image.format == "JPEG"
+            and image.mode == "RGB"
+            and not image.info.get("progressive")
+            and max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+            and data.endswith(b"\xff\xd9")
+            and image.getexif().get(ExifTags.Base.Orientation, 1) == 1
         ):
-            return None
-        return EncodedJpeg(data, width, height)
+            return EncodedJpeg(data, width, height)
+        return _decoded(image, data, min_side)
+
+
+def _decoded(image: Image.Image, data: bytes, min_side: int) -> np.ndarray:
+    """The opened image's upright RGB pixels, at the smallest JPEG scale ``min_side`` allows."""
+    if min_side:
+        image.draft(image.mode, (min_side, min_side))  # a no-op unless JPEG; sets the size
+    pixels = _turbo_jpeg(data, image)
+    if pixels is None:
+        image.load()
+        pixels = np.array(_to_rgb(image))
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return _limit_aspect_ratio(_UPRIGHT.get(orientation, lambda p: p)(pixels))
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

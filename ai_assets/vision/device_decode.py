@@ -1,5 +1,5 @@
 """JPEGs decoded in batches on the model's GPU (nvJPEG, through torchvision), so that the CPU only
-reads their headers; whatever nvJPEG cannot take exactly keeps the CPU path (``plain_jpeg``).
+reads their headers; what nvJPEG cannot take exactly keeps the CPU path (decode_or_keep_jpeg).
 
 Pure logic: no Dagster; torch and torchvision are imported only by the functions that need them.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ai_assets.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PRECISION
-from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, plain_jpeg
+from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, decode_or_keep_jpeg
 from ai_assets.vision.labels import Label
 from ai_assets.vision.threads import loading, tune_allocator
 
@@ -120,11 +120,10 @@ class ImageClassifier:
 
         A model-ready tensor, or with decoding on the device a plain JPEG whose header passed.
         """
-        if self.on_device is not None:
-            jpeg = plain_jpeg(data, max_pixels)
-            if jpeg is not None:
-                return jpeg
-        return self.preprocess(self.decode(data, max_pixels))
+        if self.on_device is None:
+            return self.preprocess(self.decode(data, max_pixels))
+        image = decode_or_keep_jpeg(data, max_pixels, self.min_decode_side)
+        return image if isinstance(image, EncodedJpeg) else self.preprocess(image)
 
     def batch(self, size: int) -> ModelBatch:
         """Room for ``size`` prepared images, filled by the threads that prepare them."""

@@ -437,7 +437,10 @@ def reference_batch(preprocessor: Preprocessor, device: str) -> torch.Tensor:
 
 def max_difference(a: Preprocessor, b: Preprocessor, pixels: np.ndarray) -> float:
     """Largest element-wise difference between two preprocessors' model input for ``pixels``."""
-    first, second = a.collate([a(pixels)], "cpu"), b.collate([b(pixels)], "cpu")
+    return _largest_difference(a.collate([a(pixels)], "cpu"), b.collate([b(pixels)], "cpu"))
+
+
+def _largest_difference(first: torch.Tensor, second: torch.Tensor) -> float:
     if first.shape != second.shape:
         return float("inf")
     return float((first - second).abs().max())
@@ -455,18 +458,20 @@ def reproduces_on_device(preprocessor: Preprocessor, processor: Any, device: str
     if not isinstance(preprocessor, FastPreprocessor) or preprocessor.geometry.torch_mode is None:
         return False
     reference = ProcessorPreprocessor(processor)
-    for width, height in REFERENCE_SIZES:
-        pixels = reference_image(width, height)
+
+    def resized_on_device(pixels: np.ndarray) -> torch.Tensor:
         image = torch.from_numpy(pixels).permute(2, 0, 1).to(device)
-        crop = preprocessor.geometry.apply_device(image).cpu()
-        ours = preprocessor.collate([crop], "cpu")
-        theirs = reference.collate([reference(pixels)], "cpu")
-        if ours.shape != theirs.shape:
-            return False
-        difference = float((ours - theirs).abs().max())
-        if difference > _tolerance(preprocessor.scale):
-            log.info("resizing on %s differs by %.4g: decoding on the CPU", device, difference)
-            return False
+        return preprocessor.collate([preprocessor.geometry.apply_device(image).cpu()], "cpu")
+
+    difference = max(
+        _largest_difference(
+            resized_on_device(pixels), reference.collate([reference(pixels)], "cpu")
+        )
+        for pixels in (reference_image(w, h) for w, h in REFERENCE_SIZES)
+    )
+    if difference > _tolerance(preprocessor.scale):
+        log.info("resizing on %s differs by %.4g: decoding on the CPU", device, difference)
+        return False
     return True
 
 

@@ -8,13 +8,15 @@ mixed with CPU-prepared ones, and the fallback for a JPEG the batch decoder refu
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from ai_assets.db.results import ClassificationRow
 from ai_assets.s3.objects import Fetched
-from ai_assets.vision.decode import EncodedJpeg, ImageError, plain_jpeg
+from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, decode_or_keep_jpeg
 from ai_assets.vision.model import ImageClassifier, load_classifier
 from ai_assets.vision.preprocess import ProcessorPreprocessor, reproduces_on_device
 from ai_assets.vision.stream import Job, classify_objects
@@ -46,9 +48,17 @@ def test_decoding_on_the_device_needs_nvjpeg(lite0_dir: str) -> None:
     assert ImageClassifier(lite0_dir, "cpu", device_decode=True).on_device is None
 
 
+def outcome(decode: Callable[..., object], data: bytes) -> object:
+    """What a decoder gives for ``data``: its result, or its ImageError's message."""
+    try:
+        return decode(data)
+    except ImageError as exc:
+        return str(exc)
+
+
 def test_only_plain_jpegs_are_left_for_the_device(jpegs: dict[str, bytes]) -> None:
     photo = Image.open(io.BytesIO(jpegs["chelsea"]))
-    plain = plain_jpeg(jpegs["chelsea"])
+    plain = decode_or_keep_jpeg(jpegs["chelsea"])
     assert plain == EncodedJpeg(jpegs["chelsea"], *photo.size)
     png = io.BytesIO()
     photo.save(png, "PNG")
@@ -60,14 +70,17 @@ def test_only_plain_jpegs_are_left_for_the_device(jpegs: dict[str, bytes]) -> No
         jpeg(photo.resize((900, 100))),  # beyond the aspect ratio: the centre is cut out
         jpegs["chelsea"][:-2],  # truncated: no end-of-image marker
         png.getvalue(),
-    ):
-        assert plain_jpeg(data) is None
+    ):  # not left encoded: decoded as decode_image decodes it, or refused as it refuses it
+        kept, decoded = outcome(decode_or_keep_jpeg, data), outcome(decode_image, data)
+        assert not isinstance(kept, EncodedJpeg)
+        assert type(kept) is type(decoded)
+        assert np.array_equal(kept, decoded) if isinstance(kept, np.ndarray) else kept == decoded
     for data, kind in ((b"", "empty"), (b"not an image", "not_an_image")):
         with pytest.raises(ImageError) as error:
-            plain_jpeg(data)
+            decode_or_keep_jpeg(data)
         assert error.value.kind == kind
     with pytest.raises(ImageError, match="above the limit") as error:
-        plain_jpeg(jpegs["chelsea"], max_pixels=1000)
+        decode_or_keep_jpeg(jpegs["chelsea"], max_pixels=1000)
     assert error.value.kind == "too_many_pixels"
 
 
