@@ -240,7 +240,6 @@ def _revision(model: Any, name: str) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=4)
 def load_classifier(
     model: str,
     device: str | None = None,
@@ -248,5 +247,13 @@ def load_classifier(
     jpeg_draft: bool = True,
     device_decode: bool = False,
 ) -> ImageClassifier:
-    """Load a model once per process; every run in the process shares it."""
+    """Load a model once per process; every run in the process shares it, however its
+    arguments are spelled (defaults omitted or given, the device named or chosen)."""
+    return _loaded(model, device or auto_device(), precision, jpeg_draft, device_decode)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(
+    model: str, device: str, precision: str, jpeg_draft: bool, device_decode: bool
+) -> ImageClassifier:
     return ImageClassifier(model, device, precision, jpeg_draft, device_decode=device_decode)

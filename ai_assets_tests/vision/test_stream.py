@@ -303,6 +303,16 @@ def test_precision_is_validated_and_bf16_classifies(
     assert all(0.0 <= label.score <= 1.0 for row in labels for label in row)
 
 
+def test_a_model_loads_once_however_its_arguments_are_spelled(tiny_model_dir: str) -> None:
+    from ai_assets.settings import DEFAULT_PRECISION
+
+    once = load_classifier(tiny_model_dir, "cpu")
+    assert load_classifier(tiny_model_dir) is once  # the device chosen: the CPU here
+    assert load_classifier(tiny_model_dir, "cpu", DEFAULT_PRECISION, True, False) is once
+    assert load_classifier(tiny_model_dir, precision=DEFAULT_PRECISION) is once
+    assert load_classifier(tiny_model_dir, "cpu", jpeg_draft=False) is not once
+
+
 def test_a_model_loads_without_the_cyclic_collector_then_is_frozen_out_of_it(
     tiny_model_dir: str,
 ) -> None:
