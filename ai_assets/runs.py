@@ -27,6 +27,8 @@ class Meta(enum.StrEnum):
     DELETED = "deleted"
     IMAGES_PER_SECOND = "images_per_second"
     LOOP_SECONDS = "loop_seconds"
+    LOOP_CPU_SECONDS = "loop_cpu_seconds"
+    CPU_MS_PER_IMAGE = "cpu_ms_per_image"
     MODEL_LOAD_SECONDS = "model_load_seconds"
     TOP_LABELS = "top_labels"
     MODEL_ID = "model_id"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +62,9 @@ def test_bucket_to_table_end_to_end(
     assert metadata["images"].value == len(objects)
     assert metadata["errors"].value == 1
     assert metadata["images_per_second"].value > 0
+    cpu_s = metadata["loop_cpu_seconds"].value  # the model's included: more than nothing
+    assert 0 < cpu_s < 2 * metadata["loop_seconds"].value * (os.cpu_count() or 1)
+    assert metadata["cpu_ms_per_image"].value == pytest.approx(cpu_s * 1000 / len(objects), 0.1)
     assert metadata["batchnorms_folded"].value == 49  # the bundled model runs folded
     assert metadata["batch"].value == result.run_requests[0].run_key
     assert "espresso" in metadata["top_labels"].value

@@ -156,7 +156,7 @@ def image_classifications(
         model_load_s = time.perf_counter() - loading
         targets = _targets(context, engine, model, batch, config.reclassify)
         tally, written, logged = Tally(), results.Written(), 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         batches = classify_objects(
             (Job(target.partition_key, target.s3_key) for target in targets),
             s3.get_fetcher(classifier.max_image_bytes),
@@ -171,7 +171,7 @@ def image_classifications(
             written += upserted
             tally.add(rows)
             logged += _log_errors(context, rows, MAX_ERROR_LOGS - logged)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
         if tally.statuses["error"] > logged:
             context.log.warning(
                 f"{tally.statuses['error'] - logged:,} more objects failed to classify; "
@@ -190,7 +190,7 @@ def image_classifications(
                 context.log.info(f"{day} holds too many objects to total within the run's budget")
             days_totals.append(totals)
         checks = [*_checks(tally, written), _freshness(days_totals)]
-        metadata = _run_metadata(tally, model, elapsed, model_load_s, batch)
+        metadata = _run_metadata(tally, model, elapsed, cpu_s, model_load_s, batch)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
@@ -241,7 +241,7 @@ def _log_errors(
 
 
 def _run_metadata(
-    tally: Tally, model: Any, elapsed: float, model_load_s: float, batch: str | None
+    tally: Tally, model: Any, elapsed: float, cpu_s: float, model_load_s: float, batch: str | None
 ) -> dict[str, Any]:
     """What the UI shows for the run's materialization (and the Slack digest reads back)."""
     asked = tally.asked
@@ -250,6 +250,12 @@ def _run_metadata(
         # the classification loop alone: fetch ∥ decode ∥ model → upsert, model already loaded
         Meta.IMAGES_PER_SECOND: dg.MetadataValue.float(round(asked / elapsed, 2) if asked else 0.0),
         Meta.LOOP_SECONDS: dg.MetadataValue.float(round(elapsed, 2)),
+        # what a run's pod needs in CPU: the process's CPU in the loop, every thread, the model's
+        # included (Python, Dagster, the imports and the model load before it are not)
+        Meta.LOOP_CPU_SECONDS: dg.MetadataValue.float(round(cpu_s, 2)),
+        Meta.CPU_MS_PER_IMAGE: dg.MetadataValue.float(
+            round(cpu_s * 1000 / asked, 3) if asked else 0.0
+        ),
         Meta.MODEL_LOAD_SECONDS: dg.MetadataValue.float(round(model_load_s, 2)),
         Meta.TOP_LABELS: dg.MetadataValue.json(tally.top_labels()),
         Meta.MODEL_ID: dg.MetadataValue.text(model.model_id),
