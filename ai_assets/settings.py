@@ -45,6 +45,10 @@ DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
 #: share one GIL, and on an H200 machine's 16 cores the run's loop did 2,308 images/s with 4
 #: threads in all, 2,229 with 8 and 1,547 with 16 (docs/scaling.md). No limit on 2-3 threads.
 DEFAULT_DECODE_CONCURRENCY = min(DEFAULT_DOWNLOAD_CONCURRENCY, 4)
+#: Worker processes that decode instead of the fetch threads (AI_ASSETS_DECODE_PROCESSES); 0 =
+#: the threads. On 2 cores they cost more CPU than the threads (1.65-1.72 against 1.36-1.42 ms
+#: per image, bench/feed.py); they are for many cores, where the threads share one GIL.
+DEFAULT_DECODE_PROCESSES = 0
 #: Images per model batch, in runs and in the model service (AI_ASSETS_BATCH_SIZE).
 DEFAULT_BATCH_SIZE = 32
 #: Labels kept per image (AI_ASSETS_TOP_K).
@@ -104,6 +108,9 @@ CONTRACT: tuple[Variable, ...] = (
     Variable("AI_ASSETS_DOWNLOAD_CONCURRENCY", "cores + 1", "fetch/decode threads per run"),
     Variable("AI_ASSETS_PRECISION", DEFAULT_PRECISION, "fp32, bf16 or fp16"),
     Variable("AI_ASSETS_GPU_JPEG_DECODE", "false", "JPEGs decoded by nvJPEG on CUDA"),
+    Variable(
+        "AI_ASSETS_DECODE_PROCESSES", str(DEFAULT_DECODE_PROCESSES), "decoding worker processes"
+    ),
     Variable("AI_ASSETS_INFERENCE_URL", "", "model service for runs"),
     Variable(
         "AI_ASSETS_INFERENCE_CONCURRENCY", str(DEFAULT_INFERENCE_CONCURRENCY), "requests in flight"
@@ -216,6 +223,11 @@ def gpu_jpeg_decode() -> bool:
     return raw.lower() in ("1", "true", "yes")
 
 
+def decode_processes() -> int:
+    """Worker processes that decode for a run (``AI_ASSETS_DECODE_PROCESSES``); 0 = threads."""
+    return int(_number("AI_ASSETS_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES, int, 0))
+
+
 def max_wait_minutes() -> float:
     return _number("AI_ASSETS_MAX_WAIT_MINUTES", DEFAULT_MAX_WAIT_MINUTES, float, 0)
 
@@ -237,7 +249,7 @@ def problems() -> list[str]:
     anything starts (the demo does; a sensor or run would otherwise fail later, buried)."""
     checks = [start_date, max_objects_per_run, list_seconds_per_tick, sensor_interval_seconds,
               reconcile_minutes, slack_digest_minutes, max_wait_minutes,
-              service_settings, gpu_jpeg_decode]  # fmt: skip
+              service_settings, gpu_jpeg_decode, decode_processes]  # fmt: skip
     checks += [lambda name=name: _number(name, 1, int, 1) for name in _RUN_INTEGERS]
     found = []
     for check in checks:

@@ -7,7 +7,10 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 * memory – the run's loop (fetch ∥ decode ∥ preprocess, collate, model, rows, upsert into a real
   PostgreSQL) over images already in memory: no GET; and side by side, each lever undone alone:
   memory_pillow_decode (JPEGs decoded by Pillow, as before libjpeg-turbo's direct decode) and
-  memory_pillow_resize (the preprocessing resize by Pillow, as before torch's);
+  memory_pillow_resize (the preprocessing resize by Pillow, as before torch's); and
+  memory_processes, decoding in one worker process per core (AI_ASSETS_DECODE_PROCESSES): its
+  CPU includes the workers' (``_workers_ms``), and ``_parent_cpu_ms_no_model`` is what stays in
+  the run's process, under its one GIL;
 * s3     – the same loop, every image fetched from a local SeaweedFS as runs do (obstore); and
   side by side, s3_boto3, every GET through boto3 as before;
 * decode – one thread decoding the corpus in full, and at 1/8 scale: entropy decoding alone,
@@ -188,29 +191,47 @@ def process_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class Tally:
-    """One variant's CPU, main-thread time, wall time and stages, summed over its passes."""
+def workers_cpu(classifier: Any) -> float:
+    """CPU seconds of the classifier's live decode processes (AI_ASSETS_DECODE_PROCESSES):
+    children of multiprocessing's fork server, not of this process, so not in its rusage."""
+    from ai_assets_dev.localdev import ProcStat
 
-    def __init__(self) -> None:
+    workers = getattr(classifier, "workers", None)
+    stats = (ProcStat.of(pid) for pid in (workers.pids if workers else []))
+    return sum(stat.cpu_seconds() for stat in stats if stat is not None)
+
+
+class Tally:
+    """One variant's CPU, main-thread time, wall time and stages, summed over its passes; with
+    ``classifier``, its decode processes' CPU too (``workers``, in ``cpu``)."""
+
+    def __init__(self, classifier: Any = None) -> None:
         self.stages = Stages()
-        self.cpu = self.main = self.wall = 0.0
+        self.classifier = classifier
+        self.cpu = self.main = self.wall = self.workers = 0.0
         self.images = 0
 
     def add(self, images: int, work: Callable[[], None]) -> None:
         with instrumented(self.stages):
             cpu, main, wall = process_cpu(), time.thread_time(), time.perf_counter()
+            workers = workers_cpu(self.classifier)
             work()
             self.wall += time.perf_counter() - wall
             self.main += time.thread_time() - main
             self.cpu += process_cpu() - cpu
+            workers = workers_cpu(self.classifier) - workers
+        self.workers += workers
+        self.cpu += workers
         self.images += images
 
     def figures(self, name: str) -> dict[str, float]:
-        """Per image: images/s, CPU ms (all, model excluded), main thread, each stage, other."""
+        """Per image: images/s, CPU ms (all, model excluded), main thread, each stage, other;
+        with decode processes, theirs and what stays in this process (under its one GIL)."""
         per_image = {s: self.stages.seconds[s] * 1000 / self.images for s in STAGES}
         total = self.cpu * 1000 / self.images
+        workers = self.workers * 1000 / self.images
         print(f"{name}: {self.images / self.wall:,.0f} images/s, {total:.2f} CPU ms per image")
-        return {
+        figures = {
             f"{name}_img_s": self.images / self.wall,
             f"{name}_cpu_ms": total,
             f"{name}_cpu_ms_no_model": total - per_image["model"],
@@ -218,20 +239,27 @@ class Tally:
             # the model is called on the main thread: what the thread does besides feeding it
             f"{name}_main_thread_no_model_ms": self.main * 1000 / self.images - per_image["model"],
             **{f"{name}_{stage}_ms": value for stage, value in per_image.items()},
-            f"{name}_other_ms": total - sum(per_image.values()),
+            f"{name}_other_ms": total - sum(per_image.values()) - workers,
         }
+        if self.classifier is not None:
+            figures[f"{name}_workers_ms"] = workers
+            figures[f"{name}_parent_cpu_ms_no_model"] = total - per_image["model"] - workers
+        return figures
 
 
 Variant = tuple[Callable[[], contextlib.AbstractContextManager[Any]], Callable[[], None]]
 
 
-def side_by_side(variants: dict[str, Variant], images: int, rounds: int) -> dict[str, float]:
-    """Each variant's figures, the variants' passes interleaved round by round.
+def side_by_side(
+    variants: dict[str, Variant], images: int, rounds: int, decoding: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """Each variant's figures, the variants' passes interleaved round by round; ``decoding``
+    names the classifiers whose decode processes' CPU counts in a variant's.
 
     This machine's speed drifts by tens of percent within minutes (shared cores): variants run
     one after another would measure the drift as much as the lever.
     """
-    tallies = {name: Tally() for name in variants}
+    tallies = {name: Tally((decoding or {}).get(name)) for name in variants}
     for _ in range(rounds):
         for name, (setting, work) in variants.items():
             with setting():
@@ -394,9 +422,15 @@ def main() -> None:
             data = images[key]
             return Fetched(key=key, etag="e", size=len(data), data=data)
 
-        def in_memory_loop(name: str) -> Callable[[], None]:
+        def in_memory_loop(name: str, decoder: Any = classifier) -> Callable[[], None]:
             engine = database(name)
-            return lambda: loop(keys, in_memory, classifier, engine, args.batch_size)
+            return lambda: loop(keys, in_memory, decoder, engine, args.batch_size)
+
+        # decoding in worker processes (AI_ASSETS_DECODE_PROCESSES), one per core
+        cores = len(os.sched_getaffinity(0))
+        in_processes = load_classifier(model_dir, None, "fp32", True, False, cores)
+        in_processes.warm_up(args.batch_size)
+        in_processes.prepare(images[keys[0]])  # the workers' start is not the loop's
 
         # each lever undone alone, side by side with the code as it runs
         figures |= side_by_side(
@@ -407,10 +441,16 @@ def main() -> None:
                     lambda: resized_by(classifier, "pillow"),
                     in_memory_loop("pillow_resize"),
                 ),
+                "memory_processes": (
+                    contextlib.nullcontext,
+                    in_memory_loop("processes", in_processes),
+                ),
             },
             len(keys),
             args.rounds,
+            {"memory_processes": in_processes},
         )
+        figures["decode_processes"] = cores
         figures |= decode_floor([images[k] for k in keys], args.rounds)
         print(
             "decode on one thread: {decode_full_ms:.3f} ms per image in full, "
@@ -476,6 +516,8 @@ def main() -> None:
          "top1_agreement_fp32",
          "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
          "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
+         "memory_processes_img_s", "memory_processes_cpu_ms_no_model",
+         "memory_processes_parent_cpu_ms_no_model", "memory_processes_workers_ms",
          "decode_full_ms", "decode_eighth_ms", "s3_img_s", "s3_cpu_ms_no_model",
          "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
          "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",

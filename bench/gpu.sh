@@ -4,9 +4,10 @@
 #
 #   bash bench/gpu.sh        the model's ceiling and the run's loop over images in memory, in
 #                            fp16, bf16 and fp32 at batches of 64 and 256, decoding on the CPU
-#                            (libjpeg-turbo in the fetch threads, at most 4 at once) and on
-#                            the GPU (nvJPEG); each precision's and decoding's top-1 agreement with
-#                            transformers' own path;
+#                            (libjpeg-turbo in the fetch threads, at most 4 at once; and in
+#                            cores - 2 worker processes) and on the GPU (nvJPEG); each
+#                            precision's and decoding's top-1 agreement with transformers' own
+#                            path;
 #   bash bench/gpu.sh s3     bf16 at 256 and 512, from memory and from a SeaweedFS on the same
 #                            machine (every image a GET, as runs fetch).
 #
@@ -17,13 +18,17 @@
 # .whl-s3 for the second on the same machine (the first's install in /tmp/site stays there).
 # On any machine, `PYTHON=.venv/bin/python bash bench/gpu.sh` runs the same figures on whatever
 # device torch finds (the CPU where there is no GPU; DEVICE_DECODE=1 adds the nvJPEG path with
-# libjpeg-turbo standing in). DECODE_CONCURRENCY=N overrides the threads decoding at once.
+# libjpeg-turbo standing in). DECODE_CONCURRENCY=N overrides the threads decoding at once;
+# DECODE_PROCESSES=N adds decoding in N worker processes (default: cores - 2 from 5 cores up).
 #
 # Each ends with bench/model_ceiling.py's line: RESULT device=… bf16_b256_loop_img_s=… …
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 STAGE=${1:-memory}
+CORES=$(nproc)
+DECODE_PROCESSES=${DECODE_PROCESSES-$(( CORES > 4 ? CORES - 2 : 0 ))}
+[ "$DECODE_PROCESSES" = 0 ] && DECODE_PROCESSES=
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
 install() {  # wheels for CPython 3.12 into /tmp/site, which stays while the machine does
@@ -48,7 +53,8 @@ if [ "$STAGE" = s3 ]; then
     timeout "${GPU_BENCH_TIMEOUT:-240}" "$PYTHON" bench/model_ceiling.py --no-agreement \
         --sources memory,s3 --precisions "${PRECISIONS:-bf16}" \
         --batch-sizes "${BATCH_SIZES:-256,512}" --images "${IMAGES:-1024}" --seconds "${SECONDS_EACH:-6}" \
-        ${DEVICE_DECODE:+--device-decode} ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"}
+        ${DEVICE_DECODE:+--device-decode} ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"} \
+        ${DECODE_PROCESSES:+--decode-processes "$DECODE_PROCESSES"}
     exit
 fi
 
@@ -70,4 +76,5 @@ timeout "${GPU_BENCH_TIMEOUT:-420}" "$PYTHON" bench/model_ceiling.py \
     --batch-sizes "${BATCH_SIZES:-64,256}" \
     --images "${IMAGES:-1024}" \
     --seconds "${SECONDS_EACH:-6}" ${DEVICE_DECODE:+--device-decode} \
-    ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"}
+    ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"} \
+    ${DECODE_PROCESSES:+--decode-processes "$DECODE_PROCESSES"}

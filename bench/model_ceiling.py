@@ -12,8 +12,10 @@ a GPU machine without Dagster included. Measures
             s3: every image fetched as runs fetch, through obstore) and per decoding: "cpu"
             (libjpeg-turbo in the fetch threads) and, where nvJPEG is, "device" (what
             AI_ASSETS_GPU_JPEG_DECODE turns on: plain JPEGs decoded by nvJPEG and resized on
-            the GPU batch by batch, the fetch threads reading headers); with the CPU time of
-            the process and of each stage (feed.py's stages);
+            the GPU batch by batch, the fetch threads reading headers) and, with
+            ``--decode-processes N``, "processes" (AI_ASSETS_DECODE_PROCESSES: N worker processes
+            decode and crop, the fetch threads hand over); with the CPU time of the process
+            (and of its decode processes) and of each stage (feed.py's stages);
 * agreement – each precision's and decoding's top-1 labels through that loop against
             transformers' own path (Pillow's full decode, the model's image processor, fp32 on
             the CPU), on the corpus and the sample photos.
@@ -101,19 +103,19 @@ def timed_loop(
     Prints the process's CPU ms per image and each stage's (feed.py's, on the threads running
     them; on CUDA a stage that waits for the GPU spins, and counts that as CPU).
     """
-    from feed import Stages, instrumented, process_cpu
+    from feed import Stages, instrumented, process_cpu, workers_cpu
 
-    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
     from ai_assets.vision.stream import classify_objects
 
     stages, labels, done = Stages(), {}, 0
     cpu, started, main = process_cpu(), time.perf_counter(), time.thread_time()
+    workers = workers_cpu(classifier)
     try:
         with instrumented(stages):
             for rows in classify_objects(
                 round_and_round(keys, seconds), fetch, classifier,
                 batch_size=batch_size, top_k=5, concurrency=concurrency,
-                decode_concurrency=decode_concurrency or DEFAULT_DECODE_CONCURRENCY,
+                decode_concurrency=decode_concurrency,
             ):  # fmt: skip
                 done += len(rows)
                 for row in rows:
@@ -121,15 +123,41 @@ def timed_loop(
     except Exception:
         traceback.print_exc()
         return None
+    workers = workers_cpu(classifier) - workers
     loop = Loop(
         done / (time.perf_counter() - started),
         (time.thread_time() - main) * 1000 / done,
-        (process_cpu() - cpu) * 1000 / done,
+        (process_cpu() - cpu + workers) * 1000 / done,
         labels,
     )
     split = ", ".join(f"{k} {v * 1000 / done:.3f}" for k, v in stages.seconds.items() if v)
+    if workers:
+        split += f"; decode processes {workers * 1000 / done:.3f}"
     print(f"  {loop.cpu_ms:.3f} CPU ms per image; stages: {split}", flush=True)
     return loop
+
+
+def decodings(classifier: Any) -> dict[str, Callable[[], None]]:
+    """Each decoding the classifier was loaded with, as the call that switches it to that one:
+    "cpu" (the fetch threads), "device" (nvJPEG) and "processes" (decode worker processes)."""
+    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
+
+    on_device, workers = classifier.on_device, classifier.workers
+
+    def switch(device: Any, processes: Any) -> Callable[[], None]:
+        def to() -> None:
+            classifier.on_device, classifier.workers = device, processes
+            classifier.decode_concurrency = (
+                processes.count if processes else (DEFAULT_DECODE_CONCURRENCY)
+            )
+
+        return to
+
+    return (
+        {"cpu": switch(None, None)}
+        | ({"device": switch(on_device, None)} if on_device else {})
+        | ({"processes": switch(None, workers)} if workers else {})
+    )
 
 
 @contextlib.contextmanager
@@ -170,6 +198,9 @@ def main() -> None:
     parser.add_argument(
         "--decode-concurrency", type=int, help="of them, decoding at once (default at most 4)"
     )
+    parser.add_argument(
+        "--decode-processes", type=int, default=0, help="N: also decode in N worker processes"
+    )
     parser.add_argument("--sources", default="memory", help="memory, s3 or both")
     parser.add_argument("--no-agreement", action="store_true", help="skip the accuracy guard")
     parser.add_argument(
@@ -204,20 +235,22 @@ def main() -> None:
     keys, everything = list(images), [*images, *photos]
     with sources(args.sources.split(","), images | photos) as fetches:
         for precision in args.precisions.split(","):
-            classifier = ImageClassifier(model, args.device, precision, device_decode=True)
+            classifier = ImageClassifier(
+                model, args.device, precision, device_decode=True,
+                decode_processes=args.decode_processes,
+            )  # fmt: skip
             figures["device"] = classifier.device
-            on_device = classifier.on_device  # decoding on the device, where it is on
-            decodes = {"cpu": None} | ({"device": on_device} if on_device else {})
+            processes, decodes = classifier.workers, decodings(classifier)
 
             for decode in decodes if expected else ():
-                classifier.on_device = decodes[decode]
+                decodes[decode]()
                 done = timed_loop(
                     everything, fetches["memory"], classifier, 64, concurrency,
                     decode_concurrency=args.decode_concurrency,
                 )  # fmt: skip
                 if done is not None:
                     got = agreement([done.labels[k] for k in expected], list(expected.values()))
-                    prefix = precision if decode == "cpu" else f"{precision}_device"
+                    prefix = precision if decode == "cpu" else f"{precision}_{decode}"
                     figures[f"{prefix}_top1_agreement"] = got
                     print(f"{precision}, {decode} decoding: top-1 agreement with transformers' "
                           f"path {got:.4f} on {len(expected)}", flush=True)  # fmt: skip
@@ -228,7 +261,7 @@ def main() -> None:
                 print(f"{name}: ceiling {ceiling:,.1f} images/s", flush=True)
                 classifier.warm_up(batch_size)
                 for source, decode in itertools.product(fetches, decodes):
-                    classifier.on_device = decodes[decode]
+                    decodes[decode]()
                     fetch = fetches[source]
                     print(f"{name}: loop from {source}, {decode} decoding:", flush=True)
                     done = timed_loop(
@@ -243,14 +276,16 @@ def main() -> None:
                     if done is None:
                         continue
                     kind = "" if source == "memory" else f"{source}_"
-                    kind += "" if decode == "cpu" else "device_"
+                    kind += "" if decode == "cpu" else f"{decode}_"
                     figures[f"{name}_{kind}loop_img_s"] = round(done.img_s, 1)
                     figures[f"{name}_{kind}loop_main_thread_ms"] = round(done.main_thread_ms, 3)
                     figures[f"{name}_{kind}loop_cpu_ms"] = round(done.cpu_ms, 3)
                     print(f"  {done.img_s:,.1f} images/s, main thread {done.main_thread_ms:.3f} "
                           f"ms per image", flush=True)  # fmt: skip
-            classifier.on_device = on_device
+            if processes:
+                processes.close()
     figures["fetch_threads"] = concurrency
+    figures["decode_processes"] = args.decode_processes
     figures["decode_threads"] = min(
         concurrency, args.decode_concurrency or DEFAULT_DECODE_CONCURRENCY
     )

@@ -14,6 +14,7 @@ from ai_assets.resources import (
 from ai_assets.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET,
+    DEFAULT_DECODE_PROCESSES,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -68,6 +69,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             ),
             precision=setting("AI_ASSETS_PRECISION", DEFAULT_PRECISION),
             gpu_jpeg_decode=gpu_jpeg_decode(),  # read now: Dagster has no boolean EnvVar
+            decode_processes=int_setting("AI_ASSETS_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES),
             inference_url=setting("AI_ASSETS_INFERENCE_URL", ""),
             inference_concurrency=int_setting(
                 "AI_ASSETS_INFERENCE_CONCURRENCY", DEFAULT_INFERENCE_CONCURRENCY

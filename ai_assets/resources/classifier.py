@@ -7,6 +7,7 @@ from pydantic import Field
 
 from ai_assets.settings import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DECODE_PROCESSES,
     DEFAULT_DOWNLOAD_CONCURRENCY,
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -53,6 +54,12 @@ class ClassifierResource(dg.ConfigurableResource):
         "the images/s of a 16-core H200 node, but nvJPEG's pixels change ~2.5 % of top-1 labels "
         "against transformers' own path (libjpeg-turbo's), so it is off unless asked for.",
     )
+    decode_processes: int = Field(
+        default=DEFAULT_DECODE_PROCESSES,
+        description="Worker processes that decode and crop images instead of the fetch threads "
+        "(AI_ASSETS_DECODE_PROCESSES); 0 = the threads. For many cores, where the threads share "
+        "one GIL; on 2 cores they cost more CPU than the threads.",
+    )
 
     inference_url: str = Field(
         default="",
@@ -78,7 +85,12 @@ class ClassifierResource(dg.ConfigurableResource):
 
         model = self.model or str(ensure_default_model())
         classifier = load_classifier(
-            model, self.device or None, self.precision, self.jpeg_draft, self.gpu_jpeg_decode
+            model,
+            self.device or None,
+            self.precision,
+            self.jpeg_draft,
+            self.gpu_jpeg_decode,
+            self.decode_processes,
         )
         classifier.warm_up(self.batch_size)
         return classifier

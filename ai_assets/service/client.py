@@ -16,6 +16,7 @@ from typing import Any
 import requests
 
 from ai_assets.common import chunked
+from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
 from ai_assets.vision.labels import Label
 
 #: HTTP statuses that mean "try again": overloaded (503), or a proxy in front of a restart.
@@ -50,6 +51,8 @@ class RemoteClassifier:
         self.device = f"{info['device']} (model service {self.url})"
         self.precision: str = info["precision"]
         self.folded: int = int(info.get("folded", 0))
+        #: ``prepare`` passes the bytes on: the service decodes them
+        self.decode_concurrency = DEFAULT_DECODE_CONCURRENCY
 
     def prepare(self, data: bytes, max_pixels: int) -> bytes:
         """The bytes as they are: the service decodes them and applies its own limits."""

@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ai_assets.settings import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PRECISION
+from ai_assets.settings import (
+    DEFAULT_DECODE_CONCURRENCY,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_PRECISION,
+)
 from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, decode_or_keep_jpeg
 from ai_assets.vision.labels import Label
 from ai_assets.vision.threads import loading, tune_allocator
@@ -46,6 +50,7 @@ class ImageClassifier:
         jpeg_draft: bool = True,
         fold: bool = True,
         device_decode: bool = False,
+        decode_processes: int = 0,
     ) -> None:
         import torch
         from transformers import pipeline
@@ -58,6 +63,7 @@ class ImageClassifier:
             reference_batch,
             reproduces_on_device,
         )
+        from ai_assets.vision.workers import DecodeProcesses, Recipe
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
@@ -92,6 +98,15 @@ class ImageClassifier:
             and reproduces_on_device(preprocessor, classifier.image_processor, self.device)
         ):
             self.on_device = preprocessor
+        #: with ``decode_processes``, objects are decoded and cropped in that many worker
+        #: processes instead of the fetch threads (vision.workers): for many cores, whose
+        #: threads would share one GIL. The fast path only: a processor runs in the threads
+        self.workers: DecodeProcesses | None = None
+        if decode_processes and isinstance(preprocessor, FastPreprocessor):
+            recipe = Recipe(preprocessor.geometry, preprocessor.resize, self.min_decode_side)
+            self.workers = DecodeProcesses(recipe, decode_processes)
+        #: objects prepared at once: the worker processes, or the threads that share the GIL
+        self.decode_concurrency = decode_processes if self.workers else DEFAULT_DECODE_CONCURRENCY
         self.model_id = model
         self.model_revision = _revision(self.model, model)
         id2label = self.model.config.id2label or {}
@@ -121,6 +136,8 @@ class ImageClassifier:
         A model-ready tensor, or with decoding on the device a plain JPEG whose header passed.
         """
         if self.on_device is None:
+            if self.workers is not None:
+                return self.workers.prepare(data, max_pixels)
             return self.preprocess(self.decode(data, max_pixels))
         image = decode_or_keep_jpeg(data, max_pixels, self.min_decode_side)
         return image if isinstance(image, EncodedJpeg) else self.preprocess(image)
@@ -246,14 +263,29 @@ def load_classifier(
     precision: str = DEFAULT_PRECISION,
     jpeg_draft: bool = True,
     device_decode: bool = False,
+    decode_processes: int = 0,
 ) -> ImageClassifier:
     """Load a model once per process; every run in the process shares it, however its
     arguments are spelled (defaults omitted or given, the device named or chosen)."""
-    return _loaded(model, device or auto_device(), precision, jpeg_draft, device_decode)
+    return _loaded(
+        model, device or auto_device(), precision, jpeg_draft, device_decode, decode_processes
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _loaded(
-    model: str, device: str, precision: str, jpeg_draft: bool, device_decode: bool
+    model: str,
+    device: str,
+    precision: str,
+    jpeg_draft: bool,
+    device_decode: bool,
+    decode_processes: int,
 ) -> ImageClassifier:
-    return ImageClassifier(model, device, precision, jpeg_draft, device_decode=device_decode)
+    return ImageClassifier(
+        model,
+        device,
+        precision,
+        jpeg_draft,
+        device_decode=device_decode,
+        decode_processes=decode_processes,
+    )

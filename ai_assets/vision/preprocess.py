@@ -160,6 +160,16 @@ class Geometry:
             return resized(tall, out_h, new_w)[0, :, :, left : left + out_w]
         return resized(image, new_h, new_w)[0, :, top : top + out_h, left : left + out_w]
 
+    def cropped(self, pixels: np.ndarray, resize: str) -> torch.Tensor:
+        """(H, W, 3) uint8 pixels → the crop, (3, h, w) uint8 in HWC memory, resized by
+        ``resize``: "torch" (``apply_torch``) or "pillow" (``apply``)."""
+        import torch
+
+        if resize == "torch":
+            return self.apply_torch(pixels)
+        crop = np.array(self.apply(Image.fromarray(pixels)), dtype=np.uint8)
+        return torch.from_numpy(crop).permute(2, 0, 1)
+
     def apply_device(self, image: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 pixels on any device → the crop, (3, h, w) uint8, as ``apply_torch``.
 
@@ -300,12 +310,7 @@ class FastPreprocessor(Preprocessor):
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        import torch
-
-        if self.resize == "torch":
-            return self.geometry.apply_torch(pixels)
-        crop = np.array(self.geometry.apply(Image.fromarray(pixels)), dtype=np.uint8)
-        return torch.from_numpy(crop).permute(2, 0, 1)
+        return self.geometry.cropped(pixels, self.resize)
 
     def buffer(self, size: int, device: str) -> torch.Tensor:
         """Float (N, 3, H, W) channels_last on the CPU; off it, uint8 in pinned memory.

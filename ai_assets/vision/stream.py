@@ -15,11 +15,7 @@ from typing import Any, Protocol
 
 from ai_assets.db.results import ClassificationRow
 from ai_assets.s3.objects import Fetched
-from ai_assets.settings import (
-    DEFAULT_DECODE_CONCURRENCY,
-    DEFAULT_DOWNLOAD_CONCURRENCY,
-    DEFAULT_MAX_IMAGE_PIXELS,
-)
+from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_MAX_IMAGE_PIXELS
 from ai_assets.vision.decode import ImageError
 from ai_assets.vision.labels import Label
 from ai_assets.vision.rows import Job, Outcome, result_rows
@@ -50,6 +46,8 @@ class Classifier(Protocol):
 
     model_id: str
     model_revision: str
+    #: objects it prepares at once at most (the threads beyond fetch or wait)
+    decode_concurrency: int
 
     def prepare(self, data: bytes, max_pixels: int) -> Any:
         """Object bytes → what ``Batch.put`` takes; raises ImageError (runs in worker threads)."""
@@ -91,21 +89,22 @@ def classify_objects(
     top_k: int,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     concurrency: int = DEFAULT_DOWNLOAD_CONCURRENCY,
-    decode_concurrency: int = DEFAULT_DECODE_CONCURRENCY,
+    decode_concurrency: int | None = None,
     run_id: str | None = None,
 ) -> Iterator[list[ClassificationRow]]:
     """Yield result rows batch by batch; downloads and decoding overlap with inference.
 
     At most ``2 * batch_size`` objects are in flight, so memory stays bounded however many
     objects a run covers. ``concurrency`` threads fetch, at most ``decode_concurrency`` of them
-    decoding at once. Each object goes straight into its slot of its batch (the n-th
-    object: batch n // batch_size), so this thread only hands filled batches to the model.
+    (default: the classifier's) decoding at once. Each object goes straight into its slot of its
+    batch (the n-th object: batch n // batch_size), so this thread only hands filled batches to
+    the model.
     Bad images become error rows; the rest of their batch goes on. A batch's rows come once the
     next batch is being labelled, so an accelerator never waits for this thread's rows.
     """
     window = max(2 * batch_size, concurrency)
     pool = ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference)
-    decoding = threading.BoundedSemaphore(decode_concurrency)
+    decoding = threading.BoundedSemaphore(decode_concurrency or classifier.decode_concurrency)
     pending: collections.deque[Future[Outcome]] = collections.deque()
     batches: collections.deque[Batch] = collections.deque()
     queue = iter(jobs)

@@ -100,6 +100,10 @@ def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch)
     assert classifier.gpu_jpeg_decode is False
     monkeypatch.setenv("AI_ASSETS_GPU_JPEG_DECODE", "true")
     assert (build_defs().resources or {})["classifier"].gpu_jpeg_decode is True  # type: ignore[attr-defined]
+    assert classifier.decode_processes == 0  # the fetch threads decode
+    monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "14")
+    resolved = (build_defs().resources or {})["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
+    assert resolved.decode_processes == 14
 
 
 @pytest.mark.integration  # a subprocess or a server
@@ -125,12 +129,14 @@ def test_bad_settings_fail_the_load_with_one_message_naming_each(
     monkeypatch.setenv("AI_ASSETS_START_DATE", "yesterday")
     monkeypatch.setenv("AI_ASSETS_SENSOR_INTERVAL_SECONDS", "often")
     monkeypatch.setenv("AI_ASSETS_GPU_JPEG_DECODE", "sometimes")
+    monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "-1")
     with pytest.raises(SettingsError) as raised:
         build_defs()
     assert str(raised.value) == (
         "ai_assets configuration: AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got "
         "'yesterday'; AI_ASSETS_SENSOR_INTERVAL_SECONDS must be a whole number, got 'often'; "
-        "AI_ASSETS_GPU_JPEG_DECODE must be true or false, got 'sometimes'"
+        "AI_ASSETS_GPU_JPEG_DECODE must be true or false, got 'sometimes'; "
+        "AI_ASSETS_DECODE_PROCESSES must be at least 0, got '-1'"
     )
     assert raised.value.__cause__ is None and raised.value.__context__ is None
 

@@ -1,0 +1,208 @@
+"""Decoding in worker processes (AI_ASSETS_DECODE_PROCESSES): the rows the threads give, and a
+dead worker costs at most the object it held."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ai_assets.s3.objects import Fetched
+from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
+from ai_assets.vision.decode import ImageError
+from ai_assets.vision.model import ImageClassifier, load_classifier
+from ai_assets.vision.preprocess import Geometry, ProcessorPreprocessor
+from ai_assets.vision.stream import Job, classify_objects
+from ai_assets.vision.workers import DecodeProcesses, Recipe
+
+
+@pytest.fixture(scope="module")
+def with_processes(tiny_model_dir: str) -> Iterator[ImageClassifier]:
+    classifier = ImageClassifier(tiny_model_dir, "cpu", decode_processes=2)
+    assert classifier.workers is not None, "the tiny model takes the fast path"
+    yield classifier
+    classifier.workers.close()
+
+
+def hostile(jpegs: dict[str, bytes]) -> dict[str, bytes]:
+    """Good photos among every kind of object a decoder must turn into a clear error."""
+
+    def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **options)
+        return buffer.getvalue()
+
+    photo = Image.open(io.BytesIO(jpegs["chelsea"]))
+    rotated = photo.getexif()
+    rotated[0x0112] = 6
+    return {
+        "chelsea.jpg": jpegs["chelsea"],
+        "coffee.jpg": jpegs["coffee"],
+        "not-an-image": b"not an image",
+        "empty": b"",
+        "truncated.jpg": jpegs["coffee"][:3000],
+        "rotated.jpg": encoded(photo, "JPEG", exif=rotated),
+        "grey.jpg": encoded(photo.convert("L"), "JPEG"),
+        "cmyk.jpg": encoded(photo.convert("CMYK"), "JPEG"),
+        "alpha.png": encoded(photo.convert("RGBA"), "PNG"),
+        "strip.png": encoded(Image.new("RGB", (4000, 3), (200, 10, 10)), "PNG"),
+        "too-many-pixels.png": encoded(Image.new("L", (3000, 3000)), "PNG"),
+    }
+
+
+def rows(classifier: ImageClassifier, objects: dict[str, bytes]) -> dict[str, tuple]:
+    def fetch(key: str) -> Fetched:
+        return Fetched(key=key, etag="e", size=len(objects[key]), data=objects[key])
+
+    jobs = [Job("2026-12-01", key) for key in objects]
+    batches = classify_objects(
+        jobs, fetch, classifier, batch_size=4, top_k=3, max_pixels=4_000_000, concurrency=3
+    )
+    return {
+        row.s3_key: (row.status, row.label, row.score, row.top_k, row.error)
+        for batch in batches
+        for row in batch
+    }
+
+
+def test_worker_processes_give_the_rows_the_threads_give(
+    with_processes: ImageClassifier, tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    objects = hostile(jpegs)
+    threads = rows(load_classifier(tiny_model_dir, "cpu"), objects)
+    assert rows(with_processes, objects) == threads
+    statuses = {key: row[0] for key, row in threads.items()}
+    assert statuses["rotated.jpg"] == statuses["cmyk.jpg"] == statuses["strip.png"] == "ok"
+    assert {key for key, status in statuses.items() if status == "error"} == {
+        "not-an-image", "empty", "truncated.jpg", "too-many-pixels.png",
+    }  # fmt: skip
+    assert with_processes.decode_concurrency == 2  # the workers bound decoding, not the threads
+
+
+def test_workers_start_at_the_first_object_and_close_leaves_nothing(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    classifier = ImageClassifier(tiny_model_dir, "cpu", decode_processes=2)
+    workers = classifier.workers
+    assert workers is not None and workers.pids == []  # loading a model starts no process
+    classifier.prepare(jpegs["coffee"])
+    pids = workers.pids
+    memory = [Path("/dev/shm", worker.memory.name) for worker in workers._workers]
+    assert len(pids) == 2 and all(path.exists() for path in memory)
+    workers.close()
+    assert not any(alive(pid) for pid in pids)
+    assert not any(path.exists() for path in memory)
+
+
+def test_a_worker_that_ended_while_idle_is_replaced_and_the_object_labelled(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    workers, before = started(with_processes, jpegs["coffee"])
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in before))
+    expected = with_processes.preprocess(with_processes.decode(jpegs["coffee"]))
+    for _ in before:  # each dead worker in turn: its object goes to a new one
+        assert np.array_equal(with_processes.prepare(jpegs["coffee"]).numpy(), expected.numpy())
+    after = workers.pids
+    assert len(after) == 2 and not set(after) & set(before)
+
+
+def test_a_worker_that_dies_on_an_object_makes_it_an_error_row_and_is_replaced(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    workers, before = started(with_processes, jpegs["coffee"])
+    for pid in before:  # whichever worker takes the object stops there, as in a long decode
+        os.kill(pid, signal.SIGSTOP)
+    outcome: list[BaseException | None] = []
+
+    def prepare() -> None:
+        try:
+            with_processes.prepare(jpegs["chelsea"])
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    wait_for(lambda: waiting_for_an_answer(thread))  # handed over: the object is the worker's
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(30)
+    [error] = outcome
+    assert isinstance(error, ImageError) and error.kind == "decoder_crashed"
+    assert "the decode process died on this object (exit code -9)" in str(error)
+    assert len(workers.pids) == 2  # one replaced, the other is still the stopped-then-killed one
+    with_processes.prepare(jpegs["coffee"])  # every worker usable again
+    with_processes.prepare(jpegs["coffee"])
+    assert not set(workers.pids) & set(before)
+
+
+def test_a_bug_in_a_worker_fails_the_run_with_its_traceback(jpegs: dict[str, bytes]) -> None:
+    nearest = Geometry(Image.Resampling.NEAREST, size=(32, 32))  # torch has no such resize
+    workers = DecodeProcesses(Recipe(nearest, "torch", 0), 1)
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"(?s)a decode process failed:.*AssertionError: a filter torch"
+        ):
+            workers.prepare(jpegs["coffee"], 10**8)
+        # an image's own fault stays an ImageError, from the same worker
+        with pytest.raises(ImageError, match="not a recognised image format"):
+            workers.prepare(b"not an image", 10**8)
+    finally:
+        workers.close()
+
+
+def test_a_model_whose_processor_runs_as_it_is_keeps_the_threads(
+    tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Geometry, "of", classmethod(lambda cls, processor: None))
+    classifier = ImageClassifier(tiny_model_dir, "cpu", decode_processes=2)
+    assert isinstance(classifier.preprocessor, ProcessorPreprocessor)
+    assert classifier.workers is None
+    assert classifier.decode_concurrency == DEFAULT_DECODE_CONCURRENCY
+    with pytest.raises(ValueError, match="at least 1"):
+        DecodeProcesses(Recipe(Geometry(Image.Resampling.BILINEAR, size=(8, 8)), "torch", 0), 0)
+
+
+def started(classifier: ImageClassifier, jpeg: bytes) -> tuple[DecodeProcesses, list[int]]:
+    """The classifier's workers, started by an object, and their process ids."""
+    workers = classifier.workers
+    assert workers is not None
+    classifier.prepare(jpeg)
+    return workers, workers.pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"  # a zombie has ended; its parent reaps it later
+
+
+def wait_for(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+def waiting_for_an_answer(thread: threading.Thread) -> bool:
+    """Whether ``thread`` has handed its object over and waits for the worker's answer."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == "receive":
+            return True
+        frame = frame.f_back
+    return False
