@@ -229,6 +229,9 @@ def test_classification_values_become_run_tags() -> None:
     assert env["AI_ASSETS_WEBSERVER_URL"] == "https://dagster.acme.example"
     assert (env["AI_ASSETS_PRECISION"], env["AI_ASSETS_BATCH_SIZE"]) == ("fp16", "256")
     assert env["AI_ASSETS_GPU_JPEG_DECODE"] == "false"  # the accurate decoder unless asked
+    assert env["AI_ASSETS_DECODE_PROCESSES"] == "0"  # the fetch threads decode unless asked
+    custom = by_kind(render({"model": {"decodeProcesses": 14}}), "ConfigMap")
+    assert custom["ai-ai-assets-env"]["data"]["AI_ASSETS_DECODE_PROCESSES"] == "14"
 
 
 def test_the_model_service_deployment_serves_runs_with_probes_and_no_credentials() -> None:
@@ -275,6 +278,7 @@ def test_the_event_queue_reaches_the_sensor_and_the_listing_reconciles() -> None
         ({"s3": {"bucket": ""}}, "bucket"),
         ({"classification": {"gpus": -1}}, "gpus"),
         ({"model": {"precision": "int8"}}, "precision"),
+        ({"model": {"decodeProcesses": -1}}, "decodeProcesses"),
         ({"webserver": {"ingress": {"enabled": True}}}, "webserver.ingress.host is required"),
         ({"unknown": 1}, "unknown"),
     ],
