@@ -30,6 +30,7 @@ ERROR_KINDS = {
     "cannot decode image": "undecodable",
     "image is ": "too_many_pixels",
     "object is ": "too_large",
+    "the decode process died": "decoder_crashed",  # AI_ASSETS_DECODE_PROCESSES (vision.workers)
 }
 
 

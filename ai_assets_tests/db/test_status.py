@@ -88,7 +88,7 @@ def test_recent_results_count_by_status_and_error_kind(engine) -> None:
     assert recent.by_status == {"ok": 2, "error": 3, "deleted": 1}
     assert recent.errors_by_kind == {
         "empty": 1, "not_an_image": 0, "undecodable": 0, "too_many_pixels": 0, "too_large": 1,
-        "other": 1,
+        "decoder_crashed": 0, "other": 1,
     }  # fmt: skip
     assert status.recent(engine, NOW + dt.timedelta(seconds=1)).by_status == {
         "ok": 0, "error": 0, "deleted": 0,

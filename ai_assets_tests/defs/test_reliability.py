@@ -3,10 +3,13 @@ nothing duplicated, every failure explained."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -276,6 +279,57 @@ def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
     reliability_report(f"run process {case} mid-run, then re-run", "ok", len(keys), len(rows))
     assert sorted(rows) == keys
     assert all(row["status"] == "ok" for row in rows.values())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
+    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], monkeypatch, stop: int
+) -> None:
+    """AI_ASSETS_DECODE_PROCESSES in a run process as run launchers start it: its workers
+    classify, and whether the process is stopped (a pod's SIGTERM) or killed (its memory limit)
+    mid-run, none of them outlives it to hold the node's CPU and memory."""
+    proxy, daemon, db_url = proxied
+    keys = [f"img-{i}.jpg" for i in range(6)]
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
+    result = daemon.evaluate()
+    daemon.report_events(result)
+    [request] = result.run_requests or []
+    proxy.add(Rule("delay", path_contains="img-4", delay_s=15))  # the run is mid-batch
+    mark = f"AI_ASSETS_TEST_RUN={uuid.uuid4().hex}"  # inherited by the fork server and workers
+    monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "2")
+    monkeypatch.setenv(*mark.split("="))
+    _, command = daemon.run_process_command(request)
+
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
+        try:
+            deadline = time.monotonic() + 180  # the run process imports torch and the model
+            while not rows_by_key(db_url):
+                assert run.poll() is None, "the run process ended before writing a row"
+                assert time.monotonic() < deadline, "the run never wrote a row"
+                time.sleep(0.2)
+            assert len(processes_marked(mark)) >= 4  # the run, the fork server, 2 workers
+            run.send_signal(stop)
+            run.wait(120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    deadline = time.monotonic() + 30
+    while left := processes_marked(mark):
+        assert time.monotonic() < deadline, f"processes outlived the run: {left}"
+        time.sleep(0.1)
+    written = rows_by_key(db_url)
+    assert written and all(row["status"] == "ok" for row in written.values())
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Live processes whose environment holds ``mark`` (NAME=VALUE)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or a zombie's
+            if mark.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
 
 
 def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
