@@ -225,31 +225,16 @@ def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
     the daemon's run retries."""
     proxy, daemon, db_url = proxied
     keys = [f"img-{i}.jpg" for i in range(6)]
-    for key in keys:
-        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
-    result = daemon.evaluate()
-    daemon.report_events(result)
-    [request] = result.run_requests or []
-    proxy.add(Rule("delay", path_contains="img-4", delay_s=15))  # the run is mid-batch
+    request = held_mid_batch(proxy, daemon, s3_client, bucket, keys, jpegs["coffee"])
     run_id, command = daemon.run_process_command(request)
 
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
-        try:
-            deadline = time.monotonic() + 180  # the run process imports torch and the model
-            # mid-batch: the first rows written, img-4's GET held
-            while not rows_by_key(db_url):
-                assert run.poll() is None, "the run process ended before writing a row"
-                assert time.monotonic() < deadline, "the run never wrote a row"
-                time.sleep(0.2)
-            if on_request:  # what Terminate does before it signals the run's process
-                record = daemon.instance.get_run_by_id(run_id)
-                assert record is not None
-                daemon.instance.report_run_canceling(record, "Sending run termination request.")
-            run.send_signal(signal.SIGTERM)
-            run.wait(120)
-        finally:
-            if run.poll() is None:
-                run.kill()
+    with running_until_rows(command, db_url) as run:
+        if on_request:  # what Terminate does before it signals the run's process
+            record = daemon.instance.get_run_by_id(run_id)
+            assert record is not None
+            daemon.instance.report_run_canceling(record, "Sending run termination request.")
+        run.send_signal(signal.SIGTERM)
+        run.wait(120)
     stopped = daemon.instance.get_run_by_id(run_id)
     assert stopped is not None
     if on_request:
@@ -290,17 +275,41 @@ def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
     mid-run, none of them outlives it to hold the node's CPU and memory."""
     proxy, daemon, db_url = proxied
     keys = [f"img-{i}.jpg" for i in range(6)]
-    for key in keys:
-        s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs["coffee"])
-    result = daemon.evaluate()
-    daemon.report_events(result)
-    [request] = result.run_requests or []
-    proxy.add(Rule("delay", path_contains="img-4", delay_s=15))  # the run is mid-batch
+    request = held_mid_batch(proxy, daemon, s3_client, bucket, keys, jpegs["coffee"])
     mark = f"AI_ASSETS_TEST_RUN={uuid.uuid4().hex}"  # inherited by the fork server and workers
     monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "2")
     monkeypatch.setenv(*mark.split("="))
     _, command = daemon.run_process_command(request)
 
+    with running_until_rows(command, db_url) as run:
+        assert len(processes_marked(mark)) >= 4  # the run, the fork server, 2 workers
+        run.send_signal(stop)
+        run.wait(120)
+    deadline = time.monotonic() + 30
+    while left := processes_marked(mark):
+        assert time.monotonic() < deadline, f"processes outlived the run: {left}"
+        time.sleep(0.1)
+    written = rows_by_key(db_url)
+    assert written and all(row["status"] == "ok" for row in written.values())
+
+
+def held_mid_batch(
+    proxy: FaultyS3, daemon: InProcessDaemon, s3_client: Any, bucket: str, keys: list[str],
+    data: bytes,
+) -> dg.RunRequest:  # fmt: skip
+    """The sensor's run request for ``keys``, whose 5th object's GET the proxy holds 15 s."""
+    for key in keys:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=data)
+    result = daemon.evaluate()
+    daemon.report_events(result)
+    [request] = result.run_requests or []
+    proxy.add(Rule("delay", path_contains=keys[4], delay_s=15))  # the run is mid-batch
+    return request
+
+
+@contextlib.contextmanager
+def running_until_rows(command: list[str], db_url: str) -> Iterator[subprocess.Popen]:
+    """The run process of ``command``, once it wrote its first rows; killed if still running."""
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
         try:
             deadline = time.monotonic() + 180  # the run process imports torch and the model
@@ -308,18 +317,10 @@ def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
                 assert run.poll() is None, "the run process ended before writing a row"
                 assert time.monotonic() < deadline, "the run never wrote a row"
                 time.sleep(0.2)
-            assert len(processes_marked(mark)) >= 4  # the run, the fork server, 2 workers
-            run.send_signal(stop)
-            run.wait(120)
+            yield run
         finally:
             if run.poll() is None:
                 run.kill()
-    deadline = time.monotonic() + 30
-    while left := processes_marked(mark):
-        assert time.monotonic() < deadline, f"processes outlived the run: {left}"
-        time.sleep(0.1)
-    written = rows_by_key(db_url)
-    assert written and all(row["status"] == "ok" for row in written.values())
 
 
 def processes_marked(mark: str) -> list[int]:
