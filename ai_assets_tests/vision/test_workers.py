@@ -103,6 +103,22 @@ def test_workers_start_at_the_first_object_and_close_leaves_nothing(
     assert not any(path.exists() for path in memory)
 
 
+def test_a_run_starts_its_workers_while_the_model_loads_not_at_the_first_object(
+    tiny_model_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    from ai_assets.resources.classifier import ClassifierResource
+
+    resource = ClassifierResource(model=tiny_model_dir, device="cpu", decode_processes=3)
+    classifier = resource.load()
+    workers = classifier.workers
+    assert workers is not None
+    try:
+        wait_for(lambda: len(workers.pids) == 3)  # no object asked for yet
+        assert classifier.prepare(jpegs["coffee"]).shape == (3, 32, 32)
+    finally:
+        workers.close()
+
+
 def test_a_worker_that_ended_while_idle_is_replaced_and_the_object_labelled(
     with_processes: ImageClassifier, jpegs: dict[str, bytes]
 ) -> None:
