@@ -228,6 +228,12 @@ def decode_processes() -> int:
     return int(_number("AI_ASSETS_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES, int, 0))
 
 
+def default_fetch_threads(processes: int) -> int:
+    """A run's fetch threads unless AI_ASSETS_DOWNLOAD_CONCURRENCY says: with decode processes,
+    two per worker, as each thread waits for its object's crop before it fetches the next."""
+    return max(DEFAULT_DOWNLOAD_CONCURRENCY, 2 * processes)
+
+
 def max_wait_minutes() -> float:
     return _number("AI_ASSETS_MAX_WAIT_MINUTES", DEFAULT_MAX_WAIT_MINUTES, float, 0)
 

@@ -211,7 +211,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY, DEFAULT_DOWNLOAD_CONCURRENCY
+    from ai_assets.settings import (
+        DEFAULT_DECODE_CONCURRENCY,
+        DEFAULT_DOWNLOAD_CONCURRENCY,
+        default_fetch_threads,
+    )
     from ai_assets.vision import device_decode
     from ai_assets.vision.model import ImageClassifier
 
@@ -227,6 +231,12 @@ def main() -> None:
     images = corpus(args.images)
     photos = {f"photos/{name}.jpg": data for name, data in sample_jpegs().items()}
     concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
+
+    def fetch_threads(decode: str) -> int:  # as a run's default: two per decode process
+        if decode == "processes" and not args.concurrency:
+            return default_fetch_threads(args.decode_processes)
+        return concurrency
+
     figures: dict[str, object] = {}
     expected = {} if args.no_agreement else transformers_labels(model, images | photos)
     reference = ImageClassifier(model, "cpu", "fp32")
@@ -245,7 +255,7 @@ def main() -> None:
             for decode in decodes if expected else ():
                 decodes[decode]()
                 done = timed_loop(
-                    everything, fetches["memory"], classifier, 64, concurrency,
+                    everything, fetches["memory"], classifier, 64, fetch_threads(decode),
                     decode_concurrency=args.decode_concurrency,
                 )  # fmt: skip
                 if done is not None:
@@ -269,7 +279,7 @@ def main() -> None:
                         fetch,
                         classifier,
                         batch_size,
-                        concurrency,
+                        fetch_threads(decode),
                         args.seconds,
                         args.decode_concurrency,
                     )
@@ -286,6 +296,8 @@ def main() -> None:
                 processes.close()
     figures["fetch_threads"] = concurrency
     figures["decode_processes"] = args.decode_processes
+    if args.decode_processes:
+        figures["processes_fetch_threads"] = fetch_threads("processes")
     figures["decode_threads"] = min(
         concurrency, args.decode_concurrency or DEFAULT_DECODE_CONCURRENCY
     )

@@ -15,7 +15,6 @@ from ai_assets.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET,
     DEFAULT_DECODE_PROCESSES,
-    DEFAULT_DOWNLOAD_CONCURRENCY,
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -24,7 +23,9 @@ from ai_assets.settings import (
     DEFAULT_TOP_K,
     DEFAULT_WEBSERVER_URL,
     declared,
+    decode_processes,
     default_database_url,
+    default_fetch_threads,
     gpu_jpeg_decode,
 )
 
@@ -65,7 +66,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
             download_concurrency=int_setting(
-                "AI_ASSETS_DOWNLOAD_CONCURRENCY", DEFAULT_DOWNLOAD_CONCURRENCY
+                "AI_ASSETS_DOWNLOAD_CONCURRENCY", default_fetch_threads(decode_processes())
             ),
             precision=setting("AI_ASSETS_PRECISION", DEFAULT_PRECISION),
             gpu_jpeg_decode=gpu_jpeg_decode(),  # read now: Dagster has no boolean EnvVar
