@@ -122,7 +122,9 @@ def fresh_cursor(prefix: str) -> str:
     return Cursor(prefix, "", passes=1, started=int(time.time())).dumps()
 
 
-def drain_rate(pg, sqs_url: str, label: str, events: int, inventory: int, receivers: int) -> dict:
+def drain_rate(
+    pg, sqs_url: str, label: str, events: int, inventory: int, receivers: int
+) -> dict[str, float]:
     import boto3
     import dagster as dg
 
@@ -182,7 +184,7 @@ def drain_rate(pg, sqs_url: str, label: str, events: int, inventory: int, receiv
     }
 
 
-def listing_rate(pg, endpoint: str, objects: int, processes: int) -> dict:
+def listing_rate(pg, endpoint: str, objects: int, processes: int) -> dict[str, float]:
     import boto3
     import dagster as dg
 
@@ -233,7 +235,7 @@ def main() -> None:
     from ai_assets.defs.images.sensor import SQS_RECEIVERS
     from ai_assets_dev.localdev import postgres
 
-    figures: dict[str, object] = {}
+    figures: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sqs-bench-") as tmp,
         local_s3(Path(tmp) / "s3", "events") as endpoint,

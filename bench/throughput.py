@@ -215,7 +215,7 @@ def e2e_child(profile: str | None) -> None:
             r.asset_materializations_for_node("image_classifications")[0].metadata for r in runs
         ]
         events = [instance.get_records_for_run(r.run_id, limit=100_000).records for r in runs]
-    images = sum(m["images"].value for m in metadata)
+    images = int(sum(number(m, "images") for m in metadata))
     kinds = [[r.event_log_entry.dagster_event_type for r in run] for run in events]
     asset_events = [
         sum(k is not None and k.value in ASSET_EVENT_TYPES for k in run) for run in kinds
@@ -227,7 +227,7 @@ def e2e_child(profile: str | None) -> None:
                 "runs": len(runs),
                 # the asset's own loop, weighted by images: what one run's metadata reports
                 "asset_img_s": images
-                / sum(m["images"].value / m["images_per_second"].value for m in metadata),
+                / sum(number(m, "images") / number(m, "images_per_second") for m in metadata),
                 "dagster_img_s": images / dagster_s,
                 "tick_s": tick_s,
                 "asset_events_per_run": max(asset_events),
@@ -237,6 +237,13 @@ def e2e_child(profile: str | None) -> None:
             }
         )
     )
+
+
+def number(metadata: Any, key: str) -> float:
+    """A run's numeric metadata value (Dagster types metadata values as any packable value)."""
+    value = metadata[key].value
+    assert isinstance(value, int | float), f"{key} is {value!r}"
+    return value
 
 
 def measure_seed_style(model_dir: str, keys: list[str], db_url: str) -> float:
