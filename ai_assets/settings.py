@@ -299,6 +299,7 @@ class ServiceSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     queue_limit: int = DEFAULT_QUEUE_LIMIT
+    decode_processes: int = DEFAULT_DECODE_PROCESSES
 
 
 def service_settings() -> ServiceSettings:
@@ -313,4 +314,5 @@ def service_settings() -> ServiceSettings:
         max_image_pixels=int(_number("AI_ASSETS_MAX_IMAGE_PIXELS", base.max_image_pixels, int, 1)),
         batch_wait_ms=_number("AI_ASSETS_BATCH_WAIT_MS", base.batch_wait_ms, float, 0),
         queue_limit=int(_number("AI_ASSETS_QUEUE_LIMIT", base.queue_limit, int, 1)),
+        decode_processes=decode_processes(),
     )

@@ -44,11 +44,12 @@ def test_the_service_reads_every_variable_it_documents(clean) -> None:
         "AI_ASSETS_BATCH_SIZE": "64", "AI_ASSETS_TOP_K": "3",
         "AI_ASSETS_MAX_IMAGE_BYTES": "1000", "AI_ASSETS_MAX_IMAGE_PIXELS": "2000",
         "AI_ASSETS_BATCH_WAIT_MS": "2.5", "AI_ASSETS_QUEUE_LIMIT": "8",
+        "AI_ASSETS_DECODE_PROCESSES": "6",
     }.items():  # fmt: skip
         clean.setenv(name, value)
     assert service_settings() == ServiceSettings(
         model="/models/vit", precision="bf16", batch_size=64, top_k=3, max_image_bytes=1000,
-        max_image_pixels=2000, batch_wait_ms=2.5, queue_limit=8,
+        max_image_pixels=2000, batch_wait_ms=2.5, queue_limit=8, decode_processes=6,
     )  # fmt: skip
 
 

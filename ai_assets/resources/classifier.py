@@ -84,10 +84,6 @@ class ClassifierResource(dg.ConfigurableResource):
         from ai_assets.vision.model import load_classifier
 
         model = self.model or str(ensure_default_model())
-        if self.decode_processes:  # their fork server imports torch while the model loads
-            from ai_assets.vision.workers import start_fork_server
-
-            start_fork_server()
         classifier = load_classifier(
             model,
             self.device or None,
@@ -96,7 +92,5 @@ class ClassifierResource(dg.ConfigurableResource):
             self.gpu_jpeg_decode,
             self.decode_processes,
         )
-        if classifier.workers:  # they start while the model warms up, not at the first object
-            classifier.workers.start(wait=False)
         classifier.warm_up(self.batch_size)
         return classifier

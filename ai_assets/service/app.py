@@ -36,9 +36,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or service_settings()
     metrics = Metrics()
     # decode threads run as SCHED_IDLE, as in runs: preempting torch's threads mid-batch costs
-    # more than it gains (vision.threads.yield_to_inference)
+    # more than it gains (vision.threads.yield_to_inference); with decode processes, each
+    # thread hands its upload to one of them and waits
     decoders = ThreadPoolExecutor(
-        DEFAULT_DECODE_CONCURRENCY, "decode", initializer=yield_to_inference
+        max(DEFAULT_DECODE_CONCURRENCY, settings.decode_processes),
+        "decode",
+        initializer=yield_to_inference,
     )
     service = Service(settings, metrics, ModelState(settings, metrics), decoders)
     app = FastAPI(

@@ -131,7 +131,10 @@ class ModelState:
 
         try:
             model = self.settings.model or str(ensure_default_model())
-            classifier = load_classifier(model, None, self.settings.precision)
+            processes = self.settings.decode_processes
+            classifier = load_classifier(
+                model, None, self.settings.precision, True, False, processes
+            )
             classifier.warm_up(self.settings.batch_size)
             classifier.warm_up(1)
         except Exception as exc:  # reported by /readyz and the log; the process stays up

@@ -281,7 +281,11 @@ def _loaded(
     device_decode: bool,
     decode_processes: int,
 ) -> ImageClassifier:
-    return ImageClassifier(
+    from ai_assets.vision.workers import start_fork_server
+
+    if decode_processes:  # their fork server imports torch while the model loads
+        start_fork_server()
+    classifier = ImageClassifier(
         model,
         device,
         precision,
@@ -289,3 +293,6 @@ def _loaded(
         device_decode=device_decode,
         decode_processes=decode_processes,
     )
+    if classifier.workers:  # started while the caller warms the model up, not at its first object
+        classifier.workers.start(wait=False)
+    return classifier

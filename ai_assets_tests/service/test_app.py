@@ -132,6 +132,23 @@ def test_hostile_uploads_get_a_clear_4xx_and_the_service_stays_up(
     reliability_report("hostile uploads to the model service", "clear 4xx", 0, 0)
 
 
+def test_a_service_decoding_in_worker_processes_answers_as_one_decoding_in_threads(
+    service_url: str, lite0_dir: str, jpegs: dict[str, bytes]
+) -> None:
+    uploads = {
+        "cat": jpegs["chelsea"], "espresso": jpegs["coffee"], "junk": b"definitely not a JPEG",
+        "truncated": jpegs["coffee"][:300], "empty": b"",
+    }  # fmt: skip
+    settings = {"AI_ASSETS_MAX_IMAGE_BYTES": str(MAX_BYTES), "AI_ASSETS_DECODE_PROCESSES": "2"}
+    with uvicorn_service(lite0_dir, **settings) as processes_url:
+        for name, data in uploads.items():
+            files = {"file": (f"{name}.jpg", data)}
+            threads = requests.post(f"{service_url}/classify/", files=files, timeout=60)
+            processes = requests.post(f"{processes_url}/classify/", files=files, timeout=60)
+            assert processes.status_code == threads.status_code, name
+            assert processes.json() == threads.json(), name
+
+
 @pytest.mark.integration  # a subprocess or a server
 @pytest.mark.reliability
 def test_an_overfull_queue_answers_503_with_retry_after(
