@@ -5,8 +5,10 @@ On many cores the fetch threads' own Python (Pillow's header parse, torch's disp
 futures) shares one GIL: on an H200 machine's 16 cores the run's loop did 2,308 images/s with 4
 decoding threads and 1,547 with 16, against 16,700 for the model (docs/scaling.md). Each worker
 has its own interpreter and its own crop in shared memory; the fetch thread copies the crop into
-its batch slot before the worker takes the next object. A worker that dies on an object (a
-decoder's crash) makes that object an error row, and a new worker takes its place.
+its batch slot before the worker takes the next object. A worker that dies holding an object is
+replaced and the object tried again on the new one: a worker killed from outside (the kernel's
+OOM killer) costs no row, and an object that kills ``attempts`` workers in a row (a decoder's
+crash) becomes an error row.
 
 Pure logic: no Dagster. Workers fork from a server that imported torch and the decoders once.
 """
@@ -18,6 +20,7 @@ import dataclasses
 import multiprocessing
 import multiprocessing.forkserver
 import queue
+import signal
 import threading
 import traceback
 import weakref
@@ -34,8 +37,10 @@ from ai_assets.vision.threads import yield_to_inference
 if TYPE_CHECKING:
     import torch
 
-#: Seconds a worker gets to exit when asked before it is terminated.
+#: Seconds a worker gets to exit when asked before it is killed.
 _EXIT_SECONDS = 5.0
+#: Workers an object may see die before it is blamed for their deaths.
+DEFAULT_ATTEMPTS = 2
 #: What the forkserver imports once, so each worker forks ready (torch: the resize).
 _PRELOAD = ["torch", __name__]
 
@@ -56,11 +61,12 @@ class DecodeProcesses:
     once, and a caller beyond that waits for an idle worker.
     """
 
-    def __init__(self, recipe: Recipe, count: int) -> None:
-        if count < 1:
-            raise ValueError(f"decode processes must be at least 1, not {count}")
+    def __init__(self, recipe: Recipe, count: int, attempts: int = DEFAULT_ATTEMPTS) -> None:
+        if count < 1 or attempts < 1:
+            raise ValueError(f"workers and attempts must be at least 1, not {count}, {attempts}")
         self.recipe = recipe
         self.count = count
+        self.attempts = attempts
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
@@ -77,29 +83,29 @@ class DecodeProcesses:
 
     def prepare(self, data: bytes, max_pixels: int) -> torch.Tensor:
         """The object's crop, (3, h, w) uint8 in HWC memory, as ``FastPreprocessor`` gives it;
-        raises ImageError as ``decode_image`` does, or when the worker died on the object."""
+        raises ImageError as ``decode_image`` does, or when ``attempts`` workers in a row died
+        holding the object."""
         self._start()  # waits for a start under way
         worker = self._idle.get()
+        died = None
         try:
-            try:
-                worker.send(data, max_pixels)
-            except _WorkerDied:  # it ended while idle, not on this object: a new one takes it
-                worker = self._replace(worker)
-                worker.send(data, max_pixels)
-            try:
-                return worker.receive()
-            except _WorkerDied as died:
-                worker = self._replace(worker)
-                raise ImageError(
-                    f"the decode process died on this object ({died}); a new one goes on",
-                    "decoder_crashed",
-                ) from None
+            for _ in range(self.attempts):
+                worker = self._handed(worker, data, max_pixels)
+                try:
+                    return worker.receive()
+                except _WorkerDied as exc:
+                    died, worker = exc, self._replace(worker)
         finally:
             self._idle.put(worker)
+        tries = f"{self.attempts} workers in a row" if self.attempts > 1 else "its worker"
+        raise ImageError(
+            f"the decode process died on this object: {tries} ({died}); the others go on",
+            "decoder_crashed",
+        )
 
     @property
     def pids(self) -> list[int]:
-        """The live workers' process ids (their CPU is not the run process's own)."""
+        """The workers' process ids (their CPU is not the run process's own)."""
         return [worker.process.pid for worker in self._workers if worker.process.pid]
 
     def close(self) -> None:
@@ -111,9 +117,19 @@ class DecodeProcesses:
             return
         with self._lock:
             if not self._started:
-                for _ in range(self.count):
+                for _ in range(self.count - len(self._workers)):  # after a start that failed
                     self._idle.put(self._spawn())
                 self._started = True
+
+    def _handed(self, worker: _Worker, data: bytes, max_pixels: int) -> _Worker:
+        """The worker now holding the object: ``worker``, or if it ended while idle (not this
+        object's doing) a new one."""
+        try:
+            worker.send(data, max_pixels)
+        except _WorkerDied:
+            worker = self._replace(worker)
+            worker.send(data, max_pixels)
+        return worker
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self.recipe)
@@ -179,8 +195,8 @@ class _Worker:
             self.connection.send(None)
         self.connection.close()
         self.process.join(_EXIT_SECONDS)
-        if self.process.is_alive():
-            self.process.terminate()
+        if self.process.is_alive():  # it ignores SIGTERM (see _serve)
+            self.process.kill()
             self.process.join(_EXIT_SECONDS)
         self.memory.close()
         with contextlib.suppress(FileNotFoundError):
@@ -212,6 +228,10 @@ def _serve(connection: Connection, recipe: Recipe, memory_name: str) -> None:
     """A worker's loop: (bytes, max pixels) in, None or (message, kind) out, the crop in memory."""
     import torch
 
+    # a signal to the whole process group (Ctrl-C, a group's SIGTERM) must not kill a worker
+    # under a run that goes on: the run's process stops it, and its end (EOF) does too
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     yield_to_inference()  # as a fetch thread: idle CPU only, torch's ops on one thread
     memory = SharedMemory(memory_name)  # the run's process owns and unlinks it
     width, height = recipe.geometry.output

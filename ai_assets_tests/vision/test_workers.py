@@ -9,11 +9,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ai_assets.s3.objects import Fetched
@@ -133,34 +134,53 @@ def test_a_worker_that_ended_while_idle_is_replaced_and_the_object_labelled(
     assert len(after) == 2 and not set(after) & set(before)
 
 
-def test_a_worker_that_dies_on_an_object_makes_it_an_error_row_and_is_replaced(
+def test_ctrl_c_or_a_group_sigterm_leaves_the_workers_to_the_run(
     with_processes: ImageClassifier, jpegs: dict[str, bytes]
 ) -> None:
+    """The run's process decides when they stop: a signal to the whole process group (Ctrl-C
+    in a terminal) must not turn the objects they hold into error rows."""
     workers, before = started(with_processes, jpegs["coffee"])
-    for pid in before:  # whichever worker takes the object stops there, as in a long decode
-        os.kill(pid, signal.SIGSTOP)
-    outcome: list[BaseException | None] = []
-
-    def prepare() -> None:
-        try:
-            with_processes.prepare(jpegs["chelsea"])
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=prepare)
-    thread.start()
-    wait_for(lambda: waiting_for_an_answer(thread))  # handed over: the object is the worker's
     for pid in before:
-        os.kill(pid, signal.SIGKILL)
-    thread.join(30)
-    [error] = outcome
-    assert isinstance(error, ImageError) and error.kind == "decoder_crashed"
-    assert "the decode process died on this object (exit code -9)" in str(error)
-    assert len(workers.pids) == 2  # one replaced, the other is still the stopped-then-killed one
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.5)  # a worker that heeded them would be gone by now
+    assert all(alive(pid) for pid in before)
+    with_processes.prepare(jpegs["coffee"])
+    with_processes.prepare(jpegs["coffee"])
+    assert workers.pids == before
+
+
+def test_a_worker_killed_holding_an_object_is_replaced_and_the_object_tried_again(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    """As when the kernel's OOM killer picks a worker: the object is not to blame."""
+    workers, before = started(with_processes, jpegs["coffee"])
+    [crop] = killed_while_holding(lambda: with_processes.prepare(jpegs["chelsea"]), before)
+    expected = with_processes.preprocess(with_processes.decode(jpegs["chelsea"]))
+    assert isinstance(crop, torch.Tensor) and np.array_equal(crop.numpy(), expected.numpy())
     with_processes.prepare(jpegs["coffee"])  # every worker usable again
     with_processes.prepare(jpegs["coffee"])
-    assert not set(workers.pids) & set(before)
+    assert len(workers.pids) == 2 and not set(workers.pids) & set(before)
+
+
+def test_an_object_whose_workers_all_die_becomes_an_error_row(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    """An object that crashes the decoder each time: blamed once ``attempts`` workers died."""
+    assert with_processes.workers is not None
+    workers = DecodeProcesses(with_processes.workers.recipe, 1, attempts=1)
+    try:
+        workers.start()
+        before = workers.pids
+        [error] = killed_while_holding(lambda: workers.prepare(jpegs["chelsea"], 10**8), before)
+        assert isinstance(error, ImageError) and error.kind == "decoder_crashed"
+        assert str(error) == (
+            "the decode process died on this object: its worker (exit code -9); the others go on"
+        )
+        assert workers.prepare(jpegs["coffee"], 10**8).shape == (3, 32, 32)  # a new one
+        assert workers.pids != before
+    finally:
+        workers.close()
 
 
 def test_a_bug_in_a_worker_fails_the_run_with_its_traceback(jpegs: dict[str, bytes]) -> None:
@@ -188,6 +208,28 @@ def test_a_model_whose_processor_runs_as_it_is_keeps_the_threads(
     assert classifier.decode_concurrency == DEFAULT_DECODE_CONCURRENCY
     with pytest.raises(ValueError, match="at least 1"):
         DecodeProcesses(Recipe(Geometry(Image.Resampling.BILINEAR, size=(8, 8)), "torch", 0), 0)
+
+
+def killed_while_holding(prepare: Callable[[], object], pids: list[int]) -> list[object]:
+    """What ``prepare`` returned or raised when the worker it handed its object to was killed
+    holding it (every worker stopped first, so that the object is still being held)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(prepare())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for(lambda: waiting_for_an_answer(thread))  # handed over: the object is the worker's
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(60)
+    return outcome
 
 
 def started(classifier: ImageClassifier, jpeg: bytes) -> tuple[DecodeProcesses, list[int]]:
