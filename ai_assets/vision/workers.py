@@ -246,7 +246,10 @@ def _serve(connection: Connection, recipe: Recipe, memory_name: str) -> None:
             reply = (str(exc), exc.kind)
         except Exception:  # a bug, not a bad image: the run fails with it
             reply = (traceback.format_exc(), "failed")
-        connection.send(reply)
+        try:
+            connection.send(reply)
+        except OSError:  # the run's process ended while this one decoded
+            return
 
 
 def _receive(connection: Connection) -> Any:
