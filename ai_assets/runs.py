@@ -35,6 +35,7 @@ class Meta(enum.StrEnum):
     MODEL_REVISION = "model_revision"
     DEVICE = "device"
     PRECISION = "precision"
+    DECODING = "decoding"
     BATCHNORMS_FOLDED = "batchnorms_folded"
     SAMPLE = "sample"
     BATCH = "batch"

@@ -53,6 +53,7 @@ class RemoteClassifier:
         self.folded: int = int(info.get("folded", 0))
         #: ``prepare`` passes the bytes on: the service decodes them
         self.decode_concurrency = DEFAULT_DECODE_CONCURRENCY
+        self.decoding = f"by the model service {self.url}"
 
     def prepare(self, data: bytes, max_pixels: int) -> bytes:
         """The bytes as they are: the service decodes them and applies its own limits."""

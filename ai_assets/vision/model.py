@@ -113,6 +113,15 @@ class ImageClassifier:
         self.labels = {int(i): str(label) for i, label in id2label.items()}
         self._warm: set[int] = set()
 
+    @property
+    def decoding(self) -> str:
+        """Where this process decodes images, in words (a run's metadata)."""
+        if self.on_device is not None:
+            return f"nvJPEG on {self.device} (plain JPEGs), fetch threads (the others)"
+        if self.workers is not None:
+            return f"{self.workers.count} decode processes"
+        return f"fetch threads, at most {self.decode_concurrency} at once"
+
     def warm_up(self, batch_size: int) -> None:
         """Run one blank batch: oneDNN builds its kernels for a batch shape on first use (~1 s)."""
         if batch_size not in self._warm:

@@ -66,6 +66,7 @@ def test_bucket_to_table_end_to_end(
     assert 0 < cpu_s < 2 * metadata["loop_seconds"].value * (os.cpu_count() or 1)
     assert metadata["cpu_ms_per_image"].value == pytest.approx(cpu_s * 1000 / len(objects), 0.1)
     assert metadata["batchnorms_folded"].value == 49  # the bundled model runs folded
+    assert metadata["decoding"].value.startswith("fetch threads, at most ")
     assert metadata["batch"].value == result.run_requests[0].run_key
     assert "espresso" in metadata["top_labels"].value
     assert "| `photos/coffee.jpg` | espresso |" in metadata["sample"].value

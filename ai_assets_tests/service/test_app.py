@@ -218,8 +218,10 @@ import dagster as dg
 from ai_assets_dev.inprocess import InProcessDaemon
 with dg.instance_for_test() as instance:
     _, runs = InProcessDaemon(instance).tick()
+decoding = [r.asset_materializations_for_node("image_classifications")[0].metadata["decoding"].value
+            for r in runs]
 print(json.dumps({"runs": [r.success for r in runs], "torch": "torch" in sys.modules,
-                  "transformers": "transformers" in sys.modules}))
+                  "transformers": "transformers" in sys.modules, "decoding": decoding}))
 """
 
 
@@ -243,7 +245,10 @@ def test_a_run_classifies_through_the_service_without_loading_a_model(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
-    assert outcome == {"runs": [True], "torch": False, "transformers": False}
+    assert outcome == {
+        "runs": [True], "torch": False, "transformers": False,
+        "decoding": [f"by the model service {service_url}"],
+    }  # fmt: skip
     rows = rows_by_key(db)
     assert "cat" in rows["in/chelsea.jpg"]["label"]
     assert rows["in/coffee.jpg"]["label"] == "espresso"

@@ -87,6 +87,7 @@ def test_worker_processes_give_the_rows_the_threads_give(
         "not-an-image", "empty", "truncated.jpg", "too-many-pixels.png",
     }  # fmt: skip
     assert with_processes.decode_concurrency == 2  # the workers bound decoding, not the threads
+    assert with_processes.decoding == "2 decode processes"
 
 
 def test_workers_start_at_the_first_object_and_close_leaves_nothing(

@@ -262,6 +262,7 @@ def _run_metadata(
         Meta.MODEL_REVISION: dg.MetadataValue.text(model.model_revision),
         Meta.DEVICE: dg.MetadataValue.text(model.device),
         Meta.PRECISION: dg.MetadataValue.text(model.precision),
+        Meta.DECODING: dg.MetadataValue.text(model.decoding),
         Meta.BATCHNORMS_FOLDED: dg.MetadataValue.int(model.folded),
         Meta.SAMPLE: dg.MetadataValue.md(tally.sample_table()),
     }
