@@ -140,8 +140,8 @@ def test_bad_settings_fail_the_load_with_one_message_naming_each(
     assert str(raised.value) == (
         "ai_assets configuration: AI_ASSETS_START_DATE must be an ISO date (YYYY-MM-DD), got "
         "'yesterday'; AI_ASSETS_SENSOR_INTERVAL_SECONDS must be a whole number, got 'often'; "
-        "AI_ASSETS_GPU_JPEG_DECODE must be true or false, got 'sometimes'; "
-        "AI_ASSETS_DECODE_PROCESSES must be at least 0, got '-1'"
+        "AI_ASSETS_DECODE_PROCESSES must be at least 0, got '-1'; "  # the model service reads it
+        "AI_ASSETS_GPU_JPEG_DECODE must be true or false, got 'sometimes'"
     )
     assert raised.value.__cause__ is None and raised.value.__context__ is None
 
