@@ -322,15 +322,17 @@ def run_process(daemon: Any, request: Any, images: int) -> dict[str, float]:
 def loop(
     keys: list[str], fetch: Callable[[str], Any], classifier: Any, engine: Any, batch_size: int
 ) -> None:
-    """The run's loop without Dagster: classify_objects, each batch upserted behind the next."""
+    """The run's loop without Dagster: classify_objects, each batch upserted behind the next,
+    with a run's default fetch threads for the classifier's decoding."""
     from ai_assets.db import results
-    from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY
+    from ai_assets.settings import default_fetch_threads
     from ai_assets.vision.stream import Job, classify_objects
 
+    workers = getattr(classifier, "workers", None)
     jobs = (Job("2026-12-01", key) for key in keys)
     batches = classify_objects(
         jobs, fetch, classifier, batch_size=batch_size, top_k=5,
-        concurrency=DEFAULT_DOWNLOAD_CONCURRENCY,
+        concurrency=default_fetch_threads(workers.count if workers else 0),
     )  # fmt: skip
     for _ in results.upsert_behind(engine, batches):
         pass
