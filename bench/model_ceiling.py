@@ -140,16 +140,11 @@ def timed_loop(
 def decodings(classifier: Any) -> dict[str, Callable[[], None]]:
     """Each decoding the classifier was loaded with, as the call that switches it to that one:
     "cpu" (the fetch threads), "device" (nvJPEG) and "processes" (decode worker processes)."""
-    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
-
     on_device, workers = classifier.on_device, classifier.workers
 
     def switch(device: Any, processes: Any) -> Callable[[], None]:
         def to() -> None:
             classifier.on_device, classifier.workers = device, processes
-            classifier.decode_concurrency = (
-                processes.count if processes else (DEFAULT_DECODE_CONCURRENCY)
-            )
 
         return to
 

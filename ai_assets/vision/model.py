@@ -105,13 +105,19 @@ class ImageClassifier:
         if decode_processes and isinstance(preprocessor, FastPreprocessor):
             recipe = Recipe(preprocessor.geometry, preprocessor.resize, self.min_decode_side)
             self.workers = DecodeProcesses(recipe, decode_processes)
-        #: objects prepared at once: the worker processes, or the threads that share the GIL
-        self.decode_concurrency = decode_processes if self.workers else DEFAULT_DECODE_CONCURRENCY
         self.model_id = model
         self.model_revision = _revision(self.model, model)
         id2label = self.model.config.id2label or {}
         self.labels = {int(i): str(label) for i, label in id2label.items()}
         self._warm: set[int] = set()
+
+    @property
+    def decode_concurrency(self) -> int:
+        """Objects prepared at once: the worker processes where they decode, else the threads,
+        which share the GIL (nvJPEG's header reads and CPU fallbacks included)."""
+        if self.workers is not None and self.on_device is None:
+            return self.workers.count
+        return DEFAULT_DECODE_CONCURRENCY
 
     @property
     def decoding(self) -> str:
@@ -302,6 +308,6 @@ def _loaded(
         device_decode=device_decode,
         decode_processes=decode_processes,
     )
-    if classifier.workers:  # started while the caller warms the model up, not at its first object
-        classifier.workers.start(wait=False)
+    if classifier.workers and classifier.on_device is None:  # they decode: started while the
+        classifier.workers.start(wait=False)  # caller warms the model up, not at its first object
     return classifier

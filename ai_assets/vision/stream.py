@@ -46,8 +46,11 @@ class Classifier(Protocol):
 
     model_id: str
     model_revision: str
-    #: objects it prepares at once at most (the threads beyond fetch or wait)
-    decode_concurrency: int
+
+    @property
+    def decode_concurrency(self) -> int:
+        """Objects it prepares at once at most (the threads beyond fetch or wait)."""
+        ...
 
     def prepare(self, data: bytes, max_pixels: int) -> Any:
         """Object bytes → what ``Batch.put`` takes; raises ImageError (runs in worker threads)."""
@@ -98,9 +101,9 @@ def classify_objects(
     objects a run covers. ``concurrency`` threads fetch, at most ``decode_concurrency`` of them
     (default: the classifier's) decoding at once. Each object goes straight into its slot of its
     batch (the n-th object: batch n // batch_size), so this thread only hands filled batches to
-    the model.
-    Bad images become error rows; the rest of their batch goes on. A batch's rows come once the
-    next batch is being labelled, so an accelerator never waits for this thread's rows.
+    the model. Bad images become error rows; the rest of their batch goes on. A batch's rows
+    come once the next batch is being labelled, so an accelerator never waits for this thread's
+    rows.
     """
     window = max(2 * batch_size, concurrency)
     pool = ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference)

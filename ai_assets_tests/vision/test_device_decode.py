@@ -8,6 +8,7 @@ mixed with CPU-prepared ones, and the fallback for a JPEG the batch decoder refu
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 
 from ai_assets.db.results import ClassificationRow
 from ai_assets.s3.objects import Fetched
+from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
 from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, decode_or_keep_jpeg
 from ai_assets.vision.model import ImageClassifier, load_classifier
 from ai_assets.vision.preprocess import ProcessorPreprocessor, reproduces_on_device
@@ -188,3 +190,19 @@ def _rows(
     jobs = [Job("2026-12-04", key) for key in objects]
     batches = classify_objects(jobs, fetch, classifier, batch_size=batch_size, top_k=3)
     return [row for batch in batches for row in batch]
+
+
+@pytest.mark.usefixtures("nvjpeg_stand_in")
+def test_with_nvjpeg_on_the_decode_processes_stay_idle_and_the_threads_decode(
+    lite0_dir: str,
+) -> None:
+    """Both asked for: nvJPEG decides, so the threads bound decoding, as it reports."""
+    classifier = load_classifier(lite0_dir, "cpu", device_decode=True, decode_processes=2)
+    assert classifier.on_device is not None and classifier.workers is not None
+    try:
+        assert classifier.decode_concurrency == DEFAULT_DECODE_CONCURRENCY
+        assert classifier.decoding.startswith("nvJPEG on cpu")
+        time.sleep(1)  # a start in the background would have its workers by now
+        assert classifier.workers.pids == []  # none started: none would decode
+    finally:
+        classifier.workers.close()
