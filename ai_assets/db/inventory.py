@@ -406,13 +406,15 @@ def write_rows(
             if c.name not in ("s3_key", "first_seen")
         },
     ).returning(o.c.s3_key)  # RETURNING lets SQLAlchemy send multi-row INSERTs, not one per row
-    now = dt.datetime.now(dt.UTC)
-    rows = [row | {"updated_at": now} for row in rows]  # the exporter recounts changed days
-    requested = [
-        {"batch_id": b.batch_id, "partition_key": b.day, "objects": b.size, "requested_at": now}
-        for b in batches
-    ]
     with engine.begin() as connection:
+        # stamped once connected, so the commit follows it closely: the exporter recounts days
+        # changed since its last read less a lag, and a stamp older than that is missed
+        now = dt.datetime.now(dt.UTC)
+        rows = [row | {"updated_at": now} for row in rows]
+        requested = [
+            {"batch_id": b.batch_id, "partition_key": b.day, "objects": b.size, "requested_at": now}
+            for b in batches
+        ]
         for chunk in chunked(rows, WRITE_CHUNK):
             connection.execute(statement, list(chunk)).close()
         if requested:  # a replayed tick commits the same batch ids again: nothing changes

@@ -489,10 +489,11 @@ def test_the_pages_a_user_opens_render_without_errors(
 
 @contextlib.contextmanager
 def exporter(env: dict[str, str], log: Path) -> Iterator[str]:
-    """``ai-assets-exporter`` reading every second (JSON logs); yields its host:port."""
+    """``ai-assets-exporter`` reading every second (JSON logs), a commit 5 s after its stamp
+    still counted (a loaded CI machine); yields its host:port."""
     port = free_port()
     command = [sys.executable, "-m", "ai_assets.ops.exporter", "--host", "127.0.0.1",
-               "--port", str(port), "--interval", "1", "--lag", "1",
+               "--port", str(port), "--interval", "1", "--lag", "5",
                "--log-format", "json"]  # fmt: skip
     with open(log, "wb") as output:
         process = subprocess.Popen(
