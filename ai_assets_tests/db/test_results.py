@@ -69,6 +69,34 @@ def test_hostile_keys_round_trip_byte_for_byte(engine) -> None:
     assert sorted(row["s3_key"] for row in results.fetch_rows(engine)) == sorted(keys)
 
 
+def test_every_column_round_trips_whatever_a_batch_mixes(engine) -> None:
+    """PostgreSQL's upsert sends a batch as one array per column: NULLs beside values, a
+    column that is NULL in every row, JSON, microseconds and 64-bit sizes come back as sent."""
+    import datetime as dt
+
+    moment = dt.datetime(2026, 12, 4, 20, 1, 2, 345678, tzinfo=dt.UTC)
+    labels = [{"label": 'кот 🐱 "%s"', "score": 0.5}, {"label": "x%", "score": 0.25}]
+    rows = [
+        ok_row("a.jpg", top_k=labels, size_bytes=5 << 40, last_modified=moment, score=0.5),
+        ok_row("b.jpg", status="error", label=None, score=None, top_k=None, error="100% 'bad'"),
+        ok_row("c.jpg", status="deleted", label=None, score=None, top_k=None, etag=None),
+    ]
+    assert results.upsert_rows(engine, rows) == Written(rows=3, errors=1)
+    current = {row["s3_key"]: row for row in results.fetch_rows(engine)}
+    for row in rows:
+        stored = current[row.s3_key]
+        assert {**stored, "classified_at": None, "last_modified": None} == {
+            **dataclasses.asdict(row),
+            "classified_at": None,
+            "last_modified": None,
+        }
+        for moment_column in ("classified_at", "last_modified"):
+            sent, kept = getattr(row, moment_column), stored[moment_column]
+            assert kept == sent or (kept.replace(tzinfo=dt.UTC) == sent)  # SQLite: naive UTC
+    deleted_only = [ok_row("c.jpg", status="deleted", label=None, score=None, top_k=None)]
+    assert results.upsert_rows(engine, deleted_only) == Written(rows=1)  # all-NULL columns
+
+
 def test_summaries_and_audit(engine) -> None:
     results.upsert_rows(
         engine,
