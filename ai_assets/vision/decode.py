@@ -68,6 +68,9 @@ def decode_image(
     4000×3000 photo bound for a 256 px model input decodes ~10× faster.
     """
     with _image_errors():
+        pixels = _plain_jpeg(data, max_pixels, min_side)
+        if pixels is not None:
+            return pixels
         return _decoded(_open(data, max_pixels), data, min_side)
 
 
@@ -105,6 +108,61 @@ def _decoded(image: Image.Image, data: bytes, min_side: int) -> np.ndarray:
         pixels = np.array(_to_rgb(image))
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     return _limit_aspect_ratio(_UPRIGHT.get(orientation, lambda p: p)(pixels))
+
+
+def _plain_jpeg(data: bytes, max_pixels: int, min_side: int) -> np.ndarray | None:
+    """A JPEG that nothing in Pillow would change, decoded without Pillow; None for any other.
+
+    Pillow's JPEG header parser is Python: ~20 µs per image under the GIL, against ~4 µs for
+    walking the segments here and libjpeg-turbo reading the header. Plain: no APP1 segment
+    (EXIF or XMP, where Pillow finds the orientation), no MPF (several pictures), YCbCr, RGB or
+    grey, within the pixel limit and decoded without a warning. The rest, errors included, is
+    decided by Pillow's path, which gives the same pixels for a plain one (tested).
+    """
+    if not _plain_segments(data):
+        return None
+    try:
+        rows, columns, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        width, height = int(columns), int(rows)
+        if colorspace not in ("YCbCr", "RGB", "Gray") or width * height > max_pixels:
+            return None
+        scale = _draft_scale(width, height, min_side)
+        pixels = simplejpeg.decode_jpeg(
+            data, "RGB", min_width=-(-width // scale), min_height=-(-height // scale)
+        )
+    except ValueError:
+        return None
+    return _limit_aspect_ratio(pixels)
+
+
+def _plain_segments(data: bytes) -> bool:
+    """Whether the JPEG's segments up to its first scan hold no APP1 and no MPF, walked as
+    Pillow walks them; False for anything it would read differently (junk between them)."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    at, end = 2, len(data)
+    while at + 4 <= end:
+        if data[at] != 0xFF:
+            return False
+        marker = data[at + 1]
+        if marker == 0xDA:  # start of scan: Pillow reads no further
+            return True
+        if marker == 0xE1 or (marker == 0xE2 and data[at + 4 : at + 8] == b"MPF\x00"):
+            return False
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8:  # a fill byte, a marker without length
+            at += 1 if marker == 0xFF else 2
+            continue
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return False
+
+
+def _draft_scale(width: int, height: int, min_side: int) -> int:
+    """The JPEG draft scale's divisor Pillow picks (1, 2, 4 or 8) to keep both sides at least
+    ``min_side``; 1 without ``min_side``."""
+    if not min_side:
+        return 1
+    fits = min(width // min_side, height // min_side)
+    return next((scale for scale in (8, 4, 2) if fits >= scale), 1)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

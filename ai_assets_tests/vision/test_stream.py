@@ -6,10 +6,10 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
 from ai_assets.s3.objects import Fetched
-from ai_assets.vision.decode import ImageError, decode_image
+from ai_assets.vision.decode import ImageError, _draft_scale, decode_image  # pyright: ignore[reportPrivateUsage]
 from ai_assets.vision.model import ImageClassifier, load_classifier
 from ai_assets.vision.preprocess import reference_image
 from ai_assets.vision.stream import Job, classify_objects
@@ -65,6 +65,10 @@ def pillow_alone(data: bytes, min_side: int = 0) -> np.ndarray:
     return np.array(ImageOps.exif_transpose(image).convert("RGB"))
 
 
+def srgb() -> Any:
+    return ImageCms.createProfile("sRGB")
+
+
 @DECODERS
 def test_jpegs_decode_to_the_pixels_pillow_gives(jpegs: dict[str, bytes], min_side: int) -> None:
     photo = Image.open(io.BytesIO(jpegs["coffee"]))
@@ -74,11 +78,59 @@ def test_jpegs_decode_to_the_pixels_pillow_gives(jpegs: dict[str, bytes], min_si
         "grey": encode(photo.convert("L")),
         "cmyk": encode(photo.convert("CMYK")),  # left to Pillow: libjpeg-turbo gives no RGB
         "4:4:4": encode(photo, subsampling=0, quality=95),
+        "icc profile": encode(photo, icc_profile=ImageCms.ImageCmsProfile(srgb()).tobytes()),
+        "restart markers": encode(photo, restart_marker_rows=1),
+        "xmp orientation": encode(photo, xmp=XMP_ROTATED),
+        "two pictures (mpo)": encode(photo, "MPO", save_all=True, append_images=[photo.rotate(90)]),
     }
     for name, data in {**jpegs, **others}.items():
         decoded = decode_image(data, min_side=min_side)
         assert decoded.dtype == np.uint8 and decoded.flags.c_contiguous, name
         np.testing.assert_array_equal(decoded, pillow_alone(data, min_side), err_msg=name)
+
+
+#: An XMP packet that turns the picture, as cameras write it beside (or instead of) EXIF.
+XMP_ROTATED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+    b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+    b'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def test_plain_jpegs_skip_pillow_and_the_others_take_its_path(jpegs: dict[str, bytes]) -> None:
+    """Pillow's Python header parser is what the plain path saves; anything Pillow would read
+    differently (EXIF, XMP, several pictures, CMYK, too many pixels) still goes through it."""
+    photo = Image.open(io.BytesIO(jpegs["coffee"]))
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    plain = {"photo": jpegs["coffee"], "grey": encode(photo.convert("L")),
+             "progressive": encode(photo, progressive=True)}  # fmt: skip
+    with mock.patch("ai_assets.vision.decode.Image.open", side_effect=AssertionError("Pillow")):
+        for name, data in plain.items():
+            assert decode_image(data, min_side=256).shape[2] == 3, name
+    pillow = {
+        "exif": encode(photo, exif=exif),
+        "xmp": encode(photo, xmp=XMP_ROTATED),
+        "mpo": encode(photo, "MPO", save_all=True, append_images=[photo]),
+        "cmyk": encode(photo.convert("CMYK")),
+    }
+    for name, data in pillow.items():
+        with mock.patch("ai_assets.vision.decode.Image.open", wraps=Image.open) as opened:
+            decode_image(data)
+        assert opened.called, name
+    with pytest.raises(ImageError, match="above the limit of 1,000"):
+        decode_image(jpegs["coffee"], max_pixels=1_000)  # Pillow's path says why
+
+
+@pytest.mark.parametrize("min_side", [0, 1, 100, 256, 333])
+def test_the_plain_path_draft_scale_is_pillows(min_side: int) -> None:
+    for width, height in [(1, 1), (255, 700), (256, 256), (511, 2048), (512, 1024),
+                          (1023, 777), (2048, 2100), (4000, 257), (4097, 3000)]:  # fmt: skip
+        image = Image.open(io.BytesIO(encode(Image.new("RGB", (width, height)))))
+        if min_side:
+            image.draft("RGB", (min_side, min_side))
+        scale = _draft_scale(width, height, min_side)
+        assert (-(-width // scale), -(-height // scale)) == image.size, (width, height)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
