@@ -9,8 +9,8 @@ import contextlib
 import dataclasses
 import datetime as dt
 import email.utils
+import re
 import time
-import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -174,12 +174,16 @@ class FetchError(RuntimeError):
     """An S3 GET that failed after its retries (the cause has obstore's full report)."""
 
 
+#: Unicode's control characters (category Cc), which object_store refuses in a path.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def obstore_can_fetch(key: str) -> bool:
     """Whether object_store keeps ``key`` as it is: it refuses control characters, empty, ``.``
     and ``..`` segments, and drops a leading or trailing ``/``, which S3 keeps."""
     if key.startswith("/") or key.endswith("/"):
         return False
-    if any(unicodedata.category(char) == "Cc" for char in key):
+    if _CONTROL.search(key):
         return False
     return all(segment not in ("", ".", "..") for segment in key.split("/"))
 

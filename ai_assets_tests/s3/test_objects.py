@@ -153,6 +153,15 @@ def test_keys_object_store_would_rewrite_are_recognised(key: str, kept: bool) ->
     assert obstore_can_fetch(key) is kept
 
 
+def test_every_control_character_and_only_those_is_refused() -> None:
+    """Unicode's category Cc, all of it in the first 256 code points, and nothing else."""
+    import unicodedata
+
+    for code in range(0x3000):
+        control = unicodedata.category(chr(code)) == "Cc"
+        assert obstore_can_fetch(f"a{chr(code)}b.jpg") is not control, hex(code)
+
+
 def test_the_fetcher_reads_through_obstore_exactly_as_boto3_does(s3_client, bucket: str) -> None:
     from ai_assets.resources import ImageBucketResource
 
