@@ -46,7 +46,7 @@ DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
 #: threads in all, 2,229 with 8 and 1,547 with 16 (docs/scaling.md). No limit on 2-3 threads.
 DEFAULT_DECODE_CONCURRENCY = min(DEFAULT_DOWNLOAD_CONCURRENCY, 4)
 #: Worker processes that decode instead of the fetch threads (AI_ASSETS_DECODE_PROCESSES); 0 =
-#: the threads. On 2 cores they cost more CPU than the threads (1.65-1.87 against 1.36-1.49 ms
+#: the threads. On 2 cores they cost more CPU than the threads (1.41-1.87 against 1.19-1.49 ms
 #: per image, bench/feed.py); they are for many cores, where the threads share one GIL.
 DEFAULT_DECODE_PROCESSES = 0
 #: Images per model batch, in runs and in the model service (AI_ASSETS_BATCH_SIZE).
