@@ -19,7 +19,9 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), summed. Then:
 
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
-  runs it requests, in this process, with the model already loaded);
+  runs it requests, in this process, with the model already loaded); then the same runs again
+  with nothing left to classify: Dagster's and the asset's fixed CPU per run
+  (``run_fixed_cpu_s``), and the run's CPU per image beyond it;
 * process – the same runs in run processes of their own, started as Dagster's run launchers
   start them (``dagster api execute_run``; a Kubernetes run pod runs the same command): the
   process's whole CPU per image, and apart, what it spends before its first image (Python,
@@ -488,6 +490,12 @@ def main() -> None:
                     assert daemon.launch(request).success
 
             figures |= side_by_side({"run": (contextlib.nullcontext, run)}, len(keys), 1)
+            # the same runs again, nothing left to classify: what a run costs whatever its size
+            idle = process_cpu()
+            run()
+            fixed = figures["run_fixed_cpu_s"] = process_cpu() - idle
+            beyond = figures["run_cpu_ms_no_model"] - fixed * 1000 / len(keys)
+            figures["run_cpu_ms_per_image_beyond_fixed"] = beyond
             written = sa.create_engine(os.environ["AI_ASSETS_DATABASE_URL"])
             with written.connect() as connection:
                 rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
@@ -515,6 +523,7 @@ def main() -> None:
     print_figures(
         figures,
         ["cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "run_main_thread_no_model_ms",
+         "run_fixed_cpu_s", "run_cpu_ms_per_image_beyond_fixed",
          "top1_agreement_fp32",
          "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
          "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
