@@ -18,7 +18,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ai_assets.common import Counters, as_utc, chunked
-from ai_assets.db.results import image_batches, image_classifications, image_objects, insert
+from ai_assets.db.results import (
+    image_batches,
+    image_classifications,
+    image_objects,
+    insert,
+    upsert,
+)
 from ai_assets.s3.events import ObjectEvent, is_later
 from ai_assets.s3.keys import is_image_key, prefix_end
 from ai_assets.s3.objects import Slice
@@ -396,16 +402,6 @@ def write_rows(
     """
     if not rows:
         return
-    o = image_objects
-    statement = insert(engine, o)
-    statement = statement.on_conflict_do_update(
-        index_elements=["s3_key"],
-        set_={
-            c.name: statement.excluded[c.name]
-            for c in o.columns
-            if c.name not in ("s3_key", "first_seen")
-        },
-    ).returning(o.c.s3_key)  # RETURNING lets SQLAlchemy send multi-row INSERTs, not one per row
     with engine.begin() as connection:
         # stamped once connected, so the commit follows it closely: the exporter recounts days
         # changed since its last read less a lag, and a stamp older than that is missed
@@ -416,10 +412,19 @@ def write_rows(
             for b in batches
         ]
         for chunk in chunked(rows, WRITE_CHUNK):
-            connection.execute(statement, list(chunk)).close()
+            upsert(connection, image_objects, chunk, _keep_first_seen).close()
         if requested:  # a replayed tick commits the same batch ids again: nothing changes
             batch_insert = insert(engine, image_batches).on_conflict_do_nothing()
             connection.execute(batch_insert, requested)
+
+
+def _keep_first_seen(statement: Any) -> Any:
+    """Replace an inventory row by key, all but when the sensor first saw the key."""
+    kept = ("s3_key", "first_seen")
+    updated = {c.name: statement.excluded[c.name] for c in image_objects.c if c.name not in kept}
+    return statement.on_conflict_do_update(index_elements=["s3_key"], set_=updated).returning(
+        image_objects.c.s3_key
+    )
 
 
 #: Unconfirmed batches one tick looks at, oldest first (a normal tick finds the last tick's).
