@@ -147,9 +147,13 @@ def _plain_segments(data: bytes) -> bool:
         marker = data[at + 1]
         if marker == 0xDA:  # start of scan: Pillow reads no further
             return True
-        if marker == 0xE1 or (marker == 0xE2 and data[at + 4 : at + 8] == b"MPF\x00"):
-            return False
-        if marker == 0xFF or 0xD0 <= marker <= 0xD8:  # a fill byte, a marker without length
+        if (
+            marker < 0xC0
+            or marker == 0xE1
+            or (marker == 0xE2 and data[at + 4 : at + 8] == b"MPF\x00")
+        ):
+            return False  # junk Pillow reads its own way, or a segment it acts on
+        if marker == 0xFF or 0xD0 <= marker <= 0xD9:  # a fill byte, a marker without length
             at += 1 if marker == 0xFF else 2
             continue
         at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")

@@ -120,6 +120,14 @@ def test_plain_jpegs_skip_pillow_and_the_others_take_its_path(jpegs: dict[str, b
         assert opened.called, name
     with pytest.raises(ImageError, match="above the limit of 1,000"):
         decode_image(jpegs["coffee"], max_pixels=1_000)  # Pillow's path says why
+    scan = jpegs["coffee"].index(b"\xff\xda")
+    junk = jpegs["coffee"][:scan] + b"\xff\x01" + jpegs["coffee"][scan:]  # no marker Pillow knows
+    with (
+        mock.patch("ai_assets.vision.decode.Image.open", wraps=Image.open) as opened,
+        pytest.raises(ImageError, match="not a recognised image format"),
+    ):
+        decode_image(junk)  # Pillow's verdict, as before the plain path
+    assert opened.called
 
 
 @pytest.mark.parametrize("min_side", [0, 1, 100, 256, 333])
