@@ -161,15 +161,16 @@ def resized_by(classifier: Any, resize: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def decoded_by_pillow() -> Iterator[None]:
-    """Every JPEG decoded by Pillow for a while, as before libjpeg-turbo's direct decode."""
+    """Every JPEG decoded by Pillow for a while, as before libjpeg-turbo's direct decode (both
+    the plain JPEGs' path and Pillow's path decode through ``_turbo_decode``)."""
     from ai_assets.vision import decode
 
-    saved = decode._turbo_jpeg  # pyright: ignore[reportPrivateUsage]
-    decode._turbo_jpeg = lambda data, image: None  # pyright: ignore[reportPrivateUsage]
+    saved = decode._turbo_decode  # pyright: ignore[reportPrivateUsage]
+    decode._turbo_decode = lambda data, width, height: None  # pyright: ignore[reportPrivateUsage]
     try:
         yield
     finally:
-        decode._turbo_jpeg = saved  # pyright: ignore[reportPrivateUsage]
+        decode._turbo_decode = saved  # pyright: ignore[reportPrivateUsage]
 
 
 def decode_floor(images: list[bytes], rounds: int) -> dict[str, float]:

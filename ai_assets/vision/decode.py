@@ -123,16 +123,14 @@ def _plain_jpeg(data: bytes, max_pixels: int, min_side: int) -> np.ndarray | Non
         return None
     try:
         rows, columns, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        width, height = int(columns), int(rows)
-        if colorspace not in ("YCbCr", "RGB", "Gray") or width * height > max_pixels:
-            return None
-        scale = _draft_scale(width, height, min_side)
-        pixels = simplejpeg.decode_jpeg(
-            data, "RGB", min_width=-(-width // scale), min_height=-(-height // scale)
-        )
     except ValueError:
         return None
-    return _limit_aspect_ratio(pixels)
+    width, height = int(columns), int(rows)
+    if colorspace not in ("YCbCr", "RGB", "Gray") or width * height > max_pixels:
+        return None
+    scale = _draft_scale(width, height, min_side)
+    pixels = _turbo_decode(data, -(-width // scale), -(-height // scale))
+    return None if pixels is None else _limit_aspect_ratio(pixels)
 
 
 def _plain_segments(data: bytes) -> bool:
@@ -200,16 +198,22 @@ def _image_errors() -> Iterator[None]:
 
 
 def _turbo_jpeg(data: bytes, image: Image.Image) -> np.ndarray | None:
-    """A YCbCr or grey JPEG decoded by libjpeg-turbo straight into RGB pixels, off the GIL.
-
-    The same pixels as Pillow's decode (same library, same IDCT and upsampling) at ~half its
-    CPU: no copy through Pillow's 4-byte pixels. None for anything else, and for a JPEG
-    libjpeg-turbo warns about: Pillow decides those (it tolerates some warnings, and its
-    errors say what is wrong).
-    """
+    """An opened YCbCr or grey JPEG's pixels from libjpeg-turbo (``_turbo_decode``) at the size
+    Pillow's draft set; None for anything else."""
     if image.format != "JPEG" or image.mode not in ("RGB", "L"):
         return None
     width, height = image.size  # after draft(): the scaled size
+    return _turbo_decode(data, width, height)
+
+
+def _turbo_decode(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg-turbo straight into RGB pixels at the DCT scale that gives
+    ``width`` × ``height``, off the GIL.
+
+    The same pixels as Pillow's decode (same library, same IDCT and upsampling) at ~half its
+    CPU: no copy through Pillow's 4-byte pixels. None for a JPEG libjpeg-turbo warns about:
+    Pillow decides those (it tolerates some warnings, and its errors say what is wrong).
+    """
     try:
         return simplejpeg.decode_jpeg(data, "RGB", min_width=width, min_height=height)
     except ValueError:
