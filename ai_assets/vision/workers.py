@@ -53,6 +53,12 @@ class Recipe:
     resize: str  # "torch" or "pillow" (FastPreprocessor's)
     min_decode_side: int
 
+    @property
+    def crop_shape(self) -> tuple[int, int, int]:
+        """The crop in shared memory: (height, width, 3) uint8."""
+        width, height = self.geometry.output
+        return height, width, 3
+
 
 class DecodeProcesses:
     """``count`` worker processes, each preparing one object at a time into its shared crop.
@@ -151,9 +157,8 @@ class _Worker:
     """One worker process, the pipe to it and its crop in shared memory (parent side)."""
 
     def __init__(self, recipe: Recipe) -> None:
-        width, height = recipe.geometry.output
-        self.shape = (height, width, 3)
-        self.memory = SharedMemory(create=True, size=height * width * 3)
+        self.shape = recipe.crop_shape
+        self.memory = SharedMemory(create=True, size=int(np.prod(self.shape)))
         context = _context()
         self.connection, theirs = context.Pipe()
         self.process = context.Process(
@@ -234,8 +239,7 @@ def _serve(connection: Connection, recipe: Recipe, memory_name: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     yield_to_inference()  # as a fetch thread: idle CPU only, torch's ops on one thread
     memory = SharedMemory(memory_name)  # the run's process owns and unlinks it
-    width, height = recipe.geometry.output
-    out = torch.from_numpy(np.ndarray((height, width, 3), np.uint8, buffer=memory.buf))
+    out = torch.from_numpy(np.ndarray(recipe.crop_shape, np.uint8, buffer=memory.buf))
     while (message := _receive(connection)) is not None:
         data, max_pixels = message
         try:
