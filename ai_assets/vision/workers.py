@@ -20,7 +20,6 @@ import dataclasses
 import multiprocessing
 import multiprocessing.forkserver
 import queue
-import signal
 import threading
 import traceback
 import weakref
@@ -41,8 +40,9 @@ if TYPE_CHECKING:
 _EXIT_SECONDS = 5.0
 #: Workers an object may see die before it is blamed for their deaths.
 DEFAULT_ATTEMPTS = 2
-#: What the forkserver imports once, so each worker forks ready (torch: the resize).
-_PRELOAD = ["torch", __name__]
+#: What the forkserver imports once, so each worker forks ready (torch: the resize) and deaf to
+#: the process group's signals (_fork_server).
+_PRELOAD = ["torch", __name__, "ai_assets.vision._fork_server"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +200,7 @@ class _Worker:
             self.connection.send(None)
         self.connection.close()
         self.process.join(_EXIT_SECONDS)
-        if self.process.is_alive():  # it ignores SIGTERM (see _serve)
+        if self.process.is_alive():  # it ignores SIGTERM (see _fork_server)
             self.process.kill()
             self.process.join(_EXIT_SECONDS)
         self.memory.close()
@@ -233,10 +233,6 @@ def _serve(connection: Connection, recipe: Recipe, memory_name: str) -> None:
     """A worker's loop: (bytes, max pixels) in, None or (message, kind) out, the crop in memory."""
     import torch
 
-    # a signal to the whole process group (Ctrl-C, a group's SIGTERM) must not kill a worker
-    # under a run that goes on: the run's process stops it, and its end (EOF) does too
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     yield_to_inference()  # as a fetch thread: idle CPU only, torch's ops on one thread
     memory = SharedMemory(memory_name)  # the run's process owns and unlinks it
     out = torch.from_numpy(np.ndarray(recipe.crop_shape, np.uint8, buffer=memory.buf))

@@ -139,16 +139,25 @@ def test_ctrl_c_or_a_group_sigterm_leaves_the_workers_to_the_run(
     with_processes: ImageClassifier, jpegs: dict[str, bytes]
 ) -> None:
     """The run's process decides when they stop: a signal to the whole process group (Ctrl-C
-    in a terminal) must not turn the objects they hold into error rows."""
+    in a terminal) must not turn the objects they hold into error rows, even one that reaches a
+    worker the moment it was forked, before its loop started."""
     workers, before = started(with_processes, jpegs["coffee"])
-    for pid in before:
-        os.kill(pid, signal.SIGINT)
-        os.kill(pid, signal.SIGTERM)
-    time.sleep(0.5)  # a worker that heeded them would be gone by now
-    assert all(alive(pid) for pid in before)
-    with_processes.prepare(jpegs["coffee"])
-    with_processes.prepare(jpegs["coffee"])
-    assert workers.pids == before
+    fresh = DecodeProcesses(workers.recipe, 2)
+    fresh.start()
+    try:
+        signalled = before + fresh.pids  # fresh ones signalled at once, not yet in their loop
+        for pid in signalled:
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)  # a worker that heeded them would be gone by now
+        assert all(alive(pid) for pid in signalled)
+        for classifier_workers in (with_processes.workers, fresh):
+            assert classifier_workers is not None
+            for _ in range(2):
+                classifier_workers.prepare(jpegs["coffee"], 4_000_000)
+        assert workers.pids == before and fresh.pids == signalled[len(before) :]
+    finally:
+        fresh.close()
 
 
 def test_a_worker_killed_holding_an_object_is_replaced_and_the_object_tried_again(
