@@ -16,9 +16,9 @@ DEFAULT_BUCKET = "images"
 DEFAULT_WEBSERVER_URL = "http://localhost:3000"
 #: First daily partition; older objects belong to it (AI_ASSETS_START_DATE).
 DEFAULT_START_DATE = "2020-01-01"
-#: Objects per sensor run (AI_ASSETS_MAX_OBJECTS_PER_RUN). Every run process spends ~13-14 s of
-#: CPU whatever its size (Python, Dagster, the code location, torch's and transformers' imports,
-#: the model): 18 % of a 2,000-object run of the bundled model on 2 cores, 8 % at 5,000
+#: Objects per sensor run (AI_ASSETS_MAX_OBJECTS_PER_RUN). Every run process spends ~8 s of CPU
+#: whatever its size (Python, Dagster, the code location, torch's and transformers' imports,
+#: the model): 19 % of a 2,000-object run of the bundled model on 2 cores, 9 % at 5,000
 #: (bench/run_size.py). 5,000 still spreads a backlog of 50,000 over the chart's 10 concurrent
 #: runs, and a retried run goes on where it stopped.
 DEFAULT_MAX_OBJECTS_PER_RUN = 5_000

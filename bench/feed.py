@@ -19,7 +19,8 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
 Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), summed. Then:
 
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
-  runs it requests, in this process, with the model already loaded), Dagster's storage on
+  runs it requests, in this process, with the model already loaded; ``--rounds`` times, every
+  object classified again after the first: ``reclassify``), Dagster's storage on
   PostgreSQL as the Helm chart deploys it; then the same runs again with nothing left to
   classify: Dagster's and the asset's fixed CPU per run (``run_fixed_cpu_s``), and the run's CPU
   per image beyond it; and that fixed CPU with Dagster's storage in SQLite, the embedded
@@ -70,6 +71,9 @@ from report import print_figures
 
 BUCKET = "feed"
 STAGES = ("get", "decode", "preprocess", "collate", "model", "rows", "upsert")
+#: A run's config that classifies its batch again, whole: a run classifies only what is not
+#: current yet, so a measured run after the first would find nothing to do.
+REDO = {"ops": {"image_classifications": {"config": {"reclassify": True}}}}
 
 
 def corpus(n: int) -> dict[str, bytes]:
@@ -305,9 +309,7 @@ def run_process(daemon: Any, request: Any, images: int) -> dict[str, float]:
     sampled every 50 ms and split at its first image and its last row (the run's log lines)."""
     import dagster as dg
 
-    # the batch again, whole: a batch run classifies only what is not current yet
-    redo = {"ops": {"image_classifications": {"config": {"reclassify": True}}}}
-    run_id, command = daemon.run_process_command(request, redo)
+    run_id, command = daemon.run_process_command(request, REDO)
     samples: list[tuple[float, float]] = []
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -502,16 +504,16 @@ def main() -> None:
             result = daemon.evaluate()  # the sensor's tick: not the run's work
             requests = result.run_requests or []
 
-            def run(on: Any = daemon) -> None:
+            def run(on: Any = daemon, config: dict | None = REDO) -> None:
                 for request in requests:
-                    assert on.launch(request).success
+                    assert on.launch(request, config).success
 
-            figures |= side_by_side({"run": (contextlib.nullcontext, run)}, len(keys), 1)
+            figures |= side_by_side({"run": (contextlib.nullcontext, run)}, len(keys), args.rounds)
             # the same runs again, nothing left to classify: what a run costs whatever its size
-            fixed = figures["run_fixed_cpu_s"] = fixed_cpu(run)
+            fixed = figures["run_fixed_cpu_s"] = fixed_cpu(lambda: run(config=None))
             with dg.instance_for_test() as sqlite:
                 sqlite_daemon = InProcessDaemon(sqlite, log_level="WARNING")
-                figures["run_fixed_cpu_s_sqlite"] = fixed_cpu(lambda: run(sqlite_daemon))
+                figures["run_fixed_cpu_s_sqlite"] = fixed_cpu(lambda: run(sqlite_daemon, None))
             beyond = figures["run_cpu_ms_no_model"] - fixed * 1000 / len(keys)
             figures["run_cpu_ms_per_image_beyond_fixed"] = beyond
             written = sa.create_engine(os.environ["AI_ASSETS_DATABASE_URL"])

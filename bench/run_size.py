@@ -4,9 +4,9 @@
 (Python, Dagster, the code location, torch's and transformers' imports, the model, the
 interpreter's exit) against how many runs a backlog spreads over. This bench runs real run
 processes (``dagster api execute_run``, as Dagster's run launchers and a Kubernetes run pod
-start them) over a backlog of JPEGs in a local SeaweedFS, results in a real PostgreSQL, for the
-bundled model and a near-zero-compute one (the pipeline's own work alone), each batch size in
-turn, round after round. A straight line through the sizes' CPU gives the fixed CPU per run and
+start them) over a backlog of JPEGs in a local SeaweedFS, results and Dagster's storage in a real
+PostgreSQL (as the Helm chart deploys them), for the bundled model and a near-zero-compute one
+(the pipeline's own work alone), each batch size in turn, round after round. A straight line through the sizes' CPU gives the fixed CPU per run and
 the CPU per image; from it, the CPU per image and the fixed share at other batch sizes.
 
 Ends with: RESULT bundled_fixed_cpu_s=… bundled_cpu_ms_per_image=… … near_zero_… …
@@ -80,7 +80,10 @@ def main() -> None:
                          "AI_ASSETS_MAX_OBJECTS_PER_RUN": str(size),
                          "AI_ASSETS_DATABASE_URL": pg.create_database(f"run{runs}")}
                     )  # fmt: skip
-                    with dg.instance_for_test() as instance:
+                    # Dagster's storage on PostgreSQL, as the Helm chart deploys it
+                    dagster_url = pg.create_database(f"dagster{runs}").replace("+psycopg2", "")
+                    storage = {"storage": {"postgres": {"postgres_url": dagster_url}}}
+                    with dg.instance_for_test(overrides=storage) as instance:
                         daemon = InProcessDaemon(instance, log_level="WARNING")
                         request = (daemon.evaluate().run_requests or [])[0]  # a batch of `size`
                         measured = run_process(daemon, request, size)
