@@ -6,8 +6,9 @@ interpreter's exit) against how many runs a backlog spreads over. This bench run
 processes (``dagster api execute_run``, as Dagster's run launchers and a Kubernetes run pod
 start them) over a backlog of JPEGs in a local SeaweedFS, results and Dagster's storage in a real
 PostgreSQL (as the Helm chart deploys them), for the bundled model and a near-zero-compute one
-(the pipeline's own work alone), each batch size in turn, round after round. A straight line through the sizes' CPU gives the fixed CPU per run and
-the CPU per image; from it, the CPU per image and the fixed share at other batch sizes.
+(the pipeline's own work alone), each batch size in turn, round after round. A straight line
+through the sizes' CPU gives the fixed CPU per run and the CPU per image; from it, the CPU per
+image and the fixed share at other batch sizes.
 
 Ends with: RESULT bundled_fixed_cpu_s=… bundled_cpu_ms_per_image=… … near_zero_… …
 """
