@@ -294,6 +294,12 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
+def dagster_storage(url: str) -> dict[str, Any]:
+    """Dagster's run, event-log and schedule storage in ``url``'s PostgreSQL database, as the Helm
+    chart deploys it: a dagster.yaml's ``storage`` (dagster-postgres takes a libpq URL)."""
+    return {"postgres": {"postgres_url": url.replace("+psycopg2", "")}}
+
+
 class PostgresServer:
     """A throwaway PostgreSQL cluster on loopback that can be stopped and restarted."""
 

@@ -100,7 +100,7 @@ def main() -> None:
 
     from ai_assets.db import migrations, status
     from ai_assets.ops.exporter import read_dagster
-    from ai_assets_dev.localdev import postgres
+    from ai_assets_dev.localdev import dagster_storage, postgres
 
     today = dt.datetime.now(dt.UTC).date()
     start = today - dt.timedelta(days=args.days - 1)
@@ -122,8 +122,7 @@ def main() -> None:
         tracker.budget_s, tracker.cycle = 1.0, dt.timedelta(0)  # every day due: the budget bounds
         for _ in range(args.repeats):
             budgeted.append(timed(lambda: tracker.refresh(dt.datetime.now(dt.UTC))))
-        storage = {"postgres": {"postgres_url": pg.create_database("dagster").replace(
-            "+psycopg2", "")}}  # fmt: skip
+        storage = dagster_storage(pg.create_database("dagster"))
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
             for i in range(args.runs):
                 final = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)[i % 50 == 0]

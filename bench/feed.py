@@ -412,7 +412,7 @@ def main() -> None:
     from ai_assets.vision.convert import ensure_default_model
     from ai_assets.vision.model import load_classifier
     from ai_assets_dev.inprocess import InProcessDaemon
-    from ai_assets_dev.localdev import postgres
+    from ai_assets_dev.localdev import dagster_storage, postgres
 
     torch.set_num_threads(1)  # the model's CPU is then the calling thread's
     images = corpus(args.images)
@@ -497,8 +497,7 @@ def main() -> None:
         )
 
         os.environ["AI_ASSETS_DATABASE_URL"] = pg.create_database("run")
-        dagster_url = pg.create_database("dagster").replace("+psycopg2", "")
-        storage = {"storage": {"postgres": {"postgres_url": dagster_url}}}
+        storage = {"storage": dagster_storage(pg.create_database("dagster"))}
         with dg.instance_for_test(overrides=storage) as instance:
             daemon = InProcessDaemon(instance, log_level="WARNING")
             result = daemon.evaluate()  # the sensor's tick: not the run's work

@@ -56,7 +56,7 @@ def main() -> None:
 
     from ai_assets.vision.convert import ensure_default_model
     from ai_assets_dev.inprocess import InProcessDaemon
-    from ai_assets_dev.localdev import postgres
+    from ai_assets_dev.localdev import dagster_storage, postgres
 
     images = corpus(max(sizes))
     print(f"a backlog of {len(images):,} JPEGs of 384–640 px", flush=True)
@@ -82,8 +82,7 @@ def main() -> None:
                          "AI_ASSETS_DATABASE_URL": pg.create_database(f"run{runs}")}
                     )  # fmt: skip
                     # Dagster's storage on PostgreSQL, as the Helm chart deploys it
-                    dagster_url = pg.create_database(f"dagster{runs}").replace("+psycopg2", "")
-                    storage = {"storage": {"postgres": {"postgres_url": dagster_url}}}
+                    storage = {"storage": dagster_storage(pg.create_database(f"dagster{runs}"))}
                     with dg.instance_for_test(overrides=storage) as instance:
                         daemon = InProcessDaemon(instance, log_level="WARNING")
                         request = (daemon.evaluate().run_requests or [])[0]  # a batch of `size`

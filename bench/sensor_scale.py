@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_s3 import ACCESS, SECRET, local_s3
 from report import print_figures
 
+from ai_assets_dev.localdev import dagster_storage
+
 BUCKET = "scale"
 
 
@@ -181,8 +183,7 @@ def compare(pg, latency_ms: float, whole_tick: bool, total: int) -> dict[str, fl
         results = pg.create_database(f"results_{name}").replace(f":{pg.port}/", f":{proxied}/")
         os.environ["AI_ASSETS_DATABASE_URL"] = results
         dagster_url = pg.create_database(f"dagster_{name}").replace(f":{pg.port}/", f":{proxied}/")
-        storage = {"postgres": {"postgres_url": dagster_url.replace("+psycopg2", "")}}
-        with dg.instance_for_test(overrides={"storage": storage}) as instance:
+        with dg.instance_for_test(overrides={"storage": dagster_storage(dagster_url)}) as instance:
             driver = Driver(instance)
             print(f"{name}: first pass, then an idle pass")
             ticks = driver.one_pass() + driver.one_pass()
@@ -236,9 +237,8 @@ def main() -> None:
                 compared |= compare(pg, latency, whole_tick, total)
         os.environ["AI_ASSETS_DATABASE_URL"] = main_database
 
-        dagster_url = remote(pg.create_database("dagster")).replace("+psycopg2", "")
-        storage = {"postgres": {"postgres_url": dagster_url}}
-        with dg.instance_for_test(overrides={"storage": storage}) as instance:
+        dagster_url = remote(pg.create_database("dagster"))
+        with dg.instance_for_test(overrides={"storage": dagster_storage(dagster_url)}) as instance:
             driver = Driver(instance)
             print(f"first pass over {total:,} objects:")
             first = driver.one_pass()

@@ -39,6 +39,8 @@ from local_s3 import local_s3
 from report import print_figures
 from sensor_scale import Driver, upload
 
+from ai_assets_dev.localdev import dagster_storage
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SENSOR_INTERVAL_S = 15  # s3_image_sensor's minimum_interval_seconds
@@ -146,11 +148,7 @@ def drain_rate(
     send_all(sqs, queue_url, bodies)
     print(f"  sent {len(bodies):,} messages in {time.perf_counter() - sent:.1f} s", flush=True)
     sensor_module.SQS_RECEIVERS = receivers
-    storage = {
-        "postgres": {
-            "postgres_url": pg.create_database(f"dagster_{label}").replace("+psycopg2", "")
-        }
-    }
+    storage = dagster_storage(pg.create_database(f"dagster_{label}"))
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
         driver = Driver(instance)
         driver.daemon.cursor = fresh_cursor("")
@@ -199,9 +197,7 @@ def listing_rate(pg, endpoint: str, objects: int, processes: int) -> dict[str, f
 
     sensor_scale.BUCKET = "listing"
     upload(endpoint, [f"photos/{i % 997:03}/{i:08}.jpg" for i in range(objects)], processes)
-    storage = {
-        "postgres": {"postgres_url": pg.create_database("dagster_listing").replace("+psycopg2", "")}
-    }
+    storage = dagster_storage(pg.create_database("dagster_listing"))
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
         driver = Driver(instance)
         driver.one_pass()

@@ -123,7 +123,7 @@ def main() -> None:
     import sqlalchemy as sa
 
     from ai_assets.db import migrations
-    from ai_assets_dev.localdev import postgres
+    from ai_assets_dev.localdev import dagster_storage, postgres
 
     with postgres() as pg:
         engine = sa.create_engine(pg.create_database("results"))
@@ -131,8 +131,7 @@ def main() -> None:
         started = time.perf_counter()
         fill(engine, args.rows)
         print(f"filled {args.rows:,} inventory rows in {time.perf_counter() - started:.1f} s")
-        storage = {"postgres": {"postgres_url": pg.create_database("dagster").replace(
-            "+psycopg2", "")}}  # fmt: skip
+        storage = dagster_storage(pg.create_database("dagster"))
         with dg.instance_for_test(overrides={"storage": storage}) as instance:
             usual = tick_cost_ms(instance, engine, USUAL, args.repeats)
             full = tick_cost_ms(instance, engine, FULL, args.repeats)

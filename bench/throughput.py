@@ -188,8 +188,9 @@ def e2e_child(profile: str | None) -> None:
     import dagster as dg
 
     from ai_assets_dev.inprocess import InProcessDaemon
+    from ai_assets_dev.localdev import dagster_storage
 
-    storage = {"postgres": {"postgres_url": os.environ["BENCH_DAGSTER_PG_URL"]}}
+    storage = dagster_storage(os.environ["BENCH_DAGSTER_PG_URL"])
     with dg.instance_for_test(overrides={"storage": storage}) as instance:
         daemon = InProcessDaemon(instance, log_level="WARNING")
         daemon.defs.resources["classifier"].process_config_and_initialize().load()  # type: ignore[attr-defined]
@@ -337,7 +338,7 @@ def main() -> None:
                 # that is not the per-image path this bench measures
                 "AI_ASSETS_START_DATE": dt.datetime.now(dt.UTC).date().isoformat(),
                 "DAGSTER_HOME": tmp,
-                "BENCH_DAGSTER_PG_URL": pg.create_database("dagster").replace("+psycopg2", ""),
+                "BENCH_DAGSTER_PG_URL": pg.create_database("dagster"),
             }
         )
         for name in ("AI_ASSETS_MODEL", "AI_ASSETS_PRECISION"):

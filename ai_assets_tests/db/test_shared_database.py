@@ -17,6 +17,7 @@ from dagster._core.storage.schedules.schema import ScheduleStorageSqlMetadata
 
 from ai_assets.db import migrations, results
 from ai_assets_dev.inprocess import InProcessDaemon
+from ai_assets_dev.localdev import dagster_storage
 from ai_assets_tests.support.util import configure, rows_by_key
 
 OURS = {results.image_objects.name, results.image_classifications.name, migrations.VERSION_TABLE}
@@ -25,8 +26,7 @@ OURS = {results.image_objects.name, results.image_classifications.name, migratio
 @contextlib.contextmanager
 def dagster_on(url: str) -> Iterator[dg.DagsterInstance]:
     """A Dagster instance whose run, event-log and schedule storage live in ``url``'s database."""
-    storage = {"postgres": {"postgres_url": url.replace("+psycopg2", "")}}
-    with dg.instance_for_test(overrides={"storage": storage}) as instance:
+    with dg.instance_for_test(overrides={"storage": dagster_storage(url)}) as instance:
         yield instance
 
 

@@ -31,6 +31,7 @@ from ai_assets.db import inventory, results
 from ai_assets_dev.localdev import (
     PostgresServer,
     dagster_dev_command,
+    dagster_storage,
     free_port,
     local_instance,
     prometheus,
@@ -122,8 +123,7 @@ def dagster_dev(
     home = Path(tempfile.mkdtemp(prefix="ai-assets-e2e-"))
     # one database for Dagster's storage and our tables, as the chart's defaults set it up
     results_url = pg_server.create_database(f"e2e_shared_{os.getpid()}")
-    storage = {"postgres": {"postgres_url": results_url.replace("+psycopg2", "")}}
-    local_instance(home, storage=storage)
+    local_instance(home, storage=dagster_storage(results_url))
     bucket = f"e2e-{os.getpid()}"
     env = {
         **os.environ,
