@@ -36,6 +36,7 @@ class Meta(enum.StrEnum):
     DEVICE = "device"
     PRECISION = "precision"
     DECODING = "decoding"
+    MODEL_THREADS = "model_threads"
     BATCHNORMS_FOLDED = "batchnorms_folded"
     SAMPLE = "sample"
     BATCH = "batch"

@@ -54,6 +54,7 @@ class RemoteClassifier:
         #: ``prepare`` passes the bytes on: the service decodes them
         self.decode_concurrency = DEFAULT_DECODE_CONCURRENCY
         self.decoding = f"by the model service {self.url}"
+        self.model_threads = 0  # the model runs in the service, not in this process
 
     def prepare(self, data: bytes, max_pixels: int) -> bytes:
         """The bytes as they are: the service decodes them and applies its own limits."""

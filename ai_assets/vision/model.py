@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from ai_assets.settings import (
 )
 from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, decode_or_keep_jpeg
 from ai_assets.vision.labels import Label
-from ai_assets.vision.threads import loading, tune_allocator
+from ai_assets.vision.threads import loading, torch_threads, tune_allocator
 
 if TYPE_CHECKING:
     import torch
@@ -36,6 +37,19 @@ def auto_device() -> str:
 #: ``AI_ASSETS_PRECISION`` → torch dtype. fp16 and bf16 run on GPU tensor cores and on CPUs with
 #: AVX512-FP16 / AMX; fp16 keeps more mantissa, so it changes fewer labels (bench/feed.py).
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+#: A model on the CPU whose first batch takes less than this per image runs on one thread.
+#: After every batch each idle OpenMP thread of torch spins before it sleeps (libgomp's
+#: default), CPU that such a model's threads cannot pay back. On 2 cores a near-zero model's
+#: batch of 32 took 5 ms and 16.5 ms of CPU on torch's 2 threads, 7.5 ms and 7.5 ms on one;
+#: its run processes 2.39-2.59 CPU ms per image in the loop, 1.71-1.94 on one thread. The
+#: bundled model (8-10 ms per image) took 240-262 ms and 485-529 ms of CPU, 470-476 on one.
+SERIAL_BELOW_S_PER_IMAGE = 0.001
+
+
+def model_threads(first_batch_s_per_image: float, default: int) -> int:
+    """The threads a CPU model runs on, from its first batch on torch's ``default`` threads."""
+    return 1 if first_batch_s_per_image < SERIAL_BELOW_S_PER_IMAGE else default
 
 
 class ImageClassifier:
@@ -109,6 +123,10 @@ class ImageClassifier:
         self.model_revision = _revision(self.model, model)
         id2label = self.model.config.id2label or {}
         self.labels = {int(i): str(label) for i, label in id2label.items()}
+        self._on_cpu = torch.device(self.device).type == "cpu"
+        #: torch's threads for the model's forward passes on the CPU; the first warm-up may
+        #: make it one (``model_threads``)
+        self.threads = torch.get_num_threads()
         self._warm: set[int] = set()
 
     @property
@@ -128,12 +146,25 @@ class ImageClassifier:
             return f"{self.workers.count} decode processes"
         return f"fetch threads, at most {self.decode_concurrency} at once"
 
+    @property
+    def model_threads(self) -> int:
+        """The CPU threads torch runs the model on; 0 on a GPU (a run's metadata)."""
+        return self.threads if self._on_cpu else 0
+
     def warm_up(self, batch_size: int) -> None:
-        """Run one blank batch: oneDNN builds its kernels for a batch shape on first use (~1 s)."""
-        if batch_size not in self._warm:
-            blank = self.preprocess(np.zeros((256, 256, 3), np.uint8))
-            self.predict([blank] * batch_size, top_k=1)
-            self._warm.add(batch_size)
+        """Run one blank batch: oneDNN builds its kernels for a batch shape on first use.
+
+        The first warm-up, at the batch size the caller runs, also chooses the model's threads.
+        """
+        if batch_size in self._warm:
+            return
+        blank = self.preprocess(np.zeros((256, 256, 3), np.uint8))
+        started = time.perf_counter()
+        self.predict([blank] * batch_size, top_k=1)
+        if not self._warm and self._on_cpu:
+            per_image = (time.perf_counter() - started) / batch_size
+            self.threads = model_threads(per_image, self.threads)
+        self._warm.add(batch_size)
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
         """Decode at the smallest JPEG scale that still covers the model's input size."""
@@ -179,6 +210,8 @@ class ImageClassifier:
         """
         import torch
 
+        if self._on_cpu:
+            torch_threads(self.threads)  # the calling thread's; another may have changed them
         with torch.inference_mode():
             logits = self.model(pixel_values=batch.to(self.dtype)).logits
             scores, indices = logits.float().softmax(dim=-1).topk(min(top_k, logits.shape[-1]))

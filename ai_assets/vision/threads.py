@@ -64,16 +64,18 @@ def yield_to_inference() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    _serial_torch()
+    # these threads already run side by side; a torch op on one image above torch's grain
+    # (32,768 elements) would open an OpenMP team of its own, whose threads spin after it:
+    # 0.2-0.3 ms per image on 2 cores
+    torch_threads(1)
 
 
-def _serial_torch() -> None:
-    """One OpenMP thread for torch's ops in the calling thread, where torch uses GNU OpenMP.
+def torch_threads(count: int) -> None:
+    """Run torch's ops in the calling thread on ``count`` OpenMP threads, where torch uses GNU
+    OpenMP.
 
-    These threads already run side by side; a torch op on one image above torch's grain
-    (32,768 elements) would open an OpenMP team of its own, whose threads spin after it: 0.2-0.3
-    ms per image on 2 cores. OpenMP's thread count is per thread, where torch.set_num_threads
-    would also change the default of every thread that starts torch later (the model's).
+    OpenMP's thread count is per thread, where torch.set_num_threads would also change the
+    default of every thread that starts torch later (the model's, for a fetch thread's call).
     """
     torch = sys.modules.get("torch")
     if torch is None or not torch.__file__:
@@ -82,7 +84,7 @@ def _serial_torch() -> None:
     if gomp is None:
         return
     torch.get_num_threads()  # torch's own per-thread set-up first: it would undo what follows
-    gomp.omp_set_num_threads(1)
+    gomp.omp_set_num_threads(count)
 
 
 @functools.cache

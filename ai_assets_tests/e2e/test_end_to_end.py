@@ -67,6 +67,9 @@ def test_bucket_to_table_end_to_end(
     assert metadata["cpu_ms_per_image"].value == pytest.approx(cpu_s * 1000 / len(objects), 0.1)
     assert metadata["batchnorms_folded"].value == 49  # the bundled model runs folded
     assert metadata["decoding"].value.startswith("fetch threads, at most ")
+    import torch  # the run loaded it in this process
+
+    assert metadata["model_threads"].value == torch.get_num_threads()  # the bundled model's
     assert metadata["batch"].value == result.run_requests[0].run_key
     assert "espresso" in metadata["top_labels"].value
     assert "| `photos/coffee.jpg` | espresso |" in metadata["sample"].value

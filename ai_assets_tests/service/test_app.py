@@ -218,10 +218,11 @@ import dagster as dg
 from ai_assets_dev.inprocess import InProcessDaemon
 with dg.instance_for_test() as instance:
     _, runs = InProcessDaemon(instance).tick()
-decoding = [r.asset_materializations_for_node("image_classifications")[0].metadata["decoding"].value
-            for r in runs]
+metadata = [r.asset_materializations_for_node("image_classifications")[0].metadata for r in runs]
 print(json.dumps({"runs": [r.success for r in runs], "torch": "torch" in sys.modules,
-                  "transformers": "transformers" in sys.modules, "decoding": decoding}))
+                  "transformers": "transformers" in sys.modules,
+                  "decoding": [m["decoding"].value for m in metadata],
+                  "model_threads": [m["model_threads"].value for m in metadata]}))
 """
 
 
@@ -247,7 +248,7 @@ def test_a_run_classifies_through_the_service_without_loading_a_model(
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {
         "runs": [True], "torch": False, "transformers": False,
-        "decoding": [f"by the model service {service_url}"],
+        "decoding": [f"by the model service {service_url}"], "model_threads": [0],
     }  # fmt: skip
     rows = rows_by_key(db)
     assert "cat" in rows["in/chelsea.jpg"]["label"]

@@ -410,6 +410,41 @@ def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> N
     assert calls == [4, 2]
 
 
+def test_a_model_quicker_than_its_threads_spin_runs_on_one_thread(
+    tiny_model_dir: str, lite0_dir: str
+) -> None:
+    """Decided by the first warm-up: the tiny model (~0.05 ms per image) on one thread, the
+    bundled one (~8 ms) on torch's default, whatever the calling thread's own setting."""
+    import torch
+
+    from ai_assets.vision.threads import torch_threads
+
+    default = torch.get_num_threads()
+    tiny, lite0 = ImageClassifier(tiny_model_dir, "cpu"), ImageClassifier(lite0_dir, "cpu")
+    seen: list[int] = []
+    for classifier in (tiny, lite0):
+        classifier.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+        assert classifier.model_threads == default  # not warmed up: torch's default
+    tiny.warm_up(32)
+    tiny.warm_up(1)  # later warm-ups keep the first's choice
+    lite0.warm_up(8)
+    assert (tiny.model_threads, lite0.model_threads) == (1, default)
+
+    def forward_passes() -> None:
+        for classifier in (tiny, lite0, tiny):
+            blank = classifier.preprocess(np.zeros((64, 64, 3), np.uint8))
+            classifier.predict([blank], top_k=1)
+
+    seen.clear()
+    forward_passes()
+    worker = threading.Thread(target=lambda: (torch_threads(1), forward_passes()))
+    worker.start()
+    worker.join()
+    assert seen == [1, default, 1] * 2
+    assert torch.get_num_threads() == 1  # this thread's own setting now: the tiny one ran last
+    torch_threads(default)
+
+
 def test_the_bundled_model_runs_with_folded_batchnorms_and_the_same_labels(
     lite0_dir: str, jpegs: dict[str, bytes]
 ) -> None:
