@@ -38,18 +38,24 @@ def auto_device() -> str:
 #: AVX512-FP16 / AMX; fp16 keeps more mantissa, so it changes fewer labels (bench/feed.py).
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-#: A model on the CPU whose first batch takes less than this per image runs on one thread.
-#: After every batch each idle OpenMP thread of torch spins before it sleeps (libgomp's
-#: default), CPU that such a model's threads cannot pay back. On 2 cores a near-zero model's
-#: batch of 32 took 5 ms and 16.5 ms of CPU on torch's 2 threads, 7.5 ms and 7.5 ms on one;
-#: its run processes 2.39-2.59 CPU ms per image in the loop, 1.71-1.94 on one thread. The
-#: bundled model (8-10 ms per image) took 240-262 ms and 485-529 ms of CPU, 470-476 on one.
-SERIAL_BELOW_S_PER_IMAGE = 0.001
+#: CPU seconds a core spends to fetch, decode and crop one image here (GET 0.12, decode 0.65,
+#: preprocess 0.39 ms in bench/feed.py's run): the feed that a model on one thread must keep up
+#: with (``model_threads``).
+FEED_CORE_S_PER_IMAGE = 0.0012
 
 
-def model_threads(first_batch_s_per_image: float, default: int) -> int:
-    """The threads a CPU model runs on, from its first batch on torch's ``default`` threads."""
-    return 1 if first_batch_s_per_image < SERIAL_BELOW_S_PER_IMAGE else default
+def model_threads(first_batch_s_per_image: float, threads: int) -> int:
+    """The threads a CPU model runs on, from its first batch on torch's default ``threads``.
+
+    One where even then it keeps up with the feed on the other cores: on one thread it takes
+    at most ``threads`` times as long. After every batch each idle OpenMP thread of torch spins
+    before it sleeps (libgomp's default), CPU that such a model's threads cannot pay back. On 2
+    cores a near-zero model's batch of 32 took 5 ms and 16.5 ms of CPU on torch's 2 threads,
+    7.5 ms and 7.5 ms on one; its run processes spent 2.39-2.59 CPU ms per image in the loop,
+    1.71-1.94 on one thread. The bundled model (~8 ms per image on 2 threads) keeps them.
+    """
+    alone = first_batch_s_per_image * threads
+    return 1 if alone * (threads - 1) < FEED_CORE_S_PER_IMAGE else threads
 
 
 class ImageClassifier:

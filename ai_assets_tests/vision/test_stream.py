@@ -10,7 +10,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from ai_assets.s3.objects import Fetched
 from ai_assets.vision.decode import ImageError, _draft_scale, decode_image  # pyright: ignore[reportPrivateUsage]
-from ai_assets.vision.model import ImageClassifier, load_classifier
+from ai_assets.vision.model import ImageClassifier, load_classifier, model_threads
 from ai_assets.vision.preprocess import reference_image
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets_dev.samples import encode
@@ -410,25 +410,45 @@ def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> N
     assert calls == [4, 2]
 
 
-def test_a_model_quicker_than_its_threads_spin_runs_on_one_thread(
+@pytest.mark.parametrize(
+    ("ms_per_image", "threads", "chosen"),
+    [
+        (0.25, 2, 1),  # the near-zero model on 2 cores: 0.5 ms alone, the other core feeds it
+        (0.25, 16, 16),  # on 16 cores one thread could not keep up with 15 cores' feed
+        (0.75, 2, 2),  # 1.5 ms alone: slower than the feed on the other core
+        (8.0, 2, 2),  # the bundled model
+        (8.0, 1, 1),
+    ],
+)
+def test_a_model_runs_on_one_thread_only_where_it_keeps_up_with_the_feed(
+    ms_per_image: float, threads: int, chosen: int
+) -> None:
+    assert model_threads(ms_per_image / 1000, threads) == chosen
+
+
+def test_the_first_warm_up_chooses_the_threads_every_forward_pass_runs_on(
     tiny_model_dir: str, lite0_dir: str
 ) -> None:
-    """Decided by the first warm-up: the tiny model (~0.05 ms per image) on one thread, the
-    bundled one (~8 ms) on torch's default, whatever the calling thread's own setting."""
+    """The tiny model (~0.05 ms per image) on one thread, the bundled one (~8 ms) on torch's
+    threads, whatever the calling thread's own setting."""
     import torch
 
     from ai_assets.vision.threads import torch_threads
 
     default = torch.get_num_threads()
-    tiny, lite0 = ImageClassifier(tiny_model_dir, "cpu"), ImageClassifier(lite0_dir, "cpu")
+    torch.set_num_threads(2)  # as on this project's 2-core machines, whatever this one has
+    try:
+        tiny, lite0 = ImageClassifier(tiny_model_dir, "cpu"), ImageClassifier(lite0_dir, "cpu")
+    finally:
+        torch.set_num_threads(default)
     seen: list[int] = []
     for classifier in (tiny, lite0):
         classifier.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
-        assert classifier.model_threads == default  # not warmed up: torch's default
+        assert classifier.model_threads == 2  # not warmed up: torch's threads at its load
     tiny.warm_up(32)
     tiny.warm_up(1)  # later warm-ups keep the first's choice
     lite0.warm_up(8)
-    assert (tiny.model_threads, lite0.model_threads) == (1, default)
+    assert (tiny.model_threads, lite0.model_threads) == (1, 2)
 
     def forward_passes() -> None:
         for classifier in (tiny, lite0, tiny):
@@ -440,7 +460,7 @@ def test_a_model_quicker_than_its_threads_spin_runs_on_one_thread(
     worker = threading.Thread(target=lambda: (torch_threads(1), forward_passes()))
     worker.start()
     worker.join()
-    assert seen == [1, default, 1] * 2
+    assert seen == [1, 2, 1] * 2
     assert torch.get_num_threads() == 1  # this thread's own setting now: the tiny one ran last
     torch_threads(default)
 
