@@ -216,9 +216,7 @@ class ImageClassifier:
         """
         import torch
 
-        if self._on_cpu:
-            torch_threads(self.threads)  # the calling thread's; another may have changed them
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):  # the calling thread's
             logits = self.model(pixel_values=batch.to(self.dtype)).logits
             scores, indices = logits.float().softmax(dim=-1).topk(min(top_k, logits.shape[-1]))
             done = None

@@ -67,24 +67,36 @@ def yield_to_inference() -> None:
     # these threads already run side by side; a torch op on one image above torch's grain
     # (32,768 elements) would open an OpenMP team of its own, whose threads spin after it:
     # 0.2-0.3 ms per image on 2 cores
-    torch_threads(1)
+    set_torch_threads(1)
 
 
-def torch_threads(count: int) -> None:
+def set_torch_threads(count: int) -> int | None:
     """Run torch's ops in the calling thread on ``count`` OpenMP threads, where torch uses GNU
-    OpenMP.
+    OpenMP; the thread's count before (None elsewhere).
 
     OpenMP's thread count is per thread, where torch.set_num_threads would also change the
     default of every thread that starts torch later (the model's, for a fetch thread's call).
     """
     torch = sys.modules.get("torch")
     if torch is None or not torch.__file__:
-        return  # not imported: this process runs no torch op
+        return None  # not imported: this process runs no torch op
     gomp = _torch_openmp(torch.__file__)
     if gomp is None:
-        return
-    torch.get_num_threads()  # torch's own per-thread set-up first: it would undo what follows
+        return None
+    before = torch.get_num_threads()  # torch's per-thread set-up first: it would undo this
     gomp.omp_set_num_threads(count)
+    return before
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's ops in the calling thread on ``count`` OpenMP threads meanwhile."""
+    before = set_torch_threads(count)
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_torch_threads(before)
 
 
 @functools.cache
