@@ -23,9 +23,7 @@ from ai_assets.settings import (
     DEFAULT_TOP_K,
     DEFAULT_WEBSERVER_URL,
     declared,
-    decode_processes,
     default_database_url,
-    default_fetch_threads,
     gpu_jpeg_decode,
 )
 
@@ -65,9 +63,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             top_k=int_setting("AI_ASSETS_TOP_K", DEFAULT_TOP_K),
             max_image_bytes=int_setting("AI_ASSETS_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES),
             max_image_pixels=int_setting("AI_ASSETS_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
-            download_concurrency=int_setting(
-                "AI_ASSETS_DOWNLOAD_CONCURRENCY", default_fetch_threads(decode_processes())
-            ),
+            download_concurrency=int_setting("AI_ASSETS_DOWNLOAD_CONCURRENCY", 0),
             precision=setting("AI_ASSETS_PRECISION", DEFAULT_PRECISION),
             gpu_jpeg_decode=gpu_jpeg_decode(),  # read now: Dagster has no boolean EnvVar
             decode_processes=int_setting("AI_ASSETS_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES),

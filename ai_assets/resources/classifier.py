@@ -8,12 +8,12 @@ from pydantic import Field
 from ai_assets.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DECODE_PROCESSES,
-    DEFAULT_DOWNLOAD_CONCURRENCY,
     DEFAULT_INFERENCE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_PRECISION,
     DEFAULT_TOP_K,
+    default_fetch_threads,
 )
 
 if TYPE_CHECKING:
@@ -38,8 +38,9 @@ class ClassifierResource(dg.ConfigurableResource):
     max_image_bytes: int = Field(default=DEFAULT_MAX_IMAGE_BYTES)
     max_image_pixels: int = Field(default=DEFAULT_MAX_IMAGE_PIXELS)
     download_concurrency: int = Field(
-        default=DEFAULT_DOWNLOAD_CONCURRENCY,
-        description="Objects fetched and decoded at once (AI_ASSETS_DOWNLOAD_CONCURRENCY).",
+        default=0,
+        description="Objects fetched and decoded at once (AI_ASSETS_DOWNLOAD_CONCURRENCY); 0 = "
+        "cores + 1 (at most 16), and at least twice decode_processes.",
     )
     precision: str = Field(
         default=DEFAULT_PRECISION, description="fp32, bf16 or fp16 (AI_ASSETS_PRECISION)."
@@ -70,6 +71,12 @@ class ClassifierResource(dg.ConfigurableResource):
         default=DEFAULT_INFERENCE_CONCURRENCY,
         description="Requests in flight to the model service (AI_ASSETS_INFERENCE_CONCURRENCY).",
     )
+
+    @property
+    def fetch_threads(self) -> int:
+        """A run's fetch threads: ``download_concurrency``, or when 0 chosen from the cores and
+        the decode processes (each thread waits for its worker's crop)."""
+        return self.download_concurrency or default_fetch_threads(self.decode_processes)
 
     def load(self) -> ImageClassifier | RemoteClassifier:
         """The process's model, warmed up for this batch size (neither counts as run time).
