@@ -40,11 +40,11 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 #: CPU seconds a core spends to fetch, decode and crop one image here (GET 0.12, decode 0.65,
 #: preprocess 0.39 ms in bench/feed.py's run): the feed that a model on one thread must keep up
-#: with (``model_threads``).
+#: with (``choose_model_threads``).
 FEED_CORE_S_PER_IMAGE = 0.0012
 
 
-def model_threads(first_batch_s_per_image: float, threads: int) -> int:
+def choose_model_threads(first_batch_s_per_image: float, threads: int) -> int:
     """The threads a CPU model runs on, from its first batch on torch's default ``threads``.
 
     One where even then it keeps up with the feed on the other cores: on one thread it takes
@@ -131,7 +131,7 @@ class ImageClassifier:
         self.labels = {int(i): str(label) for i, label in id2label.items()}
         self._on_cpu = torch.device(self.device).type == "cpu"
         #: torch's threads for the model's forward passes on the CPU; the first warm-up may
-        #: make it one (``model_threads``)
+        #: make it one (``choose_model_threads``)
         self.threads = torch.get_num_threads()
         self._warm: set[int] = set()
 
@@ -169,7 +169,7 @@ class ImageClassifier:
         self.predict([blank] * batch_size, top_k=1)
         if not self._warm and self._on_cpu:
             per_image = (time.perf_counter() - started) / batch_size
-            self.threads = model_threads(per_image, self.threads)
+            self.threads = choose_model_threads(per_image, self.threads)
         self._warm.add(batch_size)
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:

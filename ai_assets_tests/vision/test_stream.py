@@ -10,7 +10,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from ai_assets.s3.objects import Fetched
 from ai_assets.vision.decode import ImageError, _draft_scale, decode_image  # pyright: ignore[reportPrivateUsage]
-from ai_assets.vision.model import ImageClassifier, load_classifier, model_threads
+from ai_assets.vision.model import ImageClassifier, choose_model_threads, load_classifier
 from ai_assets.vision.preprocess import reference_image
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets_dev.samples import encode
@@ -423,7 +423,7 @@ def test_warm_up_runs_once_per_batch_size(tiny_model_dir: str, monkeypatch) -> N
 def test_a_model_runs_on_one_thread_only_where_it_keeps_up_with_the_feed(
     ms_per_image: float, threads: int, chosen: int
 ) -> None:
-    assert model_threads(ms_per_image / 1000, threads) == chosen
+    assert choose_model_threads(ms_per_image / 1000, threads) == chosen
 
 
 def test_the_first_warm_up_chooses_the_threads_every_forward_pass_runs_on(
@@ -449,7 +449,8 @@ def test_the_first_warm_up_chooses_the_threads_every_forward_pass_runs_on(
         assert classifier.model_threads == 2  # not warmed up: torch's threads at its load
     timed: list[tuple[float, int]] = []
     with monkeypatch.context() as patch:
-        patch.setattr(model, "model_threads", lambda s, threads: timed.append((s, threads)) or 1)
+        chosen = lambda s, threads: timed.append((s, threads)) or 1  # noqa: E731
+        patch.setattr(model, "choose_model_threads", chosen)
         tiny.warm_up(32)
         tiny.warm_up(1)  # later warm-ups keep the first's choice
     assert len(timed) == 1 and timed[0][0] > 0 and timed[0][1] == 2

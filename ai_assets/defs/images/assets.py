@@ -264,7 +264,7 @@ def _run_metadata(
         Meta.PRECISION: dg.MetadataValue.text(model.precision),
         Meta.DECODING: dg.MetadataValue.text(model.decoding),
         # torch's CPU threads for the model in this process: one for a model that keeps up with
-        # the feed on one (vision.model.model_threads); 0 on a GPU or in the model service
+        # the feed on one (vision.model.choose_model_threads); 0 on a GPU or in the model service
         Meta.MODEL_THREADS: dg.MetadataValue.int(model.model_threads),
         Meta.BATCHNORMS_FOLDED: dg.MetadataValue.int(model.folded),
         Meta.SAMPLE: dg.MetadataValue.md(tally.sample_table()),
