@@ -35,20 +35,27 @@ DEFAULT_RECONCILE_MINUTES = 60.0
 #: Larger objects / images become error rows (AI_ASSETS_MAX_IMAGE_BYTES / _PIXELS).
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity; a Kubernetes pod's node's, with no
+    CPU manager pinning it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+
+
 #: Fetch/decode threads per run: one per core plus one, at most 16. Decoding and preprocessing
 #: keep them busy, so more threads than cores only contend (bench/throughput.py); raise it
 #: where S3 is far away (no more of them decode at once: DEFAULT_DECODE_CONCURRENCY).
-DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(
-    15, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-)
+DEFAULT_DOWNLOAD_CONCURRENCY = 1 + min(15, available_cores())
 #: Of those, the threads that decode and preprocess at once (the others fetch or wait): they
 #: share one GIL, and on an H200 machine's 16 cores the run's loop did 2,308 images/s with 4
 #: threads in all, 2,229 with 8 and 1,547 with 16 (docs/scaling.md). No limit on 2-3 threads.
 DEFAULT_DECODE_CONCURRENCY = min(DEFAULT_DOWNLOAD_CONCURRENCY, 4)
 #: Worker processes that decode instead of the fetch threads (AI_ASSETS_DECODE_PROCESSES); 0 =
-#: the threads. On 2 cores they cost more CPU than the threads (1.41-1.87 against 1.19-1.49 ms
-#: per image, bench/feed.py); they are for many cores, where the threads share one GIL.
-DEFAULT_DECODE_PROCESSES = 0
+#: the threads; None (unset) = chosen when the model loads, from its device and the cores
+#: (``vision.model.choose_decode_processes``): none on the CPU, where they cost more CPU than
+#: the threads (1.41-1.87 against 1.19-1.49 ms per image on 2 cores, bench/feed.py).
+DEFAULT_DECODE_PROCESSES: int | None = None
 #: Images per model batch, in runs and in the model service (AI_ASSETS_BATCH_SIZE).
 DEFAULT_BATCH_SIZE = 32
 #: Labels kept per image (AI_ASSETS_TOP_K).
@@ -109,7 +116,7 @@ CONTRACT: tuple[Variable, ...] = (
     Variable("AI_ASSETS_PRECISION", DEFAULT_PRECISION, "fp32, bf16 or fp16"),
     Variable("AI_ASSETS_GPU_JPEG_DECODE", "false", "JPEGs decoded by nvJPEG on CUDA"),
     Variable(
-        "AI_ASSETS_DECODE_PROCESSES", str(DEFAULT_DECODE_PROCESSES), "decoding worker processes"
+        "AI_ASSETS_DECODE_PROCESSES", "cores - 2 on a GPU with 8+, else 0", "decoding processes"
     ),
     Variable("AI_ASSETS_INFERENCE_URL", "", "model service for runs"),
     Variable(
@@ -223,9 +230,12 @@ def gpu_jpeg_decode() -> bool:
     return raw.lower() in ("1", "true", "yes")
 
 
-def decode_processes() -> int:
-    """Worker processes that decode for a run (``AI_ASSETS_DECODE_PROCESSES``); 0 = threads."""
-    return int(_number("AI_ASSETS_DECODE_PROCESSES", DEFAULT_DECODE_PROCESSES, int, 0))
+def decode_processes() -> int | None:
+    """Worker processes that decode for a run (``AI_ASSETS_DECODE_PROCESSES``); 0 = threads,
+    None (unset) = chosen for the model's device when it loads."""
+    if not os.environ.get(declared("AI_ASSETS_DECODE_PROCESSES"), "").strip():
+        return DEFAULT_DECODE_PROCESSES
+    return int(_number("AI_ASSETS_DECODE_PROCESSES", 0, int, 0))
 
 
 def default_fetch_threads(processes: int) -> int:
@@ -299,7 +309,7 @@ class ServiceSettings:
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     queue_limit: int = DEFAULT_QUEUE_LIMIT
-    decode_processes: int = DEFAULT_DECODE_PROCESSES
+    decode_processes: int | None = DEFAULT_DECODE_PROCESSES
 
 
 def service_settings() -> ServiceSettings:

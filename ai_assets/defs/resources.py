@@ -1,7 +1,7 @@
 """The resources of the code location, each setting from the configuration contract."""
 
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 
@@ -27,13 +27,15 @@ from ai_assets.settings import (
     gpu_jpeg_decode,
 )
 
+_Default = TypeVar("_Default", bound=int | None)
+
 
 def setting(name: str, default: str) -> str | dg.EnvVar:
     """``dg.EnvVar(name)`` when the variable is set (resolved at run time), else the default."""
     return dg.EnvVar(name) if os.environ.get(declared(name)) else default
 
 
-def int_setting(name: str, default: int) -> int:
+def int_setting(name: str, default: _Default) -> int | _Default:
     """``dg.EnvVar.int(name)`` (an int, resolved at run time) when set, else the default."""
     return dg.EnvVar.int(name) if os.environ.get(declared(name)) else default
 

@@ -40,7 +40,7 @@ class ClassifierResource(dg.ConfigurableResource):
     download_concurrency: int = Field(
         default=0,
         description="Objects fetched and decoded at once (AI_ASSETS_DOWNLOAD_CONCURRENCY); 0 = "
-        "cores + 1 (at most 16), and at least twice decode_processes.",
+        "cores + 1 (at most 16), and at least twice the decode processes.",
     )
     precision: str = Field(
         default=DEFAULT_PRECISION, description="fp32, bf16 or fp16 (AI_ASSETS_PRECISION)."
@@ -55,11 +55,12 @@ class ClassifierResource(dg.ConfigurableResource):
         "the images/s of a 16-core H200 node, but nvJPEG's pixels change ~2.5 % of top-1 labels "
         "against transformers' own path (libjpeg-turbo's), so it is off unless asked for.",
     )
-    decode_processes: int = Field(
+    decode_processes: int | None = Field(
         default=DEFAULT_DECODE_PROCESSES,
         description="Worker processes that decode and crop images instead of the fetch threads "
-        "(AI_ASSETS_DECODE_PROCESSES); 0 = the threads. For many cores, where the threads share "
-        "one GIL; on 2 cores they cost more CPU than the threads.",
+        "(AI_ASSETS_DECODE_PROCESSES); 0 = the threads; unset = cores - 2 for a model on a GPU "
+        "with 8 cores or more (the threads share one GIL), else the threads, which cost less "
+        "CPU where the model shares the cores.",
     )
 
     inference_url: str = Field(
@@ -72,11 +73,11 @@ class ClassifierResource(dg.ConfigurableResource):
         description="Requests in flight to the model service (AI_ASSETS_INFERENCE_CONCURRENCY).",
     )
 
-    @property
-    def fetch_threads(self) -> int:
-        """A run's fetch threads: ``download_concurrency``, or when 0 chosen from the cores and
-        the decode processes (each thread waits for its worker's crop)."""
-        return self.download_concurrency or default_fetch_threads(self.decode_processes)
+    def fetch_threads(self, model: ImageClassifier | RemoteClassifier) -> int:
+        """A run's fetch threads for the loaded ``model``: ``download_concurrency``, or when 0
+        chosen from the cores and its decode processes (each thread waits for its worker's
+        crop)."""
+        return self.download_concurrency or default_fetch_threads(model.decode_processes)
 
     def load(self) -> ImageClassifier | RemoteClassifier:
         """The process's model, warmed up for this batch size (neither counts as run time).

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,23 +26,14 @@ from fastapi.responses import JSONResponse, Response
 from ai_assets.service.batcher import Batcher, ModelState, ServiceError
 from ai_assets.service.metrics import Metrics
 from ai_assets.service.routes import Service, router
-from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY, ServiceSettings, service_settings
-from ai_assets.vision.threads import yield_to_inference
+from ai_assets.settings import ServiceSettings, service_settings
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     """The service; its settings come from the configuration contract (the environment)."""
     settings = settings or service_settings()
     metrics = Metrics()
-    # decode threads run as SCHED_IDLE, as in runs: preempting torch's threads mid-batch costs
-    # more than it gains (vision.threads.yield_to_inference); with decode processes, each
-    # thread hands its upload to one of them and waits
-    decoders = ThreadPoolExecutor(
-        max(DEFAULT_DECODE_CONCURRENCY, settings.decode_processes),
-        "decode",
-        initializer=yield_to_inference,
-    )
-    service = Service(settings, metrics, ModelState(settings, metrics), decoders)
+    service = Service(settings, metrics, ModelState(settings, metrics))
     app = FastAPI(
         title="ai_assets model service",
         description="Image classification with server-side dynamic batching.",

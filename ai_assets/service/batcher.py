@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ai_assets.service.metrics import Metrics
-from ai_assets.settings import ServiceSettings
+from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY, ServiceSettings
 from ai_assets.vision.decode import ImageError
 from ai_assets.vision.labels import Label
 from ai_assets.vision.model import ImageClassifier
+from ai_assets.vision.threads import yield_to_inference
 
 #: HTTP status per ImageError kind: the client sent something the model cannot take.
 _STATUS = {"empty": 400, "too_large": 413, "too_many_pixels": 413}
@@ -124,6 +125,8 @@ class ModelState:
         self.batcher: Batcher | None = None
         self.error: str | None = None
         self.loaded = threading.Event()
+        #: the threads that decode uploads, sized once the model knows its decode processes
+        self.decoders: ThreadPoolExecutor | None = None
 
     def load(self) -> None:
         from ai_assets.vision.convert import ensure_default_model
@@ -140,6 +143,14 @@ class ModelState:
         except Exception as exc:  # reported by /readyz and the log; the process stays up
             self.error = f"{type(exc).__name__}: {exc}"
             raise
+        # SCHED_IDLE, as in runs: preempting torch's threads mid-batch costs more than it
+        # gains (vision.threads.yield_to_inference); with decode processes, each thread hands
+        # its upload to one of them and waits
+        self.decoders = ThreadPoolExecutor(
+            max(DEFAULT_DECODE_CONCURRENCY, classifier.decode_processes),
+            "decode",
+            initializer=yield_to_inference,
+        )
         self.classifier = classifier
         self.metrics.info.info(
             {"model_id": classifier.model_id, "model_revision": classifier.model_revision,

@@ -53,6 +53,7 @@ class RemoteClassifier:
         self.folded: int = int(info.get("folded", 0))
         #: ``prepare`` passes the bytes on: the service decodes them
         self.decode_concurrency = DEFAULT_DECODE_CONCURRENCY
+        self.decode_processes = 0  # nor in processes of this one
         self.decoding = f"by the model service {self.url}"
         self.model_threads = 0  # the model runs in the service, not in this process
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import prometheus_client as prom
@@ -21,12 +20,11 @@ TopK = Annotated[int | None, Query(ge=1, le=1000, description="labels per image"
 
 @dataclasses.dataclass
 class Service:
-    """What the endpoints share: settings, metrics, the model's state, the decode threads."""
+    """What the endpoints share: settings, metrics, the model's state."""
 
     settings: ServiceSettings
     metrics: Metrics
     state: ModelState
-    decoders: ThreadPoolExecutor
 
     async def read(self, upload: UploadFile) -> bytes:
         """The upload's bytes, refused unread beyond AI_ASSETS_MAX_IMAGE_BYTES."""
@@ -50,7 +48,7 @@ class Service:
         data = await self.read(upload)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.decoders, classifier.prepare, data, self.settings.max_image_pixels
+            self.state.decoders, classifier.prepare, data, self.settings.max_image_pixels
         )
 
     def top(self, top_k: int | None) -> int:

@@ -19,6 +19,7 @@ from ai_assets.settings import (
     DEFAULT_DECODE_CONCURRENCY,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_PRECISION,
+    available_cores,
 )
 from ai_assets.vision.decode import EncodedJpeg, ImageError, decode_image, decode_or_keep_jpeg
 from ai_assets.vision.labels import Label
@@ -56,6 +57,30 @@ def choose_model_threads(first_batch_s_per_image: float, threads: int) -> int:
     """
     alone = first_batch_s_per_image * threads
     return 1 if alone * (threads - 1) < FEED_CORE_S_PER_IMAGE else threads
+
+
+#: Cores from which a model on an accelerator gets decode processes unless told otherwise. On
+#: an H200 node's 16 cores the fetch threads kept ~3.3 cores decoding (they share one GIL)
+#: while the model waited; a worker process spends ~25 % more CPU per image than a thread (2
+#: cores, bench/feed.py). So cores - 2 workers outdo the threads from ~7 cores on.
+DECODE_PROCESSES_MIN_CORES = 8
+
+
+def choose_decode_processes(
+    setting: int | None, device: str, cores: int, device_decode: bool = False
+) -> int:
+    """A run's decode processes: ``setting`` when given (0: the fetch threads decode); else
+    all cores but two for a model on an accelerator, with at least DECODE_PROCESSES_MIN_CORES,
+    that the CPU feeds (not nvJPEG); the run's main thread and its fetch threads keep two.
+
+    On the CPU the model shares the cores with the feed, and the threads cost less CPU.
+    """
+    if setting is not None:
+        return setting
+    on_cpu = device.partition(":")[0] == "cpu"
+    if on_cpu or device_decode or cores < DECODE_PROCESSES_MIN_CORES:
+        return 0
+    return cores - 2
 
 
 class ImageClassifier:
@@ -139,9 +164,12 @@ class ImageClassifier:
     def decode_concurrency(self) -> int:
         """Objects prepared at once: the worker processes where they decode, else the threads,
         which share the GIL (nvJPEG's header reads and CPU fallbacks included)."""
-        if self.workers is not None and self.on_device is None:
-            return self.workers.count
-        return DEFAULT_DECODE_CONCURRENCY
+        return self.decode_processes or DEFAULT_DECODE_CONCURRENCY
+
+    @property
+    def decode_processes(self) -> int:
+        """The worker processes that decode for this model (0: the fetch threads do)."""
+        return self.workers.count if self.workers is not None and self.on_device is None else 0
 
     @property
     def decoding(self) -> str:
@@ -149,7 +177,8 @@ class ImageClassifier:
         if self.on_device is not None:
             return f"nvJPEG on {self.device} (plain JPEGs), fetch threads (the others)"
         if self.workers is not None:
-            return f"{self.workers.count} decode processes"
+            count = self.workers.count
+            return f"{count} decode process{'es' if count != 1 else ''}"
         return f"fetch threads, at most {self.decode_concurrency} at once"
 
     @property
@@ -315,13 +344,16 @@ def load_classifier(
     precision: str = DEFAULT_PRECISION,
     jpeg_draft: bool = True,
     device_decode: bool = False,
-    decode_processes: int = 0,
+    decode_processes: int | None = 0,
 ) -> ImageClassifier:
     """Load a model once per process; every run in the process shares it, however its
-    arguments are spelled (defaults omitted or given, the device named or chosen)."""
-    return _loaded(
-        model, device or auto_device(), precision, jpeg_draft, device_decode, decode_processes
-    )
+    arguments are spelled (defaults omitted or given, the device named or chosen).
+
+    ``decode_processes`` None: chosen for the device and the cores (``choose_decode_processes``).
+    """
+    device = device or auto_device()
+    processes = choose_decode_processes(decode_processes, device, available_cores(), device_decode)
+    return _loaded(model, device, precision, jpeg_draft, device_decode, processes)
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,12 +8,12 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
 
 from ai_assets.definitions import SettingsError, build_defs
-from ai_assets.resources import ClassifierResource
 from ai_assets.settings import CONTRACT, DEFAULT_DOWNLOAD_CONCURRENCY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,19 +101,22 @@ def test_settings_become_env_vars_only_when_set(monkeypatch: pytest.MonkeyPatch)
     assert classifier.gpu_jpeg_decode is False
     monkeypatch.setenv("AI_ASSETS_GPU_JPEG_DECODE", "true")
     assert (build_defs().resources or {})["classifier"].gpu_jpeg_decode is True  # type: ignore[attr-defined]
-    assert classifier.decode_processes == 0  # the fetch threads decode
-    assert classifier.download_concurrency == 0  # chosen when the run starts:
-    assert classifier.fetch_threads == DEFAULT_DOWNLOAD_CONCURRENCY
+    assert classifier.decode_processes is None  # chosen for the model's device when it loads
+    assert classifier.download_concurrency == 0  # chosen when the run starts, from the model's
+    # decode processes (vision.model.ImageClassifier.decode_processes):
+    assert classifier.fetch_threads(SimpleNamespace(decode_processes=0)) == (
+        DEFAULT_DOWNLOAD_CONCURRENCY
+    )
+    assert classifier.fetch_threads(SimpleNamespace(decode_processes=14)) == 28  # two per worker
     monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "14")
     resolved = (build_defs().resources or {})["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
     assert resolved.decode_processes == 14
-    assert resolved.fetch_threads == 28  # two fetch threads per worker, unless set
     monkeypatch.setenv("AI_ASSETS_DOWNLOAD_CONCURRENCY", "20")
     resolved = (build_defs().resources or {})["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
-    assert resolved.fetch_threads == 20
-    # the same rule for a resource configured in code or in the launchpad, not from variables
-    assert ClassifierResource(decode_processes=14).fetch_threads == 28
-    assert ClassifierResource(decode_processes=14, download_concurrency=5).fetch_threads == 5
+    assert resolved.fetch_threads(SimpleNamespace(decode_processes=14)) == 20
+    monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "0")  # the threads, whatever the device
+    resolved = (build_defs().resources or {})["classifier"].process_config_and_initialize()  # type: ignore[attr-defined]
+    assert resolved.decode_processes == 0
 
 
 @pytest.mark.integration  # a subprocess or a server

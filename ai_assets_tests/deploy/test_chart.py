@@ -229,9 +229,11 @@ def test_classification_values_become_run_tags() -> None:
     assert env["AI_ASSETS_WEBSERVER_URL"] == "https://dagster.acme.example"
     assert (env["AI_ASSETS_PRECISION"], env["AI_ASSETS_BATCH_SIZE"]) == ("fp16", "256")
     assert env["AI_ASSETS_GPU_JPEG_DECODE"] == "false"  # the accurate decoder unless asked
-    assert env["AI_ASSETS_DECODE_PROCESSES"] == "0"  # the fetch threads decode unless asked
-    custom = by_kind(render({"model": {"decodeProcesses": 14}}), "ConfigMap")
-    assert custom["ai-ai-assets-env"]["data"]["AI_ASSETS_DECODE_PROCESSES"] == "14"
+    # unset: the run chooses its decode processes for its device and cores when it loads
+    assert "AI_ASSETS_DECODE_PROCESSES" not in env
+    for count in (0, 14):  # 0 included: the fetch threads decode whatever the node
+        custom = by_kind(render({"model": {"decodeProcesses": count}}), "ConfigMap")
+        assert custom["ai-ai-assets-env"]["data"]["AI_ASSETS_DECODE_PROCESSES"] == str(count)
 
 
 def test_the_model_service_deployment_serves_runs_with_probes_and_no_credentials() -> None:

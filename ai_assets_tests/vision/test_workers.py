@@ -18,9 +18,14 @@ import torch
 from PIL import Image
 
 from ai_assets.s3.objects import Fetched
-from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY
+from ai_assets.settings import (
+    DEFAULT_DECODE_CONCURRENCY,
+    DEFAULT_DOWNLOAD_CONCURRENCY,
+    available_cores,
+)
+from ai_assets.vision import model
 from ai_assets.vision.decode import ImageError
-from ai_assets.vision.model import ImageClassifier, load_classifier
+from ai_assets.vision.model import ImageClassifier, choose_decode_processes, load_classifier
 from ai_assets.vision.preprocess import Geometry, ProcessorPreprocessor
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets.vision.workers import DecodeProcesses, Recipe
@@ -118,6 +123,56 @@ def test_a_run_starts_its_workers_while_the_model_loads_not_at_the_first_object(
         wait_for(lambda: len(workers.pids) == 3)  # no object asked for yet
         assert classifier.prepare(jpegs["coffee"]).shape == (3, 32, 32)
     finally:
+        workers.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "cores", "device_decode", "chosen"),
+    [
+        (None, "cpu", 2, False, 0),  # the model shares the cores: the threads cost less
+        (None, "cpu", 64, False, 0),
+        (None, "cuda", 16, False, 14),  # an H200 node: the threads kept ~3.3 cores busy
+        (None, "cuda:1", 8, False, 6),
+        (None, "cuda", 7, False, 0),  # 5 workers would not outdo the threads' ~3.3 cores
+        (None, "cuda", 16, True, 0),  # nvJPEG decodes the plain JPEGs
+        (0, "cuda", 16, False, 0),  # as set
+        (3, "cpu", 2, False, 3),
+    ],
+)
+def test_decode_processes_are_chosen_for_the_device_and_the_cores_unless_set(
+    setting: int | None, device: str, cores: int, device_decode: bool, chosen: int
+) -> None:
+    assert choose_decode_processes(setting, device, cores, device_decode) == chosen
+
+
+def test_a_model_loads_with_the_decode_processes_chosen_for_it_and_its_fetch_threads_follow(
+    tiny_model_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ai_assets.resources.classifier import ClassifierResource
+
+    resource = ClassifierResource(model=tiny_model_dir, device="cpu")
+    assert resource.decode_processes is None  # the default: chosen when the model loads
+    threads = resource.load()
+    assert threads.decode_processes == 0 and threads.workers is None  # on the CPU
+    assert resource.fetch_threads(threads) == DEFAULT_DOWNLOAD_CONCURRENCY
+    asked = []
+
+    def one(setting: int | None, device: str, cores: int, device_decode: bool) -> int:
+        asked.append((setting, device, cores, device_decode))
+        return 1  # as an accelerator's choice would be, on the CPU this test has
+
+    monkeypatch.setattr(model, "choose_decode_processes", one)
+    chosen = resource.load()
+    try:
+        assert asked == [(None, "cpu", available_cores(), False)]
+        assert chosen.decode_processes == 1 and chosen.decoding == "1 decode process"
+        assert resource.fetch_threads(chosen) == max(DEFAULT_DOWNLOAD_CONCURRENCY, 2)
+        pinned = ClassifierResource(model=tiny_model_dir, device="cpu", download_concurrency=5)
+        assert pinned.fetch_threads(chosen) == 5
+    finally:
+        workers = chosen.workers
+        assert workers is not None
+        wait_for(lambda: len(workers.pids) == 1)  # its start in the background, then its end
         workers.close()
 
 

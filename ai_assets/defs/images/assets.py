@@ -164,7 +164,7 @@ def image_classifications(
             batch_size=classifier.batch_size,
             top_k=classifier.top_k,
             max_pixels=classifier.max_image_pixels,
-            concurrency=classifier.fetch_threads,
+            concurrency=classifier.fetch_threads(model),
             run_id=context.run.run_id,
         )
         for rows, upserted in results.upsert_behind(engine, batches):
