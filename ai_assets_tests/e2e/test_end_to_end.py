@@ -65,6 +65,7 @@ def test_bucket_to_table_end_to_end(
     cpu_s = metadata["loop_cpu_seconds"].value  # the model's included: more than nothing
     assert 0 < cpu_s < 2 * metadata["loop_seconds"].value * (os.cpu_count() or 1)
     assert metadata["cpu_ms_per_image"].value == pytest.approx(cpu_s * 1000 / len(objects), 0.1)
+    assert metadata["process_cpu_seconds"].value > cpu_s  # the imports and the load besides
     assert metadata["batchnorms_folded"].value == 49  # the bundled model runs folded
     assert metadata["decoding"].value.startswith("fetch threads, at most ")
     import torch  # the run loaded it in this process

@@ -256,6 +256,10 @@ def _run_metadata(
         Meta.CPU_MS_PER_IMAGE: dg.MetadataValue.float(
             round(cpu_s * 1000 / asked, 3) if asked else 0.0
         ),
+        # and the process's CPU from its start to the end of the asset's work: a run pod's fixed
+        # cost (Python, Dagster, the code location, torch's and transformers' imports, the
+        # model's load; this less loop_cpu_seconds), paid once per run whatever its size
+        Meta.PROCESS_CPU_SECONDS: dg.MetadataValue.float(round(time.process_time(), 2)),
         Meta.MODEL_LOAD_SECONDS: dg.MetadataValue.float(round(model_load_s, 2)),
         Meta.TOP_LABELS: dg.MetadataValue.json(tally.top_labels()),
         Meta.MODEL_ID: dg.MetadataValue.text(model.model_id),
