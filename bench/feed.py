@@ -356,11 +356,10 @@ def loop(
     from ai_assets.settings import default_fetch_threads
     from ai_assets.vision.stream import Job, classify_objects
 
-    workers = getattr(classifier, "workers", None)
     jobs = (Job("2026-12-01", key) for key in keys)
     batches = classify_objects(
         jobs, fetch, classifier, batch_size=batch_size, top_k=5,
-        concurrency=default_fetch_threads(workers.count if workers else 0),
+        concurrency=default_fetch_threads(classifier.decode_processes),
     )  # fmt: skip
     for _ in results.upsert_behind(engine, batches):
         pass

@@ -176,8 +176,7 @@ class ImageClassifier:
         """Where this process decodes images, in words (a run's metadata)."""
         if self.on_device is not None:
             return f"nvJPEG on {self.device} (plain JPEGs), fetch threads (the others)"
-        if self.workers is not None:
-            count = self.workers.count
+        if count := self.decode_processes:
             return f"{count} decode process{'es' if count != 1 else ''}"
         return f"fetch threads, at most {self.decode_concurrency} at once"
 
