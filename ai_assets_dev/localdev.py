@@ -134,7 +134,7 @@ def _group_alive(group: int) -> bool:
         except ProcessLookupError:
             return False
         return True
-    return any(int(stat.fields[2]) == group and stat.fields[0] != "Z" for stat in process_stats())
+    return any(int(stat.fields[2]) == group and stat.running for stat in process_stats())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,10 +156,22 @@ class ProcStat:
         head, _, rest = text.rpartition(")")  # the command name may hold spaces and ")"
         return cls(pid, head.split("(", 1)[1], rest.split())
 
+    @property
+    def running(self) -> bool:
+        """False for a zombie: it has ended, and its parent has not reaped it yet."""
+        return self.fields[0] != "Z"
+
     def cpu_seconds(self, reaped_children: bool = False) -> float:
         """User + system CPU, with that of the children it has waited for if asked."""
         ticks = self.fields[11:15] if reaped_children else self.fields[11:13]
         return sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")
+
+
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` runs; reading its stat, never signalling it first: a process reaped
+    between the two would make ``/proc`` answer neither "running" nor "zombie" but ESRCH."""
+    stat = ProcStat.of(pid)
+    return stat is not None and stat.running
 
 
 def process_stats() -> Iterator[ProcStat]:

@@ -29,6 +29,7 @@ from ai_assets.vision.model import ImageClassifier, choose_decode_processes, loa
 from ai_assets.vision.preprocess import Geometry, ProcessorPreprocessor
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets.vision.workers import DecodeProcesses, Recipe
+from ai_assets_dev.localdev import process_running
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_workers_start_at_the_first_object_and_close_leaves_nothing(
     memory = [Path("/dev/shm", worker.memory.name) for worker in workers._workers]
     assert len(pids) == 2 and all(path.exists() for path in memory)
     workers.close()
-    assert not any(alive(pid) for pid in pids)
+    assert not any(process_running(pid) for pid in pids)
     assert not any(path.exists() for path in memory)
 
 
@@ -182,7 +183,7 @@ def test_a_worker_that_ended_while_idle_is_replaced_and_the_object_labelled(
     workers, before = started(with_processes, jpegs["coffee"])
     for pid in before:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not any(alive(pid) for pid in before))
+    wait_for(lambda: not any(process_running(pid) for pid in before))
     expected = with_processes.preprocess(with_processes.decode(jpegs["coffee"]))
     for _ in before:  # each dead worker in turn: its object goes to a new one
         assert np.array_equal(with_processes.prepare(jpegs["coffee"]).numpy(), expected.numpy())
@@ -205,7 +206,7 @@ def test_ctrl_c_or_a_group_sigterm_leaves_the_workers_to_the_run(
             os.kill(pid, signal.SIGINT)
             os.kill(pid, signal.SIGTERM)
         time.sleep(0.5)  # a worker that heeded them would be gone by now
-        assert all(alive(pid) for pid in signalled)
+        assert all(process_running(pid) for pid in signalled)
         for classifier_workers in (with_processes.workers, fresh):
             assert classifier_workers is not None
             for _ in range(2):
@@ -303,15 +304,6 @@ def started(classifier: ImageClassifier, jpeg: bytes) -> tuple[DecodeProcesses, 
     assert workers is not None
     classifier.prepare(jpeg)
     return workers, workers.pids
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state != "Z"  # a zombie has ended; its parent reaps it later
 
 
 def wait_for(condition, seconds: float = 30.0) -> None:
