@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 from pathlib import Path
 
@@ -38,9 +39,73 @@ DEFAULT_MAX_IMAGE_PIXELS = 90_000_000
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its affinity; a Kubernetes pod's node's, with no
-    CPU manager pinning it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    """The cores this process may keep busy: those it may run on (its affinity: a Kubernetes
+    pod's node's, unless the CPU manager pins it), at most its cgroup's CPU quota rounded up (a
+    pod's CPU limit), which ``os.cpu_count()`` and torch's default threads ignore."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores or 2, math.ceil(limit) if limit else cores or 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCgroup:
+    """Where this process's CPU quota is read: its cgroup's folder, under the mount (``top``)
+    that shows its hierarchy; v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us``)."""
+
+    top: Path
+    folder: Path
+    v2: bool
+
+    def quotas(self) -> list[float]:
+        """The quotas, in CPUs, set on the folder and on its ancestors up to the mount."""
+        found = []
+        for folder in (
+            self.folder,
+            *[p for p in self.folder.parents if p.is_relative_to(self.top)],
+        ):
+            try:
+                if self.v2:
+                    quota, period = (folder / "cpu.max").read_text().split()[:2]
+                else:
+                    quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+                    period = (folder / "cpu.cfs_period_us").read_text().strip()
+            except (OSError, ValueError):
+                continue
+            if quota not in ("max", "-1") and int(period) > 0:
+                found.append(int(quota) / int(period))
+        return found
+
+
+def cpu_cgroups(proc: Path = Path("/proc/self"), root: Path = Path("/")) -> list[CpuCgroup]:
+    """This process's cgroups that can hold a CPU quota, as runc and containerd mount them, with
+    or without a cgroup namespace: ``proc``/cgroup's path under the mount ``proc``/mountinfo
+    lists for its hierarchy (a container sees its own cgroup as that mount's root)."""
+    try:
+        mounts = (proc / "mountinfo").read_text().splitlines()
+        groups = [line.split(":", 2) for line in (proc / "cgroup").read_text().splitlines()]
+    except OSError:
+        return []
+    found = []
+    for fields in (line.split() for line in mounts):
+        if "-" not in fields:
+            continue
+        mount_root, mount_point = fields[3], fields[4]
+        kind, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        v2 = kind == "cgroup2"
+        if not v2 and (kind != "cgroup" or "cpu" not in options):
+            continue
+        for group in groups:
+            if len(group) == 3 and (group[1] == "" if v2 else "cpu" in group[1].split(",")):
+                path = group[2]
+                inside = path[len(mount_root) :] if path.startswith(mount_root) else ""
+                top = root / mount_point.lstrip("/")
+                found.append(CpuCgroup(top, top / inside.strip("/"), v2))
+    return found
+
+
+def cgroup_cpu_limit(proc: Path = Path("/proc/self"), root: Path = Path("/")) -> float | None:
+    """The CPUs per period this process's cgroups allow at most; None without a quota."""
+    return min((q for group in cpu_cgroups(proc, root) for q in group.quotas()), default=None)
 
 
 #: Fetch/decode threads per run: one per core plus one, at most 16. Decoding and preprocessing
