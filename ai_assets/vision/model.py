@@ -28,6 +28,9 @@ from ai_assets.vision.threads import loading, torch_threads, tune_allocator
 if TYPE_CHECKING:
     import torch
 
+    from ai_assets.vision.preprocess import FastPreprocessor
+    from ai_assets.vision.workers import DecodeProcesses
+
 
 def auto_device() -> str:
     import torch
@@ -100,15 +103,7 @@ class ImageClassifier:
         import torch
         from transformers import pipeline
 
-        from ai_assets.vision.device_decode import nvjpeg_available
-        from ai_assets.vision.fold import fold_batch_norms
-        from ai_assets.vision.preprocess import (
-            FastPreprocessor,
-            build_preprocessor,
-            reference_batch,
-            reproduces_on_device,
-        )
-        from ai_assets.vision.workers import DecodeProcesses, Recipe
+        from ai_assets.vision.preprocess import build_preprocessor
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, not {precision!r}")
@@ -116,40 +111,13 @@ class ImageClassifier:
         self.device = device or auto_device()
         self.precision = precision
         self.dtype = getattr(torch, PRECISIONS[precision])
-        # loaded and folded on the CPU: its fp32 convolutions are exact, where a GPU's TF32
-        # ones differ by more than the fold check allows (measured on an H200: 0.02), then moved
         classifier = pipeline("image-classification", model=model, device="cpu")
         self.preprocessor = build_preprocessor(classifier.image_processor)
-        network = classifier.model.eval().float()  # fold in fp32, whatever the checkpoint's dtype
         #: BatchNorm layers folded into their convs (output checked against the unfolded model)
-        self.folded = 0
-        if fold:
-            example = reference_batch(self.preprocessor, "cpu")
-            self.folded = fold_batch_norms(network, lambda: network(pixel_values=example).logits)
-        # transformers wraps PreTrainedModel.to in a decorator whose signature pyright misreads
-        self.model = network.to(self.device, self.dtype, memory_format=torch.channels_last)  # pyright: ignore[reportArgumentType]
+        self.model, self.folded = self._folded_and_placed(classifier.model, fold)
         self.min_decode_side = self.preprocessor.min_decode_side if jpeg_draft else 0
-        #: plain JPEGs go to the device encoded, decoded and resized there batch by batch:
-        #: where asked for (``device_decode``), on CUDA with torchvision, for a fast path it
-        #: reproduces. Off by default: nvJPEG's pixels are not libjpeg-turbo's (mean 0.6 levels
-        #: apart, 6.9 % of them by more than 2 on an H200), which changed 2.3-2.6 % of top-1
-        #: labels against transformers' own path there (docs/scaling.md)
-        self.on_device: FastPreprocessor | None = None
-        preprocessor = self.preprocessor
-        if (
-            device_decode
-            and isinstance(preprocessor, FastPreprocessor)
-            and nvjpeg_available(self.device)
-            and reproduces_on_device(preprocessor, classifier.image_processor, self.device)
-        ):
-            self.on_device = preprocessor
-        #: with ``decode_processes``, objects are decoded and cropped in that many worker
-        #: processes instead of the fetch threads (vision.workers): for many cores, whose
-        #: threads would share one GIL. The fast path only: a processor runs in the threads
-        self.workers: DecodeProcesses | None = None
-        if decode_processes and isinstance(preprocessor, FastPreprocessor):
-            recipe = Recipe(preprocessor.geometry, preprocessor.resize, self.min_decode_side)
-            self.workers = DecodeProcesses(recipe, decode_processes)
+        self.on_device = self._device_decoding(device_decode, classifier.image_processor)
+        self.workers = self._decode_workers(decode_processes)
         self.model_id = model
         self.model_revision = _revision(self.model, model)
         id2label = self.model.config.id2label or {}
@@ -161,6 +129,61 @@ class ImageClassifier:
         #: (``choose_model_threads``)
         self.threads = min(torch.get_num_threads(), available_cores())
         self._warm: set[int] = set()
+
+    def _folded_and_placed(self, network: Any, fold: bool) -> tuple[Any, int]:
+        """The pipeline's model with its BatchNorms folded, on the device in its precision, and
+        how many were folded.
+
+        Loaded and folded on the CPU: its fp32 convolutions are exact, where a GPU's TF32 ones
+        differ by more than the fold check allows (measured on an H200: 0.02).
+        """
+        import torch
+
+        from ai_assets.vision.fold import fold_batch_norms
+        from ai_assets.vision.preprocess import reference_batch
+
+        network = network.eval().float()  # fold in fp32, whatever the checkpoint's dtype
+        folded = 0
+        if fold:
+            example = reference_batch(self.preprocessor, "cpu")
+            folded = fold_batch_norms(network, lambda: network(pixel_values=example).logits)
+        # transformers wraps PreTrainedModel.to in a decorator whose signature pyright misreads
+        placed = network.to(self.device, self.dtype, memory_format=torch.channels_last)  # pyright: ignore[reportArgumentType]
+        return placed, folded
+
+    def _device_decoding(self, asked: bool, processor: Any) -> FastPreprocessor | None:
+        """The fast path that decodes and resizes plain JPEGs on the device, batch by batch.
+
+        Where asked for (``device_decode``), on CUDA with torchvision, for a fast path it
+        reproduces. Off by default: nvJPEG's pixels are not libjpeg-turbo's (mean 0.6 levels
+        apart, 6.9 % of them by more than 2 on an H200), which changed 2.3-2.6 % of top-1
+        labels against transformers' own path there (docs/scaling.md).
+        """
+        from ai_assets.vision.device_decode import nvjpeg_available
+        from ai_assets.vision.preprocess import FastPreprocessor, reproduces_on_device
+
+        preprocessor = self.preprocessor
+        if (
+            asked
+            and isinstance(preprocessor, FastPreprocessor)
+            and nvjpeg_available(self.device)
+            and reproduces_on_device(preprocessor, processor, self.device)
+        ):
+            return preprocessor
+        return None
+
+    def _decode_workers(self, count: int) -> DecodeProcesses | None:
+        """``count`` worker processes that decode and crop instead of the fetch threads
+        (vision.workers): for many cores, whose threads would share one GIL. The fast path
+        only: a processor runs in the threads."""
+        from ai_assets.vision.preprocess import FastPreprocessor
+        from ai_assets.vision.workers import DecodeProcesses, Recipe
+
+        preprocessor = self.preprocessor
+        if not count or not isinstance(preprocessor, FastPreprocessor):
+            return None
+        recipe = Recipe(preprocessor.geometry, preprocessor.resize, self.min_decode_side)
+        return DecodeProcesses(recipe, count)
 
     @property
     def decode_concurrency(self) -> int:

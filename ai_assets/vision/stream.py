@@ -22,6 +22,7 @@ from ai_assets.vision.rows import Job, Outcome, result_rows
 from ai_assets.vision.threads import yield_to_inference
 
 Answer = list[Label] | str | None  # an outcome's labels, why it has none, or None: not labelled
+Labelled = Callable[[], list[Answer]]  # waits for a started batch's answers
 
 
 class Batch(Protocol):
@@ -97,13 +98,11 @@ def classify_objects(
 ) -> Iterator[list[ClassificationRow]]:
     """Yield result rows batch by batch; downloads and decoding overlap with inference.
 
-    At most ``2 * batch_size`` objects are in flight, so memory stays bounded however many
-    objects a run covers. ``concurrency`` threads fetch, at most ``decode_concurrency`` of them
-    (default: the classifier's) decoding at once. Each object goes straight into its slot of its
-    batch (the n-th object: batch n // batch_size), so this thread only hands filled batches to
-    the model. Bad images become error rows; the rest of their batch goes on. A batch's rows
-    come once the next batch is being labelled, so an accelerator never waits for this thread's
-    rows.
+    At most ``2 * batch_size`` objects are in flight, however many a run covers. ``concurrency``
+    threads fetch, at most ``decode_concurrency`` (default: the classifier's) decoding at once,
+    each object straight into its slot (the n-th: batch n // batch_size), so this thread only
+    hands filled batches to the model. Bad images become error rows; their batch goes on. A
+    batch's rows come once the next batch is being labelled: an accelerator never waits for them.
     """
     window = max(2 * batch_size, concurrency)
     pool = ThreadPoolExecutor(concurrency, "fetch", initializer=yield_to_inference)
@@ -125,13 +124,7 @@ def classify_objects(
             )
             submitted += 1
 
-    def rows(
-        outcomes: Sequence[Outcome], answers: Callable[[], list[Answer]]
-    ) -> list[ClassificationRow]:
-        model_id, revision = classifier.model_id, classifier.model_revision
-        return result_rows(outcomes, answers(), model_id, revision, run_id)
-
-    labelling: tuple[Sequence[Outcome], Callable[[], list[Answer]]] | None = None
+    labelling: tuple[Sequence[Outcome], Labelled] | None = None
     try:
         refill()
         while pending:
@@ -140,17 +133,25 @@ def classify_objects(
             refill()
             started = outcomes, _label(outcomes, batch, top_k)
             if labelling is not None:  # the previous batch's rows, while this one is labelled
-                yield rows(*labelling)
+                yield _rows(classifier, run_id, *labelling)
             labelling = started
         if labelling is not None:
-            yield rows(*labelling)
+            yield _rows(classifier, run_id, *labelling)
     except BaseException:  # a failure, an interrupted run, a consumer that stopped early
         pool.shutdown(wait=False, cancel_futures=True)  # not behind a slow GET in flight
         raise
     pool.shutdown()
 
 
-def _label(outcomes: Sequence[Outcome], batch: Batch, top_k: int) -> Callable[[], list[Answer]]:
+def _rows(
+    classifier: Classifier, run_id: str | None, outcomes: Sequence[Outcome], answers: Labelled
+) -> list[ClassificationRow]:
+    """A labelled batch's result rows, once its labels are in."""
+    model_id, revision = classifier.model_id, classifier.model_revision
+    return result_rows(outcomes, answers(), model_id, revision, run_id)
+
+
+def _label(outcomes: Sequence[Outcome], batch: Batch, top_k: int) -> Labelled:
     """Start labelling the outcomes that are in their slots, in one call; the call it returns
     gives each outcome's answer (None: it never reached the model)."""
     ready = [slot for slot, outcome in enumerate(outcomes) if outcome.ready]
