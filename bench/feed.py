@@ -49,6 +49,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
+import functools
 import io
 import itertools
 import os
@@ -398,6 +400,184 @@ def top1_agreement(images: list[bytes], precision: str, batch_size: int = 32) ->
     return sum(a == b for a, b in zip(mine, theirs, strict=True)) / len(images)
 
 
+@dataclasses.dataclass
+class Feed:
+    """What every measurement shares: the corpus, a PostgreSQL, the near-zero model loaded as a
+    run's resource loads it."""
+
+    images: dict[str, bytes]
+    batch_size: int
+    rounds: int
+    pg: Any
+    model_dir: str
+    classifier: Any
+
+    @functools.cached_property
+    def keys(self) -> list[str]:
+        return sorted(self.images)
+
+    def database(self, name: str) -> Any:
+        """A fresh database of the project's tables."""
+        import sqlalchemy as sa
+
+        from ai_assets.db import migrations
+
+        engine = sa.create_engine(self.pg.create_database(name))
+        migrations.upgrade(engine)
+        return engine
+
+    def in_memory(self, key: str) -> Any:
+        """A GET that is not one: the object's bytes, from memory."""
+        from ai_assets.s3.objects import Fetched
+
+        data = self.images[key]
+        return Fetched(key=key, etag="e", size=len(data), data=data)
+
+    def loop(self, name: str, fetch: Any = None, classifier: Any = None) -> Callable[[], None]:
+        """The run's loop over the corpus into a database of its own (``fetch``: in memory)."""
+        engine = self.database(name)
+        fetch, classifier = fetch or self.in_memory, classifier or self.classifier
+        return lambda: loop(self.keys, fetch, classifier, engine, self.batch_size)
+
+
+def measure_memory(feed: Feed) -> dict[str, float]:
+    """The loop from memory, and side by side each lever undone alone, and decode processes."""
+    from ai_assets.vision.model import load_classifier
+
+    cores = len(os.sched_getaffinity(0))  # one worker process per core
+    in_processes = load_classifier(feed.model_dir, None, "fp32", True, False, cores)
+    in_processes.warm_up(feed.batch_size)
+    in_processes.prepare(feed.images[feed.keys[0]])  # the workers' start is not the loop's
+    figures = side_by_side(
+        {
+            "memory": (contextlib.nullcontext, feed.loop("memory")),
+            "memory_pillow_decode": (decoded_by_pillow, feed.loop("pillow_decode")),
+            "memory_pillow_resize": (
+                lambda: resized_by(feed.classifier, "pillow"),
+                feed.loop("pillow_resize"),
+            ),
+            "memory_processes": (
+                contextlib.nullcontext,
+                feed.loop("processes", classifier=in_processes),
+            ),
+        },
+        len(feed.keys),
+        feed.rounds,
+        {"memory_processes": in_processes},
+    )
+    figures["decode_processes"] = cores
+    figures |= decode_floor([feed.images[k] for k in feed.keys], feed.rounds)
+    print(
+        "decode on one thread: {decode_full_ms:.3f} ms per image in full, "
+        "{decode_eighth_ms:.3f} at 1/8 scale (entropy decoding)".format(**figures)
+    )
+    return figures
+
+
+def measure_s3(feed: Feed, endpoint: str) -> dict[str, float]:
+    """The loop from SeaweedFS through the run's own fetcher, and through boto3's GETs."""
+    from ai_assets.resources import ImageBucketResource
+    from ai_assets.s3.objects import ObjectFetcher
+
+    bucket = ImageBucketResource(bucket=BUCKET, endpoint_url=endpoint)
+    fetcher = bucket.get_fetcher(50 << 20)
+    assert fetcher.store is not None, "obstore is not configured"
+    boto3_fetch = ObjectFetcher(fetcher.client, BUCKET, 50 << 20)
+    return side_by_side(
+        {
+            "s3": (contextlib.nullcontext, feed.loop("s3", fetcher)),
+            "s3_boto3": (contextlib.nullcontext, feed.loop("s3_boto3", boto3_fetch)),
+        },
+        len(feed.keys),
+        feed.rounds,
+    )
+
+
+def measure_runs(feed: Feed) -> dict[str, float]:
+    """Whole runs as Dagster executes them, in this process, then their fixed cost per run,
+    then the same runs in run processes of their own."""
+    import dagster as dg
+
+    from ai_assets_dev.inprocess import InProcessDaemon
+    from ai_assets_dev.localdev import dagster_storage
+
+    images = len(feed.keys)
+    os.environ["AI_ASSETS_DATABASE_URL"] = feed.pg.create_database("run")
+    storage = {"storage": dagster_storage(feed.pg.create_database("dagster"))}
+    with dg.instance_for_test(overrides=storage) as instance:
+        daemon = InProcessDaemon(instance, log_level="WARNING")
+        requests = daemon.evaluate().run_requests or []  # the sensor's tick: not the run's work
+        assert len(requests) == 1, "the sensor split the corpus into several runs"
+
+        def run(on: Any = daemon, config: dict | None = REDO) -> None:
+            assert on.launch(requests[0], config).success
+
+        figures = side_by_side({"run": (contextlib.nullcontext, run)}, images, feed.rounds)
+        # the same run again, nothing left to classify: what a run costs whatever its size
+        fixed = figures["run_fixed_cpu_s"] = fixed_cpu(lambda: run(config=None))
+        with dg.instance_for_test() as sqlite:
+            sqlite_daemon = InProcessDaemon(sqlite, log_level="WARNING")
+            figures["run_fixed_cpu_s_sqlite"] = fixed_cpu(lambda: run(sqlite_daemon, None))
+        beyond = figures["run_cpu_ms_no_model"] - fixed * 1000 / images
+        figures["run_cpu_ms_per_image_beyond_fixed"] = beyond
+        written = classified(os.environ["AI_ASSETS_DATABASE_URL"])
+        assert written == images, "the runs did not classify every image"
+        process = [run_process(daemon, requests[0], images) for _ in range(2)]
+    figures |= {k: sum(p[k] for p in process) / len(process) for k in process[0]}
+    print("run process: {process_img_s:.0f} images/s, {process_cpu_ms:.2f} CPU ms per "
+          "image: {process_before_first_image_cpu_s:.2f} s before the first image, "
+          "{process_loop_cpu_ms:.2f} ms per image, {process_after_last_row_cpu_s:.2f} s "
+          "after the last row".format(**figures))  # fmt: skip
+    return figures
+
+
+def classified(url: str) -> int:
+    """Rows in a database's results table: the runs' proof of work."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
+        count = rows.scalar_one()
+    engine.dispose()
+    return count
+
+
+def measure_agreement(feed: Feed, count: int) -> dict[str, float]:
+    """Top-1 agreement with transformers' own path, per precision, on every k-th corpus image
+    (the sorted keys group the crops by sample photo: the first N alone would judge two
+    photos') and the sample photos."""
+    import torch
+
+    from ai_assets_dev.samples import sample_jpegs
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    every = max(1, len(feed.keys) // count)
+    guard = [feed.images[k] for k in feed.keys[::every][:count]]
+    guard += list(sample_jpegs().values())
+    figures = {}
+    for precision in ("fp32", "fp16", "bf16"):
+        agree = figures[f"top1_agreement_{precision}"] = top1_agreement(guard, precision)
+        print(f"top-1 agreement with transformers' path, {precision}: {agree:.4f} on {len(guard)}")
+    return figures
+
+
+#: The figures the summary table shows first, in this order; RESULT has every figure.
+SUMMARY = [
+    "cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "run_main_thread_no_model_ms",
+    "run_fixed_cpu_s", "run_fixed_cpu_s_sqlite", "run_cpu_ms_per_image_beyond_fixed",
+    "top1_agreement_fp32", "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
+    "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
+    "memory_processes_img_s", "memory_processes_cpu_ms_no_model",
+    "memory_processes_parent_cpu_ms_no_model", "memory_processes_workers_ms",
+    "decode_full_ms", "decode_eighth_ms", "s3_img_s", "s3_cpu_ms_no_model",
+    "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
+    "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",
+    "process_after_last_row_cpu_s", "process_reported_cpu_s",
+    "process_sampled_cpu_s_at_last_row",
+]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--images", type=int, default=2_000)
@@ -410,21 +590,14 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import dagster as dg
-    import sqlalchemy as sa
     import torch
 
-    from ai_assets.db import migrations
-    from ai_assets.resources import ImageBucketResource
-    from ai_assets.s3.objects import Fetched, ObjectFetcher
     from ai_assets.vision.convert import ensure_default_model
     from ai_assets.vision.model import load_classifier
-    from ai_assets_dev.inprocess import InProcessDaemon
-    from ai_assets_dev.localdev import dagster_storage, postgres
+    from ai_assets_dev.localdev import postgres
 
     torch.set_num_threads(1)  # the model's CPU is then the calling thread's
     images = corpus(args.images)
-    keys = sorted(images)
     size = sum(map(len, images.values())) / len(images)
     print(f"{len(images):,} JPEGs of 384–640 px, {size / 1024:.0f} KiB on average", flush=True)
     with (
@@ -440,128 +613,14 @@ def main() -> None:
         # the arguments ClassifierResource.load passes: the runs below reuse this model
         classifier = load_classifier(model_dir, None, "fp32", True)
         classifier.warm_up(args.batch_size)
+        feed = Feed(images, args.batch_size, args.rounds, pg, model_dir, classifier)
         figures: dict[str, float] = {"images": len(images), "batch_size": args.batch_size}
-
-        def database(name: str) -> Any:
-            engine = sa.create_engine(pg.create_database(name))
-            migrations.upgrade(engine)
-            return engine
-
-        def in_memory(key: str) -> Fetched:
-            data = images[key]
-            return Fetched(key=key, etag="e", size=len(data), data=data)
-
-        def in_memory_loop(name: str, decoder: Any = classifier) -> Callable[[], None]:
-            engine = database(name)
-            return lambda: loop(keys, in_memory, decoder, engine, args.batch_size)
-
-        # decoding in worker processes (AI_ASSETS_DECODE_PROCESSES), one per core
-        cores = len(os.sched_getaffinity(0))
-        in_processes = load_classifier(model_dir, None, "fp32", True, False, cores)
-        in_processes.warm_up(args.batch_size)
-        in_processes.prepare(images[keys[0]])  # the workers' start is not the loop's
-
-        # each lever undone alone, side by side with the code as it runs
-        figures |= side_by_side(
-            {
-                "memory": (contextlib.nullcontext, in_memory_loop("memory")),
-                "memory_pillow_decode": (decoded_by_pillow, in_memory_loop("pillow_decode")),
-                "memory_pillow_resize": (
-                    lambda: resized_by(classifier, "pillow"),
-                    in_memory_loop("pillow_resize"),
-                ),
-                "memory_processes": (
-                    contextlib.nullcontext,
-                    in_memory_loop("processes", in_processes),
-                ),
-            },
-            len(keys),
-            args.rounds,
-            {"memory_processes": in_processes},
-        )
-        figures["decode_processes"] = cores
-        figures |= decode_floor([images[k] for k in keys], args.rounds)
-        print(
-            "decode on one thread: {decode_full_ms:.3f} ms per image in full, "
-            "{decode_eighth_ms:.3f} at 1/8 scale (entropy decoding)".format(**figures)
-        )
-        # boto3's GET, as before obstore's, side by side with the run's own fetcher
-        bucket = ImageBucketResource(bucket=BUCKET, endpoint_url=endpoint)
-        fetcher = bucket.get_fetcher(50 << 20)
-        assert fetcher.store is not None, "obstore is not configured"
-
-        def s3_loop(name: str, fetch: Callable[[str], Fetched]) -> Callable[[], None]:
-            engine = database(name)
-            return lambda: loop(keys, fetch, classifier, engine, args.batch_size)
-
-        boto3_fetch = ObjectFetcher(fetcher.client, BUCKET, 50 << 20)
-        figures |= side_by_side(
-            {
-                "s3": (contextlib.nullcontext, s3_loop("s3", fetcher)),
-                "s3_boto3": (contextlib.nullcontext, s3_loop("s3_boto3", boto3_fetch)),
-            },
-            len(keys),
-            args.rounds,
-        )
-
-        os.environ["AI_ASSETS_DATABASE_URL"] = pg.create_database("run")
-        storage = {"storage": dagster_storage(pg.create_database("dagster"))}
-        with dg.instance_for_test(overrides=storage) as instance:
-            daemon = InProcessDaemon(instance, log_level="WARNING")
-            result = daemon.evaluate()  # the sensor's tick: not the run's work
-            requests = result.run_requests or []
-
-            def run(on: Any = daemon, config: dict | None = REDO) -> None:
-                for request in requests:
-                    assert on.launch(request, config).success
-
-            figures |= side_by_side({"run": (contextlib.nullcontext, run)}, len(keys), args.rounds)
-            # the same runs again, nothing left to classify: what a run costs whatever its size
-            fixed = figures["run_fixed_cpu_s"] = fixed_cpu(lambda: run(config=None))
-            with dg.instance_for_test() as sqlite:
-                sqlite_daemon = InProcessDaemon(sqlite, log_level="WARNING")
-                figures["run_fixed_cpu_s_sqlite"] = fixed_cpu(lambda: run(sqlite_daemon, None))
-            beyond = figures["run_cpu_ms_no_model"] - fixed * 1000 / len(keys)
-            figures["run_cpu_ms_per_image_beyond_fixed"] = beyond
-            written = sa.create_engine(os.environ["AI_ASSETS_DATABASE_URL"])
-            with written.connect() as connection:
-                rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
-                assert rows.scalar_one() == len(keys), "the runs did not classify every image"
-            written.dispose()
-            assert len(requests) == 1, "the sensor split the corpus into several runs"
-            process = [run_process(daemon, requests[0], len(keys)) for _ in range(2)]
-            figures |= {k: sum(p[k] for p in process) / len(process) for k in process[0]}
-            print("run process: {process_img_s:.0f} images/s, {process_cpu_ms:.2f} CPU ms per "
-                  "image: {process_before_first_image_cpu_s:.2f} s before the first image, "
-                  "{process_loop_cpu_ms:.2f} ms per image, {process_after_last_row_cpu_s:.2f} s "
-                  "after the last row".format(**figures))  # fmt: skip
+        figures |= measure_memory(feed)
+        figures |= measure_s3(feed, endpoint)
+        figures |= measure_runs(feed)
     figures["cpu_ms_per_image"] = figures["run_cpu_ms_no_model"]
-    torch.set_num_threads(os.cpu_count() or 1)
-    from ai_assets_dev.samples import sample_jpegs
-
-    # every k-th key: the sorted keys group the crops by sample photo, and the first N alone
-    # would judge two photos' crops
-    every = max(1, len(keys) // args.agreement_images)
-    guard = [images[k] for k in keys[::every][: args.agreement_images]]
-    guard += list(sample_jpegs().values())
-    for precision in ("fp32", "fp16", "bf16"):
-        agree = figures[f"top1_agreement_{precision}"] = top1_agreement(guard, precision)
-        print(f"top-1 agreement with transformers' path, {precision}: {agree:.4f} on {len(guard)}")
-    print_figures(
-        figures,
-        ["cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "run_main_thread_no_model_ms",
-         "run_fixed_cpu_s", "run_fixed_cpu_s_sqlite", "run_cpu_ms_per_image_beyond_fixed",
-         "top1_agreement_fp32",
-         "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
-         "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
-         "memory_processes_img_s", "memory_processes_cpu_ms_no_model",
-         "memory_processes_parent_cpu_ms_no_model", "memory_processes_workers_ms",
-         "decode_full_ms", "decode_eighth_ms", "s3_img_s", "s3_cpu_ms_no_model",
-         "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
-         "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",
-         "process_after_last_row_cpu_s", "process_reported_cpu_s",
-         "process_sampled_cpu_s_at_last_row"],
-    )  # fmt: skip
+    figures |= measure_agreement(feed, args.agreement_images)
+    print_figures(figures, SUMMARY)
 
 
 if __name__ == "__main__":
