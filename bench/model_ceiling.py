@@ -181,7 +181,7 @@ def sources(
         yield {name: fetches[name] for name in names}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model", help="model directory (default: the bundled, converted one)")
     parser.add_argument("--device", help="torch device (default: CUDA when available)")
@@ -203,96 +203,122 @@ def main() -> None:
         action="store_true",
         help="the nvJPEG path off CUDA too, libjpeg-turbo standing in for nvJPEG: a dry run",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+@dataclasses.dataclass
+class Bench:
+    """What every precision's measurements share: the settings, the corpus, its fetches."""
+
+    args: argparse.Namespace
+    images: dict[str, bytes]
+    everything: list[str]  # the corpus and the sample photos: the accuracy guard's keys
+    expected: dict[str, str]  # transformers' own top-1 per key (empty: no guard)
+    pixels: list[Any]  # model-ready images for the ceiling
+    fetches: dict[str, Callable[[str], Any]]
+
+    def fetch_threads(self, decode: str) -> int:
+        """As a run's default: two per decode process, unless ``--concurrency`` says."""
+        from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY, default_fetch_threads
+
+        if decode == "processes" and not self.args.concurrency:
+            return default_fetch_threads(self.args.decode_processes)
+        return self.args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
+
+    def agreement(self, classifier: Any, precision: str, decodes: dict) -> dict[str, float]:
+        """Each decoding's top-1 agreement with transformers' path, through the run's loop."""
+        figures = {}
+        for decode in decodes if self.expected else ():
+            decodes[decode]()
+            done = timed_loop(
+                self.everything, self.fetches["memory"], classifier, 64,
+                self.fetch_threads(decode), decode_concurrency=self.args.decode_concurrency,
+            )  # fmt: skip
+            if done is None:
+                continue
+            labels = [done.labels[k] for k in self.expected]
+            got = agreement(labels, list(self.expected.values()))
+            prefix = precision if decode == "cpu" else f"{precision}_{decode}"
+            figures[f"{prefix}_top1_agreement"] = got
+            print(f"{precision}, {decode} decoding: top-1 agreement with transformers' "
+                  f"path {got:.4f} on {len(self.expected)}", flush=True)  # fmt: skip
+        return figures
+
+    def speeds(self, classifier: Any, name: str, batch: int, decodes: dict) -> dict[str, float]:
+        """The ceiling at ``batch``, then the loop per source and decoding."""
+        args = self.args
+        ceiling = measure_ceiling(classifier, self.pixels, batch, args.seconds)
+        figures = {f"{name}_ceiling_img_s": round(ceiling, 1)}
+        print(f"{name}: ceiling {ceiling:,.1f} images/s", flush=True)
+        classifier.warm_up(batch)
+        for source, decode in itertools.product(self.fetches, decodes):
+            decodes[decode]()
+            print(f"{name}: loop from {source}, {decode} decoding:", flush=True)
+            done = timed_loop(
+                list(self.images), self.fetches[source], classifier, batch,
+                self.fetch_threads(decode), args.seconds, args.decode_concurrency,
+            )  # fmt: skip
+            if done is None:
+                continue
+            kind = "" if source == "memory" else f"{source}_"
+            kind += "" if decode == "cpu" else f"{decode}_"
+            figures[f"{name}_{kind}loop_img_s"] = round(done.img_s, 1)
+            figures[f"{name}_{kind}loop_main_thread_ms"] = round(done.main_thread_ms, 3)
+            figures[f"{name}_{kind}loop_cpu_ms"] = round(done.cpu_ms, 3)
+            print(f"  {done.img_s:,.1f} images/s, main thread {done.main_thread_ms:.3f} "
+                  f"ms per image", flush=True)  # fmt: skip
+        return figures
+
+    def precision(self, precision: str) -> dict[str, Any]:
+        """One precision's agreement, ceilings and loops."""
+        from ai_assets.vision.model import ImageClassifier
+
+        args = self.args
+        classifier = ImageClassifier(
+            args.model, args.device, precision, device_decode=True,
+            decode_processes=args.decode_processes,
+        )  # fmt: skip
+        decodes = decodings(classifier)
+        figures: dict[str, Any] = {"device": classifier.device}
+        figures |= self.agreement(classifier, precision, decodes)
+        for batch in map(int, args.batch_sizes.split(",")):
+            figures |= self.speeds(classifier, f"{precision}_b{batch}", batch, decodes)
+        if classifier.workers:
+            classifier.workers.close()
+        return figures
+
+
+def main() -> None:
+    args = arguments()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from ai_assets.settings import (
-        DEFAULT_DECODE_CONCURRENCY,
-        DEFAULT_DOWNLOAD_CONCURRENCY,
-        default_fetch_threads,
-    )
+    from ai_assets.settings import DEFAULT_DECODE_CONCURRENCY, DEFAULT_DOWNLOAD_CONCURRENCY
     from ai_assets.vision import device_decode
     from ai_assets.vision.model import ImageClassifier
+    from ai_assets_dev.samples import sample_jpegs
 
     if args.device_decode:  # libjpeg-turbo stands in for nvJPEG (device_decode.decode_jpegs)
         device_decode.nvjpeg_available = lambda device: True
-    from ai_assets_dev.samples import sample_jpegs
-
-    model = args.model
-    if not model:
+    if not args.model:
         from ai_assets.vision.convert import ensure_default_model
 
-        model = str(ensure_default_model())
+        args.model = str(ensure_default_model())
     images = corpus(args.images)
     photos = {f"photos/{name}.jpg": data for name, data in sample_jpegs().items()}
-    concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
-
-    def fetch_threads(decode: str) -> int:  # as a run's default: two per decode process
-        if decode == "processes" and not args.concurrency:
-            return default_fetch_threads(args.decode_processes)
-        return concurrency
-
-    figures: dict[str, object] = {}
-    expected = {} if args.no_agreement else transformers_labels(model, images | photos)
-    reference = ImageClassifier(model, "cpu", "fp32")
+    expected = {} if args.no_agreement else transformers_labels(args.model, images | photos)
+    reference = ImageClassifier(args.model, "cpu", "fp32")
     pixels = prepared(reference, list(images.values()))  # the same for every precision
     del reference
-    keys, everything = list(images), [*images, *photos]
+    figures: dict[str, object] = {}
     with sources(args.sources.split(","), images | photos) as fetches:
+        bench = Bench(args, images, [*images, *photos], expected, pixels, fetches)
         for precision in args.precisions.split(","):
-            classifier = ImageClassifier(
-                model, args.device, precision, device_decode=True,
-                decode_processes=args.decode_processes,
-            )  # fmt: skip
-            figures["device"] = classifier.device
-            processes, decodes = classifier.workers, decodings(classifier)
-
-            for decode in decodes if expected else ():
-                decodes[decode]()
-                done = timed_loop(
-                    everything, fetches["memory"], classifier, 64, fetch_threads(decode),
-                    decode_concurrency=args.decode_concurrency,
-                )  # fmt: skip
-                if done is not None:
-                    got = agreement([done.labels[k] for k in expected], list(expected.values()))
-                    prefix = precision if decode == "cpu" else f"{precision}_{decode}"
-                    figures[f"{prefix}_top1_agreement"] = got
-                    print(f"{precision}, {decode} decoding: top-1 agreement with transformers' "
-                          f"path {got:.4f} on {len(expected)}", flush=True)  # fmt: skip
-            for batch_size in map(int, args.batch_sizes.split(",")):
-                name = f"{precision}_b{batch_size}"
-                ceiling = measure_ceiling(classifier, pixels, batch_size, args.seconds)
-                figures[f"{name}_ceiling_img_s"] = round(ceiling, 1)
-                print(f"{name}: ceiling {ceiling:,.1f} images/s", flush=True)
-                classifier.warm_up(batch_size)
-                for source, decode in itertools.product(fetches, decodes):
-                    decodes[decode]()
-                    fetch = fetches[source]
-                    print(f"{name}: loop from {source}, {decode} decoding:", flush=True)
-                    done = timed_loop(
-                        keys,
-                        fetch,
-                        classifier,
-                        batch_size,
-                        fetch_threads(decode),
-                        args.seconds,
-                        args.decode_concurrency,
-                    )
-                    if done is None:
-                        continue
-                    kind = "" if source == "memory" else f"{source}_"
-                    kind += "" if decode == "cpu" else f"{decode}_"
-                    figures[f"{name}_{kind}loop_img_s"] = round(done.img_s, 1)
-                    figures[f"{name}_{kind}loop_main_thread_ms"] = round(done.main_thread_ms, 3)
-                    figures[f"{name}_{kind}loop_cpu_ms"] = round(done.cpu_ms, 3)
-                    print(f"  {done.img_s:,.1f} images/s, main thread {done.main_thread_ms:.3f} "
-                          f"ms per image", flush=True)  # fmt: skip
-            if processes:
-                processes.close()
+            figures |= bench.precision(precision)
+    concurrency = args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
     figures["fetch_threads"] = concurrency
     figures["decode_processes"] = args.decode_processes
     if args.decode_processes:
-        figures["processes_fetch_threads"] = fetch_threads("processes")
+        figures["processes_fetch_threads"] = bench.fetch_threads("processes")
     figures["decode_threads"] = min(
         concurrency, args.decode_concurrency or DEFAULT_DECODE_CONCURRENCY
     )
