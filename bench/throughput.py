@@ -201,10 +201,9 @@ def e2e_child(profile: str | None) -> None:
             profiler = Profiler(interval=0.005)
             profiler.start()
         cpu, started = time.process_time(), time.perf_counter()
-        tick_started = time.perf_counter()
         result = daemon.evaluate()
         daemon.report_events(result)
-        tick_s = time.perf_counter() - tick_started
+        tick_s = time.perf_counter() - started
         runs = [daemon.launch(request) for request in result.run_requests or []]
         dagster_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
         if profiler:
@@ -297,7 +296,7 @@ def measure_draft(classifier: Any, photos: list[bytes]) -> tuple[float, float, f
     return agreement(top1(classifier, full), top1(classifier, draft)), full_ms, draft_ms
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="320 images; under a minute")
     parser.add_argument(
@@ -306,22 +305,67 @@ def main() -> None:
     parser.add_argument("--seed-images", type=int, help="images for seed_style (default 64/32)")
     parser.add_argument("--profile", help="write a pyinstrument profile of the e2e run here")
     parser.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def point_runs_at(pg: Any, dagster_home: str) -> None:
+    """This process's settings, which the e2e process inherits: the bench's databases, the
+    corpus's day as the start date, the bundled model in fp32."""
+    os.environ.update(
+        {
+            "AI_ASSETS_DATABASE_URL": pg.url,
+            # the corpus's day, as uploaded now: a fresh deployment's first ticks also record
+            # the days before it that hold no object (up to 200 a tick, two materializations
+            # each, ~20 ms each in Dagster's storage here), a one-off that is not the per-image
+            # path this bench measures
+            "AI_ASSETS_START_DATE": dt.datetime.now(dt.UTC).date().isoformat(),
+            "DAGSTER_HOME": dagster_home,
+            "BENCH_DAGSTER_PG_URL": pg.create_database("dagster"),
+        }
+    )
+    for name in ("AI_ASSETS_MODEL", "AI_ASSETS_PRECISION"):
+        os.environ.pop(name, None)
+
+
+def measure_variants(
+    classifier: Any, model_dir: str, pixels: list[Any], batch_size: int, seconds: float
+) -> tuple[dict[str, float], str]:
+    """Beside the e2e: the unfolded model's ceiling, JPEG draft mode's and bf16's top-1
+    agreement, bf16's ceiling; and a note on draft mode's cost."""
+    from ai_assets.vision.model import ImageClassifier, load_classifier
+
+    unfolded = ImageClassifier(model_dir, fold=False)
+    figures = {"unfolded_ceiling_img_s": measure_ceiling(unfolded, pixels, batch_size, seconds)}
+    del unfolded
+    photos = large_photos()
+    draft_agree, full_ms, draft_ms = measure_draft(classifier, photos)
+    sample = pixels[:320]
+    bf16 = load_classifier(model_dir, None, "bf16")
+    figures["draft_top1_agreement"] = draft_agree
+    figures["bf16_ceiling_img_s"] = measure_ceiling(bf16, sample, batch_size, seconds)
+    figures["bf16_top1_agreement"] = agreement(top1(classifier, sample), top1(bf16, sample))
+    note = (
+        f"JPEG draft mode on {len(photos)} photos of 1-2.5k px: decode+preprocess "
+        f"{full_ms:.1f} -> {draft_ms:.1f} ms per image"
+    )
+    return figures, note
+
+
+def main() -> None:
+    args = arguments()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")  # as the image and chart set it
     if args.e2e_child:
         e2e_child(args.profile)
         return
     from ai_assets.settings import max_objects_per_run
+    from ai_assets.vision.convert import ensure_default_model
+    from ai_assets.vision.model import load_classifier
+    from ai_assets_dev.localdev import postgres
 
     n = args.images or (320 if args.quick else max_objects_per_run())  # one sensor batch
     n_seed = args.seed_images or (32 if args.quick else 64)
     ceiling_s = 3.0 if args.quick else 8.0
-
-    from ai_assets.vision.convert import ensure_default_model
-    from ai_assets.vision.model import ImageClassifier, load_classifier
-    from ai_assets_dev.localdev import postgres
-
     model_dir = str(ensure_default_model())
     images = corpus(n)
     with (
@@ -329,21 +373,7 @@ def main() -> None:
         local_s3(Path(tmp) / "s3", BUCKET, images),
         postgres() as pg,
     ):
-        os.environ.update(
-            {
-                "AI_ASSETS_DATABASE_URL": pg.url,
-                # the corpus's day, as uploaded now: a fresh deployment's first ticks also
-                # record the days before it that hold no object (up to 200 a tick, two
-                # materializations each, ~20 ms each in Dagster's storage here), a one-off
-                # that is not the per-image path this bench measures
-                "AI_ASSETS_START_DATE": dt.datetime.now(dt.UTC).date().isoformat(),
-                "DAGSTER_HOME": tmp,
-                "BENCH_DAGSTER_PG_URL": pg.create_database("dagster"),
-            }
-        )
-        for name in ("AI_ASSETS_MODEL", "AI_ASSETS_PRECISION"):
-            os.environ.pop(name, None)
-
+        point_runs_at(pg, tmp)
         batch_size = int(os.environ.get("AI_ASSETS_BATCH_SIZE", "32"))
         classifier = load_classifier(model_dir, None)
         pixels = prepared(classifier, list(images.values()))
@@ -351,25 +381,14 @@ def main() -> None:
         e2e = measure_e2e(dict(os.environ), args.profile)
         ceiling_after = measure_ceiling(classifier, pixels, batch_size, ceiling_s)
         seed = measure_seed_style(model_dir, list(images)[:n_seed], pg.url)
-
-    unfolded = ImageClassifier(model_dir, fold=False)
-    unfolded_ceiling = measure_ceiling(unfolded, pixels, batch_size, ceiling_s / 2)
-    del unfolded
-
-    photos = large_photos()
-    draft_agree, full_ms, draft_ms = measure_draft(classifier, photos)
-    sample = pixels[:320]
-    bf16 = load_classifier(model_dir, None, "bf16")
-    bf16_agree = agreement(top1(classifier, sample), top1(bf16, sample))
-    bf16_ceiling = measure_ceiling(bf16, sample, batch_size, ceiling_s / 2)
-
+    variants, draft = measure_variants(classifier, model_dir, pixels, batch_size, ceiling_s / 2)
     report(
         {
             "e2e_img_s": e2e["asset_img_s"],
             "ceiling_img_s": (ceiling_before + ceiling_after) / 2,
             "seed_style_img_s": seed,
             "peak_rss_mb": e2e["peak_rss_mb"],
-            "unfolded_ceiling_img_s": unfolded_ceiling,
+            "unfolded_ceiling_img_s": variants["unfolded_ceiling_img_s"],
             "run_images": e2e["images"],
             "e2e_dagster_img_s": e2e["dagster_img_s"],
             "e2e_runs": e2e["runs"],
@@ -377,20 +396,23 @@ def main() -> None:
             "asset_events_per_run": e2e["asset_events_per_run"],
             "events_per_run": e2e["events_per_run"],
             "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
-            "servers_cpu_ms_per_image": e2e["servers_cpu_ms_per_image"],
-            "s3_server_cpu_ms_per_image": e2e["s3_server_cpu_ms_per_image"],
-            "postgres_cpu_ms_per_image": e2e["postgres_cpu_ms_per_image"],
-            "draft_top1_agreement": draft_agree,
-            "bf16_ceiling_img_s": bf16_ceiling,
-            "bf16_top1_agreement": bf16_agree,
+            **{k: e2e[k] for k in SERVER_FIGURES},
+            "draft_top1_agreement": variants["draft_top1_agreement"],
+            "bf16_ceiling_img_s": variants["bf16_ceiling_img_s"],
+            "bf16_top1_agreement": variants["bf16_top1_agreement"],
         },
         f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}, "
         f"{classifier.folded} BatchNorm layers folded; "
         f"ceiling before e2e {ceiling_before:.1f}, after {ceiling_after:.1f} images/s; "
         f"seed_style on {n_seed} images",
-        f"JPEG draft mode on {len(photos)} photos of 1-2.5k px: decode+preprocess "
-        f"{full_ms:.1f} -> {draft_ms:.1f} ms per image",
+        draft,
     )
+
+
+#: The e2e's servers' CPU per image, reported as measured.
+SERVER_FIGURES = (
+    "servers_cpu_ms_per_image", "s3_server_cpu_ms_per_image", "postgres_cpu_ms_per_image",
+)  # fmt: skip
 
 
 def report(figures: dict[str, float], *notes: str) -> None:
