@@ -16,6 +16,7 @@ Ends with one line: RESULT p50_s=… p90_s=… sensor_p50_s=… launch_p50_s=…
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -28,7 +29,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -84,6 +87,54 @@ def row_of(database: str, key: str) -> str | None:
     return found[0] if found else None
 
 
+@contextlib.contextmanager
+def running_demo(demo_dir: Path) -> Iterator[dict[str, str]]:
+    """``python -m ai_assets_dev.demo`` on free ports, once its sensor ticks; yields the demo's
+    environment (env.sh) and stops it, even on failure."""
+    from ai_assets_dev.localdev import free_port, stop_process
+
+    ui_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
+    env["AI_ASSETS_DEMO_DIR"] = str(demo_dir)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "ai_assets_dev.demo", "--ui-port", str(ui_port),
+         "--s3-port", str(free_port())],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        wait("the demo's UI", lambda: sensor_ticked(f"http://127.0.0.1:{ui_port}"), timeout=600)
+        print(f"demo up, sensor ticking after {time.monotonic() - started:.0f} s", flush=True)
+        yield env_file(demo_dir / "env.sh")
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        try:
+            demo.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_process(demo)
+
+
+def upload_to_row(demo_env: dict[str, str], instance: Any, key: str, body: bytes) -> dict:
+    """Upload one object; seconds until its row, split into the sensor's part (until its run
+    was created), the launch's and the run's."""
+    from ai_assets_dev.demo import s3_client
+
+    database = demo_env["AI_ASSETS_DATABASE_URL"].removeprefix("sqlite:///")
+    s3_client(demo_env).put_object(Bucket=demo_env["AI_ASSETS_S3_BUCKET"], Key=key, Body=body)
+    uploaded = time.time()
+    run_id = wait(key, lambda: row_of(database, key), every=0.05)
+    total = time.time() - uploaded
+    record = instance.get_run_record_by_id(run_id)
+    assert record is not None and record.start_time
+    created = record.create_timestamp.timestamp()
+    return {
+        "total": total,
+        "sensor": created - uploaded,
+        "launch": record.start_time - created,
+        "run": uploaded + total - record.start_time,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--uploads", type=int, default=10)
@@ -92,74 +143,34 @@ def main() -> int:
 
     import dagster as dg
 
-    from ai_assets_dev.demo import s3_client
-    from ai_assets_dev.localdev import free_port, stop_process
     from ai_assets_dev.samples import sample_jpegs
 
     photos = list(sample_jpegs().values())
     pick = random.Random(args.seed)
-    with tempfile.TemporaryDirectory(prefix="ai-assets-latency-") as tmp:
-        demo_dir = Path(tmp) / "demo"
-        ui_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "DAGSTER_"))}
-        env["AI_ASSETS_DEMO_DIR"] = str(demo_dir)
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "ai_assets_dev.demo", "--ui-port", str(ui_port),
-             "--s3-port", str(free_port())],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{ui_port}"
-        try:
-            started = time.monotonic()
-            wait("the demo's UI", lambda: sensor_ticked(url), timeout=600)
-            print(f"demo up, sensor ticking after {time.monotonic() - started:.0f} s", flush=True)
-            demo_env = env_file(demo_dir / "env.sh")
-            s3 = s3_client(demo_env)
-            database = demo_env["AI_ASSETS_DATABASE_URL"].removeprefix("sqlite:///")
-            os.environ["DAGSTER_HOME"] = demo_env["DAGSTER_HOME"]
-            totals, parts = [], {"sensor": [], "launch": [], "run": []}
-            with dg.DagsterInstance.get() as instance:
-                for i in range(args.uploads):
-                    time.sleep(pick.uniform(0, 15))
-                    key = f"latency/upload-{i}.jpg"
-                    s3.put_object(
-                        Bucket=demo_env["AI_ASSETS_S3_BUCKET"],
-                        Key=key,
-                        Body=photos[i % len(photos)],
-                    )
-                    uploaded = time.time()
-                    run_id = wait(key, lambda k=key: row_of(database, k), every=0.05)
-                    total = time.time() - uploaded
-                    record = instance.get_run_record_by_id(run_id)
-                    assert record is not None and record.start_time
-                    created = record.create_timestamp.timestamp()
-                    split = {
-                        "sensor": created - uploaded,
-                        "launch": record.start_time - created,
-                        "run": uploaded + total - record.start_time,
-                    }
-                    totals.append(total)
-                    for name, value in split.items():
-                        parts[name].append(value)
-                    print(
-                        f"upload {i}: {total:5.1f} s  "
-                        + "  ".join(f"{n} {v:4.1f} s" for n, v in split.items()),
-                        flush=True,
-                    )
-        finally:
-            demo.send_signal(signal.SIGTERM)
-            try:
-                demo.wait(60)
-            except subprocess.TimeoutExpired:
-                stop_process(demo)
-
+    times: dict[str, list[float]] = {"total": [], "sensor": [], "launch": [], "run": []}
+    with (
+        tempfile.TemporaryDirectory(prefix="ai-assets-latency-") as tmp,
+        running_demo(Path(tmp) / "demo") as demo_env,
+    ):
+        os.environ["DAGSTER_HOME"] = demo_env["DAGSTER_HOME"]
+        with dg.DagsterInstance.get() as instance:
+            for i in range(args.uploads):
+                time.sleep(pick.uniform(0, 15))
+                split = upload_to_row(
+                    demo_env, instance, f"latency/upload-{i}.jpg", photos[i % len(photos)]
+                )
+                for name, value in split.items():
+                    times[name].append(value)
+                print(f"upload {i}: " + "  ".join(f"{n} {v:4.1f} s" for n, v in split.items()),
+                      flush=True)  # fmt: skip
+    totals = times.pop("total")
     figures: dict[str, object] = {
         "uploads": len(totals),
         "p50_s": statistics.median(totals),
-        "p90_s": statistics.quantiles(totals, n=10)[-1],
+        "p90_s": statistics.quantiles(totals, n=10, method="inclusive")[-1],
         "max_s": max(totals),
     }
-    for name, values in parts.items():
+    for name, values in times.items():
         figures[f"{name}_p50_s"] = statistics.median(values)
     print_figures(figures, first=["p50_s", "p90_s"])
     return 0
