@@ -25,6 +25,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -106,6 +107,52 @@ def small_run(env: dict[str, str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def runs_path(url: str, photos: list[bytes], total: int) -> float:
+    """Images/s through the runs' client (``RemoteClassifier``), a batch per request."""
+    from ai_assets.service.client import RemoteClassifier
+    from ai_assets.settings import DEFAULT_BATCH_SIZE
+
+    client = RemoteClassifier(url)
+    started = time.perf_counter()
+    for i in range(0, total, DEFAULT_BATCH_SIZE):
+        client.label([photos[(i + j) % len(photos)] for j in range(DEFAULT_BATCH_SIZE)], 5)
+    batches = -(-total // DEFAULT_BATCH_SIZE)
+    return batches * DEFAULT_BATCH_SIZE / (time.perf_counter() - started)
+
+
+def small_runs(url: str, model: str, photo: bytes) -> dict[str, object]:
+    """A two-object run in a fresh process, with the model in it and through the service."""
+    import boto3
+
+    from ai_assets_dev.localdev import seaweedfs
+
+    access, secret = "bench", "bench-secret"
+    figures: dict[str, object] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="ai-assets-service-bench-") as tmp,
+        seaweedfs(Path(tmp) / "s3", access, secret) as endpoint,
+    ):
+        env = os.environ | {
+            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": access,
+            "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
+            "AI_ASSETS_S3_PREFIX": "", "AI_ASSETS_MODEL": model, "DAGSTER_HOME": "",
+        }  # fmt: skip
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
+                          aws_secret_access_key=secret, region_name="us-east-1")  # fmt: skip
+        for mode, extra in (("in_process", {}), ("service", {"AI_ASSETS_INFERENCE_URL": url})):
+            bucket = f"small-{mode.replace('_', '-')}"
+            s3.create_bucket(Bucket=bucket)
+            for name in ("a", "b"):
+                s3.put_object(Bucket=bucket, Key=f"{name}.jpg", Body=photo)
+            database = f"sqlite:///{Path(tmp) / f'{mode}.sqlite'}"
+            bucket_env = {"AI_ASSETS_S3_BUCKET": bucket, "AI_ASSETS_DATABASE_URL": database}
+            outcome = small_run(env | extra | bucket_env)
+            assert outcome["ok"] == [True], outcome
+            figures[f"small_run_s_{mode}"] = outcome["seconds"]
+            figures[f"small_run_torch_{mode}"] = outcome["torch"]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=384, help="requests per client level")
@@ -114,66 +161,28 @@ def main() -> None:
     total = 96 if args.quick else args.requests
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import boto3
-
-    from ai_assets.service.client import RemoteClassifier
     from ai_assets.settings import DEFAULT_BATCH_SIZE
     from ai_assets.vision.convert import ensure_default_model
-    from ai_assets_dev.localdev import model_service, seaweedfs
+    from ai_assets_dev.localdev import model_service
     from ai_assets_dev.samples import sample_jpegs
 
     model = str(ensure_default_model())
     photos = list(sample_jpegs().values())
-    figures: dict[str, object] = {"requests_per_level": total}
+    figures: dict[str, Any] = {"requests_per_level": total}
     figures["ceiling_images_per_s"] = ceiling(model, photos, 4 * total, DEFAULT_BATCH_SIZE)
     with model_service(env={"AI_ASSETS_MODEL": model}) as url:
         for clients in (1, 8, 64):
             print(f"{clients} clients:", flush=True)
             for name, value in load(url, photos, clients, total).items():
                 figures[f"service_{clients}_{name}"] = value
-        client = RemoteClassifier(url)
-        started = time.perf_counter()
-        for i in range(0, total, DEFAULT_BATCH_SIZE):
-            client.label([photos[(i + j) % len(photos)] for j in range(DEFAULT_BATCH_SIZE)], 5)
-        batches = -(-total // DEFAULT_BATCH_SIZE)
-        figures["runs_path_images_per_s"] = (
-            batches * DEFAULT_BATCH_SIZE / (time.perf_counter() - started)
-        )
-
-        access, secret = "bench", "bench-secret"
-        with (
-            tempfile.TemporaryDirectory(prefix="ai-assets-service-bench-") as tmp,
-            seaweedfs(Path(tmp) / "s3", access, secret) as endpoint,
-        ):
-            env = os.environ | {
-                "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": access,
-                "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
-                "AI_ASSETS_S3_PREFIX": "", "AI_ASSETS_MODEL": model, "DAGSTER_HOME": "",
-            }  # fmt: skip
-            s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
-                              aws_secret_access_key=secret, region_name="us-east-1")  # fmt: skip
-            for mode, extra in (("in_process", {}), ("service", {"AI_ASSETS_INFERENCE_URL": url})):
-                bucket = f"small-{mode.replace('_', '-')}"
-                s3.create_bucket(Bucket=bucket)
-                for name in ("a", "b"):
-                    s3.put_object(Bucket=bucket, Key=f"{name}.jpg", Body=photos[0])
-                database = f"sqlite:///{Path(tmp) / f'{mode}.sqlite'}"
-                run_env = (
-                    env
-                    | extra
-                    | {"AI_ASSETS_S3_BUCKET": bucket, "AI_ASSETS_DATABASE_URL": database}
-                )
-                outcome = small_run(run_env)
-                assert outcome["ok"] == [True], outcome
-                figures[f"small_run_s_{mode}"] = outcome["seconds"]
-                figures[f"small_run_torch_{mode}"] = outcome["torch"]
-
+        figures["runs_path_images_per_s"] = runs_path(url, photos, total)
+        figures |= small_runs(url, model, photos[0])
     figures["service_64_vs_ceiling"] = (
         figures["service_64_images_per_s"] / figures["ceiling_images_per_s"]
-    )  # type: ignore[operator]
+    )
     figures["small_run_speedup"] = (
         figures["small_run_s_in_process"] / figures["small_run_s_service"]
-    )  # type: ignore[operator]
+    )
     print_figures(
         figures,
         ["ceiling_images_per_s", "service_1_images_per_s", "service_8_images_per_s",
