@@ -31,6 +31,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -216,6 +217,25 @@ def listing_worst_s(objects: int, rate: float) -> float:
     return ticks * max(SENSOR_INTERVAL_S, per_tick / rate)
 
 
+def drain_rates(pg: Any, args: argparse.Namespace, receivers_max: int) -> dict[str, float]:
+    """The sensor's drain rate without and with ``--latency-ms`` per SQS call, with one
+    receiver and with the sensor's own count."""
+    figures: dict[str, float] = {}
+    for latency in (0.0, args.latency_ms):
+        server, url = sqs_server(latency)
+        os.environ["AWS_ENDPOINT_URL_SQS"] = url
+        try:
+            for receivers in sorted({1, receivers_max}):
+                label = f"{int(latency)}ms_{receivers}r"
+                print(f"drain: {args.events:,} events, {latency:g} ms/call, {receivers} receivers")
+                rates = drain_rate(pg, url, label, args.events, args.inventory, receivers)
+                figures |= {f"{name}_{label}": value for name, value in rates.items()}
+        finally:
+            server.communicate(input="", timeout=10)
+    del os.environ["AWS_ENDPOINT_URL_SQS"]
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -231,32 +251,15 @@ def main() -> None:
     from ai_assets.defs.images.sensor import SQS_RECEIVERS
     from ai_assets_dev.localdev import postgres
 
-    figures: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory(prefix="ai-assets-sqs-bench-") as tmp,
         local_s3(Path(tmp) / "s3", "events") as endpoint,
         postgres() as pg,
     ):
-        for latency in (0.0, args.latency_ms):
-            server, url = sqs_server(latency)
-            os.environ["AWS_ENDPOINT_URL_SQS"] = url
-            try:
-                for receivers in sorted({1, SQS_RECEIVERS}):
-                    label = f"{int(latency)}ms_{receivers}r"
-                    print(
-                        f"drain: {args.events:,} events, {latency:g} ms/call, {receivers} receivers"
-                    )
-                    for name, value in drain_rate(
-                        pg, url, label, args.events, args.inventory, receivers
-                    ).items():
-                        figures[f"{name}_{label}"] = value
-            finally:
-                server.communicate(input="", timeout=10)
-        del os.environ["AWS_ENDPOINT_URL_SQS"]
+        figures = drain_rates(pg, args, SQS_RECEIVERS)
         print(f"listing rate on {args.list_objects:,} real objects:")
-        rate = listing_rate(pg, endpoint, args.list_objects, args.upload_processes)[
-            "idle_objects_per_s"
-        ]
+        listing = listing_rate(pg, endpoint, args.list_objects, args.upload_processes)
+        rate = listing["idle_objects_per_s"]
 
     best = f"{int(args.latency_ms)}ms_{SQS_RECEIVERS}r"
     few_tick = statistics.median(
