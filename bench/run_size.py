@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,6 +41,31 @@ def fit(points: dict[int, list[float]]) -> tuple[float, float]:
     return mean_c - slope * mean_n, slope
 
 
+def one_run(pg: Any, name: str, model: str, size: int, number: int) -> float:
+    """One run of ``size`` objects in a run process of its own, Dagster's storage on
+    PostgreSQL as the Helm chart deploys it; the process's CPU seconds."""
+    import dagster as dg
+
+    from ai_assets_dev.inprocess import InProcessDaemon
+    from ai_assets_dev.localdev import dagster_storage
+
+    os.environ.update(
+        {"AI_ASSETS_MODEL": model, "AI_ASSETS_MAX_OBJECTS_PER_RUN": str(size),
+         "AI_ASSETS_DATABASE_URL": pg.create_database(f"run{number}")}
+    )  # fmt: skip
+    storage = {"storage": dagster_storage(pg.create_database(f"dagster{number}"))}
+    with dg.instance_for_test(overrides=storage) as instance:
+        daemon = InProcessDaemon(instance, log_level="WARNING")
+        request = (daemon.evaluate().run_requests or [])[0]  # a batch of `size`
+        measured = run_process(daemon, request, size)
+    print(
+        f"{name}, a run of {size:,}: {measured['process_cpu_ms']:.2f} CPU ms "
+        f"per image, {measured['process_img_s']:.0f} images/s",
+        flush=True,
+    )
+    return measured["process_cpu_ms"] * size / 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", default="1000,2000,5000", help="batch sizes run")
@@ -52,11 +78,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     assert len(set(sizes)) >= 2, "a line needs two sizes"
 
-    import dagster as dg
-
     from ai_assets.vision.convert import ensure_default_model
-    from ai_assets_dev.inprocess import InProcessDaemon
-    from ai_assets_dev.localdev import dagster_storage, postgres
+    from ai_assets_dev.localdev import postgres
 
     images = corpus(max(sizes))
     print(f"a backlog of {len(images):,} JPEGs of 384–640 px", flush=True)
@@ -76,23 +99,7 @@ def main() -> None:
             for model, by_size in cpu.items():
                 for size in sizes:
                     runs += 1
-                    os.environ.update(
-                        {"AI_ASSETS_MODEL": models[model],
-                         "AI_ASSETS_MAX_OBJECTS_PER_RUN": str(size),
-                         "AI_ASSETS_DATABASE_URL": pg.create_database(f"run{runs}")}
-                    )  # fmt: skip
-                    # Dagster's storage on PostgreSQL, as the Helm chart deploys it
-                    storage = {"storage": dagster_storage(pg.create_database(f"dagster{runs}"))}
-                    with dg.instance_for_test(overrides=storage) as instance:
-                        daemon = InProcessDaemon(instance, log_level="WARNING")
-                        request = (daemon.evaluate().run_requests or [])[0]  # a batch of `size`
-                        measured = run_process(daemon, request, size)
-                    by_size[size].append(measured["process_cpu_ms"] * size / 1000)
-                    print(
-                        f"{model}, a run of {size:,}: {measured['process_cpu_ms']:.2f} CPU ms "
-                        f"per image, {measured['process_img_s']:.0f} images/s",
-                        flush=True,
-                    )
+                    by_size[size].append(one_run(pg, model, models[model], size, runs))
     for model, by_size in cpu.items():
         fixed, per_image = fit(by_size)
         figures[f"{model}_fixed_cpu_s"] = fixed
