@@ -237,14 +237,7 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     for key in keys:
         s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs[key.split("-")[0]])
     assert _set_sensor(dev, running=True) == "RUNNING"
-
-    rows = wait_for("a row per image", lambda: (r := dev.rows()) and len(r) == len(keys) and r)
-    runs = wait_for(
-        "successful runs",
-        lambda: (r := dev.runs()) and all(x["status"] == "SUCCESS" for x in r) and r,
-    )
-    assert len(runs) == 1  # one batched run for six new images, not one per image
-    assert sorted(rows) == sorted(keys)
+    rows = _rows_of_one_run(dev, keys)  # one batched run for six new images, not one per image
 
     assert {r["partition_key"] for r in rows.values()} == {TODAY}
     # the UI tells the truth: no day of the month is missing work (the empty ones are recorded
@@ -257,35 +250,9 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     # three rows go missing; a backfill of the last 30 days (a plain date range, every day
     # selected) is one run (BackfillPolicy): the empty days cost no run of their own
     missing = sorted(keys)[:3]
-    engine = sa.create_engine(dev.results_url)
-    with engine.begin() as connection:
-        t = results.image_classifications
-        connection.execute(t.delete().where(t.c.s3_key.in_(missing)))
-    engine.dispose()
-    launched = dev.graphql(
-        """mutation($params: LaunchBackfillParams!) {
-             launchPartitionBackfill(backfillParams: $params) {
-             __typename ... on LaunchBackfillSuccess { backfillId }
-             ... on PythonError { message } } }""",
-        {"params": {"partitionsByAssets": [{
-                        "assetKey": {"path": ["image_classifications"]},
-                        "partitions": {"range": {"start": MONTH_AGO, "end": TODAY}}}],
-                    "fromFailure": False}},
-    )  # fmt: skip
-    backfill_id = launched["launchPartitionBackfill"]["backfillId"]
-
-    def backfill_runs() -> list[dict[str, Any]]:
-        tag = {"key": "dagster/backfill", "value": backfill_id}
-        return [run for run in dev.runs("__ASSET_JOB") if tag in run["tags"]]
-
-    # its run's end, not the backfill's: the backfill daemon marks that on its next pass, up to
-    # 30 s later (Dagster's fixed interval), so the backfill's status is checked at the end
-    [backfill_run] = wait_for(
-        "the backfill's run",
-        lambda: (r := backfill_runs()) and r[0]["status"] in FINISHED and r,
-        timeout=240,
-    )
-    assert backfill_run["status"] == "SUCCESS"
+    _delete_rows(dev, missing)
+    backfill_id = _launch_backfill(dev, MONTH_AGO, TODAY)
+    backfill_run = _the_backfills_one_run(dev, backfill_id)
     tags = {tag["key"]: tag["value"] for tag in backfill_run["tags"]}
     assert tags["dagster/asset_partition_range_start"] == MONTH_AGO
     assert tags["dagster/asset_partition_range_end"] == TODAY
@@ -302,6 +269,87 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
     assert rewritten[untouched]["run_id"] == rows[untouched]["run_id"]
 
     # the asset page's Materialize with the launchpad's config: redo every object of the day
+    run_id = _materialize_again(dev, TODAY)
+    materialization = _latest_materialization(dev, TODAY)
+    assert materialization["runId"] == run_id
+    entries = {e["label"]: e for e in materialization["metadataEntries"]}
+    assert entries["images"]["intValue"] == len(keys)
+    assert entries["images_per_second"]["floatValue"] > 0
+    assert dev.rows()["coffee-0.jpg"]["label"] in entries["sample"]["mdStr"]
+    assert {row["run_id"] for row in dev.rows().values()} == {run_id}
+
+    ended = wait_for("the backfill", lambda: _backfill_ended(dev, backfill_id), timeout=120)
+    assert ended == "COMPLETED_SUCCESS"
+    assert [run["runId"] for run in _backfill_runs(dev, backfill_id)] == [backfill_run["runId"]]
+
+
+def _rows_of_one_run(dev: DagsterDev, keys: list[str]) -> dict[str, Any]:
+    """The rows of ``keys`` once they are all in, written by one successful run."""
+    rows = wait_for("a row per image", lambda: (r := dev.rows()) and len(r) == len(keys) and r)
+    runs = wait_for(
+        "successful runs",
+        lambda: (r := dev.runs()) and all(x["status"] == "SUCCESS" for x in r) and r,
+    )
+    assert len(runs) == 1
+    assert sorted(rows) == sorted(keys)
+    return rows
+
+
+def _delete_rows(dev: DagsterDev, keys: list[str]) -> None:
+    """Rows that go missing from the results table (someone deleted them)."""
+    engine = sa.create_engine(dev.results_url)
+    with engine.begin() as connection:
+        t = results.image_classifications
+        connection.execute(t.delete().where(t.c.s3_key.in_(keys)))
+    engine.dispose()
+
+
+def _launch_backfill(dev: DagsterDev, start: str, end: str) -> str:
+    """A backfill of image_classifications over the days ``start`` to ``end``, as the UI's
+    partition dialog launches it (a plain date range); its id."""
+    launched = dev.graphql(
+        """mutation($params: LaunchBackfillParams!) {
+             launchPartitionBackfill(backfillParams: $params) {
+             __typename ... on LaunchBackfillSuccess { backfillId }
+             ... on PythonError { message } } }""",
+        {"params": {"partitionsByAssets": [{
+                        "assetKey": {"path": ["image_classifications"]},
+                        "partitions": {"range": {"start": start, "end": end}}}],
+                    "fromFailure": False}},
+    )  # fmt: skip
+    return launched["launchPartitionBackfill"]["backfillId"]
+
+
+def _the_backfills_one_run(dev: DagsterDev, backfill_id: str) -> dict[str, Any]:
+    """The backfill's one run, once it succeeded: its run's end, not the backfill's, which the
+    backfill daemon marks on its next pass, up to 30 s later (Dagster's fixed interval)."""
+    [run] = wait_for(
+        "the backfill's run",
+        lambda: (r := _backfill_runs(dev, backfill_id)) and r[0]["status"] in FINISHED and r,
+        timeout=240,
+    )
+    assert run["status"] == "SUCCESS"
+    return run
+
+
+def _backfill_runs(dev: DagsterDev, backfill_id: str) -> list[dict[str, Any]]:
+    tag = {"key": "dagster/backfill", "value": backfill_id}
+    return [run for run in dev.runs("__ASSET_JOB") if tag in run["tags"]]
+
+
+def _backfill_ended(dev: DagsterDev, backfill_id: str) -> str | None:
+    """The backfill's final status, None while it is still going or ending."""
+    status = dev.graphql(
+        """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+             ... on PartitionBackfill { status } } }""",
+        {"id": backfill_id},
+    )["partitionBackfillOrError"]["status"]
+    return None if status in ("REQUESTED", "CANCELING", "FAILING") else status
+
+
+def _materialize_again(dev: DagsterDev, day: str) -> str:
+    """The asset page's Materialize of ``day`` with the launchpad's config that redoes every
+    object of the day; the run's id, once it succeeded."""
     launched = dev.graphql(
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
              __typename ... on LaunchRunSuccess { run { runId } }
@@ -309,7 +357,7 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         {"params": {"selector": {**LOCATION, "pipelineName": "__ASSET_JOB",
                                  "assetSelection": [{"path": ["image_classifications"]}]},
                     "executionMetadata": {"tags": [{"key": "dagster/partition",
-                                                    "value": TODAY}]},
+                                                    "value": day}]},
                     "runConfigData": {"ops": {"image_classifications": {
                         "config": {"reclassify": True}}}},
                     "mode": "default"}},
@@ -321,32 +369,21 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
         lambda: (s := client.get_run_status(run_id).value) in FINISHED and s,
     )
     assert status == "SUCCESS"
+    return run_id
+
+
+def _latest_materialization(dev: DagsterDev, day: str) -> dict[str, Any]:
+    """image_classifications' latest materialization of ``day``, with its metadata entries."""
     data = dev.graphql(
         """query($partition: String!) { assetOrError(assetKey: {path: ["image_classifications"]}) {
              ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
                runId partition metadataEntries { label
                  ... on MarkdownMetadataEntry { mdStr } ... on FloatMetadataEntry { floatValue }
                  ... on IntMetadataEntry { intValue } } } } } }""",
-        {"partition": TODAY},
+        {"partition": day},
     )
     [materialization] = data["assetOrError"]["assetMaterializations"]
-    assert materialization["runId"] == run_id
-    entries = {e["label"]: e for e in materialization["metadataEntries"]}
-    assert entries["images"]["intValue"] == len(keys)
-    assert entries["images_per_second"]["floatValue"] > 0
-    assert dev.rows()["coffee-0.jpg"]["label"] in entries["sample"]["mdStr"]
-    assert {row["run_id"] for row in dev.rows().values()} == {run_id}
-
-    def backfill_status() -> str | None:
-        status = dev.graphql(
-            """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
-                 ... on PartitionBackfill { status } } }""",
-            {"id": backfill_id},
-        )["partitionBackfillOrError"]["status"]
-        return None if status in ("REQUESTED", "CANCELING", "FAILING") else status
-
-    assert wait_for("the backfill", backfill_status, timeout=120) == "COMPLETED_SUCCESS"
-    assert [run["runId"] for run in backfill_runs()] == [backfill_run["runId"]]
+    return materialization
 
 
 def _partition_stats(dev: DagsterDev, asset: str) -> dict[str, int]:
@@ -536,13 +573,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             assert _set_sensor(dev, running=True) == "RUNNING"
             s3_client.put_object(Bucket=bucket, Key="monitoring/new.jpg", Body=jpegs["coffee"])
 
-            def caught_up() -> bool:
-                classified = prom.value('ai_assets_classifications_total{status="ok"}') or 0
-                succeeded = prom.value('ai_assets_runs_finished_last_hour{status="success"}')
-                waiting = prom.value('ai_assets_objects{state="waiting"}')
-                return classified >= 1 and (succeeded or 0) >= 1 and waiting == 0
-
-            wait_for("the new image classified by a successful run", caught_up, 240)
+            wait_for("the new image classified by a successful run", lambda: _caught_up(prom), 240)
             assert prom.value('up{job="exporter"}') == prom.value('up{job="model"}') == 1
             assert prom.value("ai_assets_service_ready") == 1
             wait_for(  # the runs' images went through the service it scrapes
@@ -559,14 +590,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             # the backlog made old on purpose: the sensor stopped, an object waiting for 2 hours
             # (no tick in flight after: its listing could find the object gone at once)
             assert _set_sensor(dev, running=False) == "STOPPED"
-            engine = sa.create_engine(dev.results_url)
-            two_hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
-            inventory.write_rows(engine, [{
-                "s3_key": "monitoring/late.jpg", "partition_key": TODAY, "etag": "e-late",
-                "size_bytes": 1, "last_modified": two_hours_ago, "first_seen": two_hours_ago,
-                "deleted_at": None, "batch_id": None,
-            }])  # fmt: skip
-            engine.dispose()
+            _record_waiting_since(dev, "monitoring/late.jpg", dt.timedelta(hours=2))
             firing = wait_for(
                 "the backlog alert",
                 lambda: prom.alerts().get("AiAssetsBacklogLate") == "firing",
@@ -591,6 +615,25 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             _shoot_prometheus(prom.url, graph, "prometheus-objects.png", tmp_path)
     lines = (tmp_path / "exporter.log").read_text().splitlines()
     assert lines and all(json.loads(line)["level"] for line in lines)
+
+
+def _caught_up(prom: Any) -> bool:
+    """Whether Prometheus has seen an image classified by a successful run, and none waiting."""
+    classified = prom.value('ai_assets_classifications_total{status="ok"}') or 0
+    succeeded = prom.value('ai_assets_runs_finished_last_hour{status="success"}')
+    waiting = prom.value('ai_assets_objects{state="waiting"}')
+    return classified >= 1 and (succeeded or 0) >= 1 and waiting == 0
+
+
+def _record_waiting_since(dev: DagsterDev, key: str, age: dt.timedelta) -> None:
+    """An object in the inventory, first seen ``age`` ago and never classified."""
+    engine = sa.create_engine(dev.results_url)
+    since = dt.datetime.now(dt.UTC) - age
+    inventory.write_rows(engine, [{
+        "s3_key": key, "partition_key": TODAY, "etag": "e-late", "size_bytes": 1,
+        "last_modified": since, "first_seen": since, "deleted_at": None, "batch_id": None,
+    }])  # fmt: skip
+    engine.dispose()
 
 
 def _shoot_prometheus(url: str, path: str, name: str, tmp_path: Path) -> None:
