@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,93 @@ def _env_file(path: Path) -> dict[str, str]:
     return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
+def _start_demo(
+    demo_dir: Path, log: Path, ports: tuple[int, int], model: str, sigint: signal.Handlers
+) -> subprocess.Popen:
+    """``python -m ai_assets_dev.demo`` on (UI, S3) ``ports``, as a shell's background job starts
+    it (SIGINT as ``sigint``), in a session of its own; its output to ``log``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "AWS_"))}
+    env |= {"AI_ASSETS_DEMO_DIR": str(demo_dir), "AI_ASSETS_MODEL": model}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ai_assets_dev.demo", "--ui-port", str(ports[0]),
+         "--s3-port", str(ports[1])],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        # a background job of a non-interactive shell starts with SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _check_quiet_stop(output: str) -> None:
+    """The demo said it stopped, and nothing alarming on the way."""
+    assert "demo stopped; its servers are down" in output
+    for noise in ("SupersessionWarning", "will not be used", "BetaWarning", "Traceback"):
+        at = output.find(noise)
+        assert at < 0, output[max(at - 3000, 0) : at + 3000]
+
+
+def _until(
+    deadline: float, failure: str, condition: Callable[[], bool], every: float = 0.5
+) -> None:
+    """Wait for ``condition``, failing with ``failure`` once past ``deadline`` (monotonic)."""
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(every)
+
+
+def _serving(demo: subprocess.Popen, ui_port: int) -> bool:
+    """Whether the demo's UI answers; fails at once if the demo has exited."""
+    assert demo.poll() is None, "the demo exited before serving the UI"
+    return answers(f"http://127.0.0.1:{ui_port}/server_info")
+
+
+def _check_first_pass(client_env: dict[str, str], ui_port: int) -> None:
+    """The demo's first pass, as a user's own clients see it: 7 photos, 7 rows, and runs under
+    the names a user finds in the UI (not an ephemeral job's)."""
+    listed = s3_client(client_env).list_objects_v2(Bucket=client_env["AI_ASSETS_S3_BUCKET"])
+    assert len(listed["Contents"]) == 7
+    engine = sa.create_engine(client_env["AI_ASSETS_DATABASE_URL"])
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
+        assert rows.scalar_one() == 7
+    engine.dispose()
+    runs = _runs(ui_port)
+    assert {run["pipelineName"] for run in runs} == {"classify_images_job", "__ASSET_JOB"}
+
+
+def _named(log: Path, pattern: str, what: str) -> str:
+    """What the demo's output names (a URL), by ``pattern``'s group."""
+    found = re.search(pattern, log.read_text())
+    assert found, f"the demo names {what}"
+    return found.group(1)
+
+
+def _metric(url: str, series: str) -> float | None:
+    """One series' value on a Prometheus text page; None if absent or unreachable."""
+    with contextlib.suppress(OSError):
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else None
+    return None
+
+
+def _status_of(database_url: str, key: str) -> str | None:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            query = sa.text("SELECT status FROM image_classifications WHERE s3_key = :key")
+            return connection.execute(query, {"key": key}).scalar()
+    finally:
+        engine.dispose()
+
+
+def _port_of(url: str) -> int:
+    return int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+
+
 @pytest.mark.parametrize(
     ("inherited_sigint", "stop_with"),
     [(signal.SIG_IGN, signal.SIGTERM), (signal.SIG_DFL, signal.SIGINT)],
@@ -75,93 +163,50 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
 ) -> None:
     ui_port, s3_port = free_port(), free_port()
     demo_dir, log = tmp_path / "demo", tmp_path / "demo.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AI_ASSETS_", "AWS_"))}
-    env |= {"AI_ASSETS_DEMO_DIR": str(demo_dir), "AI_ASSETS_MODEL": lite0_dir}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "ai_assets_dev.demo", "--ui-port", str(ui_port),
-         "--s3-port", str(s3_port)],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        # a background job of a non-interactive shell starts with SIGINT ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited_sigint),
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    demo = _start_demo(demo_dir, log, (ui_port, s3_port), lite0_dir, inherited_sigint)
     try:
         # seconds when the machine is idle; `make test` runs a second test worker beside it
         deadline = time.monotonic() + 600
-        while not answers(f"http://127.0.0.1:{ui_port}/server_info"):
-            assert demo.poll() is None, "the demo exited before serving the UI"
-            assert time.monotonic() < deadline, "the UI never answered"
-            time.sleep(1)
-
+        _until(deadline, "the UI never answered", lambda: _serving(demo, ui_port), every=1)
         client_env = _env_file(demo_dir / "env.sh")
         assert client_env["DAGSTER_HOME"] == str(demo_dir / "dagster_home")
-        client = s3_client(client_env)
-        listed = client.list_objects_v2(Bucket=client_env["AI_ASSETS_S3_BUCKET"])
-        assert len(listed["Contents"]) == 7
-        engine = sa.create_engine(client_env["AI_ASSETS_DATABASE_URL"])
-        with engine.connect() as connection:
-            rows = connection.execute(sa.text("SELECT count(*) FROM image_classifications"))
-            assert rows.scalar_one() == 7
-        engine.dispose()
-        runs = _runs(ui_port)
-        # the first pass's runs carry the names a user finds in the UI, not an ephemeral job's
-        assert {run["pipelineName"] for run in runs} == {"classify_images_job", "__ASSET_JOB"}
-        found = re.search(r"Pipeline metrics for Prometheus: (\S+)", log.read_text())
-        assert found, "the demo names its metrics URL"
-        metrics_url = found.group(1)
-
-        def current_objects() -> bool:
-            with contextlib.suppress(OSError):
-                text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-                return 'ai_assets_objects{state="current"} 7.0' in text
-            return False
-
-        while not current_objects():
-            assert time.monotonic() < deadline, "the demo's exporter never counted the photos"
-            time.sleep(1)
-        metrics_port = int(metrics_url.rsplit(":", 1)[1].split("/")[0])
+        _check_first_pass(client_env, ui_port)
+        metrics_url = _named(log, r"Pipeline metrics for Prometheus: (\S+)", "its metrics URL")
+        current = 'ai_assets_objects{state="current"}'
+        _until(
+            deadline,
+            "the demo's exporter never counted the photos",
+            lambda: _metric(metrics_url, current) == 7,
+            every=1,
+        )
 
         # a new photo is classified by dagster dev's runs through the demo's model service
-        served = re.search(r"Model service: (\S+)/docs", log.read_text())
-        assert served, "the demo names its model service"
-        service_url = served.group(1)
+        service_url = _named(log, r"Model service: (\S+)/docs", "its model service")
+        bucket, database = client_env["AI_ASSETS_S3_BUCKET"], client_env["AI_ASSETS_DATABASE_URL"]
         photo = sample_jpegs()["coffee"]
-        client.put_object(Bucket=client_env["AI_ASSETS_S3_BUCKET"], Key="new/photo.jpg", Body=photo)
-
-        def classified() -> bool:
-            with engine.connect() as connection:
-                query = "SELECT status FROM image_classifications WHERE s3_key = 'new/photo.jpg'"
-                return connection.execute(sa.text(query)).scalar() == "ok"
-
-        while not classified():
-            assert time.monotonic() < deadline, "the new photo never got its row"
-            time.sleep(0.5)
-        while any(run["status"] not in ("SUCCESS", "FAILURE") for run in _runs(ui_port)):
-            assert time.monotonic() < deadline, "the new photo's run never finished"
-            time.sleep(0.5)  # the stop below is tested with no run in flight
-        service_metrics = urllib.request.urlopen(f"{service_url}/metrics", timeout=5).read()
-        served_images = re.search(rb"^ai_assets_service_images_total (\S+)", service_metrics, re.M)
-        assert served_images and float(served_images.group(1)) == 8  # the first pass's 7 + 1
-        engine.dispose()
-        service_port = int(service_url.rsplit(":", 1)[1])
+        s3_client(client_env).put_object(Bucket=bucket, Key="new/photo.jpg", Body=photo)
+        _until(
+            deadline,
+            "the new photo never got its row",
+            lambda: _status_of(database, "new/photo.jpg") == "ok",
+        )
+        _until(  # the stop below is tested with no run in flight
+            deadline,
+            "the new photo's run never finished",
+            lambda: all(run["status"] in ("SUCCESS", "FAILURE") for run in _runs(ui_port)),
+        )
+        assert _metric(service_url + "/metrics", "ai_assets_service_images_total") == 8  # 7 + 1
 
         os.killpg(demo.pid, stop_with)
         demo.wait(30)
-        # seconds when the machine is idle; `make test` runs a second test worker beside it
-        deadline = time.monotonic() + 60
+        ports = (ui_port, s3_port, _port_of(metrics_url), _port_of(service_url))
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
-        ports = (ui_port, s3_port, metrics_port, service_port)
-        while _started_by(marker) or any(_listening(port) for port in ports):
-            assert time.monotonic() < deadline, "processes or ports outlived the signal by 60 s"
-            time.sleep(0.5)
-        output = log.read_text()
-        assert "demo stopped; its servers are down" in output
-        for noise in ("SupersessionWarning", "will not be used", "BetaWarning", "Traceback"):
-            at = output.find(noise)
-            assert at < 0, output[max(at - 3000, 0) : at + 3000]
+        _until(  # seconds when the machine is idle; `make test` runs a second worker beside it
+            time.monotonic() + 60,
+            "processes or ports outlived the signal by 60 s",
+            lambda: not _started_by(marker) and not any(map(_listening, ports)),
+        )
+        _check_quiet_stop(log.read_text())
     finally:
         for pid in _started_by(f"AI_ASSETS_DEMO_DIR={demo_dir}"):
             with contextlib.suppress(ProcessLookupError):
