@@ -440,7 +440,9 @@ def test_the_first_warm_up_chooses_the_threads_every_forward_pass_runs_on(
     default = torch.get_num_threads()
     torch.set_num_threads(2)  # as on this project's 2-core machines, whatever this one has
     try:
-        tiny, lite0 = ImageClassifier(tiny_model_dir, "cpu"), ImageClassifier(lite0_dir, "cpu")
+        with monkeypatch.context() as patch:
+            patch.setattr(model, "available_cores", lambda: 2)  # and whatever its CPU limit
+            tiny, lite0 = ImageClassifier(tiny_model_dir, "cpu"), ImageClassifier(lite0_dir, "cpu")
     finally:
         torch.set_num_threads(default)
     seen: list[int] = []
