@@ -83,12 +83,8 @@ def test_no_secret_appears_in_logs_events_tags_or_messages(
         "cursor": result.cursor or "",
         "slack messages": repr(slack_api.messages),
     }
-    leaks = [
-        (where, name)
-        for where, text in haystacks.items()
-        for name, secret in {"S3": SECRET_KEY, "Slack": SLACK_TOKEN, "DB": DB_PASSWORD}.items()
-        if secret in text
-    ]
+    secrets = {"S3": SECRET_KEY, "Slack": SLACK_TOKEN, "DB": DB_PASSWORD}
+    leaks = [(at, n) for at, text in haystacks.items() for n, s in secrets.items() if s in text]
     reliability_report(
         "secrets in logs/events/tags/messages", "ok" if not leaks else "LEAK", 0, len(leaks)
     )
