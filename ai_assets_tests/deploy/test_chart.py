@@ -371,12 +371,7 @@ def test_k8s_run_launcher_end_to_end(
     from dagster._core.launcher import WorkerStatus
 
     api, env, home = deployment
-    instance_yaml = yaml.safe_load((home / "dagster.yaml").read_text())
-    instance_yaml["run_coordinator"] = {  # the queued coordinator only queues
-        "module": "dagster.core.run_coordinator",
-        "class": "DefaultRunCoordinator",
-    }
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
+    _launch_at_once(home)
     for name in ("chelsea", "coffee", "china"):
         s3_client.put_object(Bucket=bucket, Key=f"{name}.jpg", Body=jpegs[name])
     with dg.DagsterInstance.get() as instance:  # the sensor inventories and batches them
@@ -385,29 +380,9 @@ def test_k8s_run_launcher_end_to_end(
         daemon.report_events(result)
     [request] = result.run_requests or []
 
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    tags = {**request.tags, "dagster/partition": request.partition_key}
-    launch = [dagster, "job", "launch", "-m", "ai_assets.definitions", "-j", "classify_images_job"]
-    subprocess.run([*launch, "--tags", json.dumps(tags)], check=True, cwd=ROOT, env=os.environ)
-
+    _launch_classification({**request.tags, "dagster/partition": request.partition_key})
     [job] = api.posted
-    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
-    spec = job["spec"]
-    pod = spec["template"]["spec"]
-    [container] = pod["containers"]
-    assert spec["ttlSecondsAfterFinished"] == 86400
-    assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ai-assets"
-    assert container["image"] == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ai-assets:2026.11.25"
-    assert {"secretRef": {"name": "ai-assets-runtime"}} in container["envFrom"]
-    assert {"configMapRef": {"name": "ai-ai-assets-env"}} in container["envFrom"]
-    password = next(e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD")
-    assert password["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["requests"] == {"cpu": "4", "memory": "8Gi"}
-    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "g5.xlarge"}
-    assert pod["serviceAccountName"] == "ai-ai-assets"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert "from-the-dagster-postgresql-secret" not in json.dumps(job)
+    container = _check_run_job(job)
 
     # the kubelet's part: run the container's command with its environment
     container_env = {**env, **{e["name"]: e["value"] for e in container["env"] if "value" in e}}
@@ -435,19 +410,52 @@ def test_k8s_run_launcher_end_to_end(
 
 def test_terminate_deletes_the_job(deployment) -> None:
     api, _, home = deployment
-    instance_yaml = yaml.safe_load((home / "dagster.yaml").read_text())
-    instance_yaml["run_coordinator"] = {"module": "dagster.core.run_coordinator",
-                                        "class": "DefaultRunCoordinator"}  # fmt: skip
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
-    dagster = str(Path(sys.executable).with_name("dagster"))
-    launch = [dagster, "job", "launch", "-m", "ai_assets.definitions", "-j", "classify_images_job"]
-    tags = '{"dagster/partition": "2026-01-01"}'
-    subprocess.run([*launch, "--tags", tags], check=True, cwd=ROOT)
+    _launch_at_once(home)
+    _launch_classification({"dagster/partition": "2026-01-01"})
     [job] = api.posted
     with dg.DagsterInstance.get() as instance:
         [run] = instance.get_runs()
         assert instance.run_launcher.terminate(run.run_id)
     assert ("job", "images", job["metadata"]["name"]) in api.deleted
+
+
+def _launch_at_once(home: Path) -> None:
+    """The deployment's instance with the default run coordinator: the queued one only queues."""
+    instance_yaml = yaml.safe_load((home / "dagster.yaml").read_text())
+    instance_yaml["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "DefaultRunCoordinator",
+    }
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
+
+
+def _launch_classification(tags: dict[str, str]) -> None:
+    """``dagster job launch`` of classify_images_job with ``tags``, through the run launcher."""
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    launch = [dagster, "job", "launch", "-m", "ai_assets.definitions", "-j", "classify_images_job"]
+    subprocess.run([*launch, "--tags", json.dumps(tags)], check=True, cwd=ROOT, env=os.environ)
+
+
+def _check_run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The Job the K8sRunLauncher posted, as the production values shape it; its container."""
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert spec["ttlSecondsAfterFinished"] == 86400
+    assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "ai-assets"
+    assert container["image"] == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ai-assets:2026.11.25"
+    assert {"secretRef": {"name": "ai-assets-runtime"}} in container["envFrom"]
+    assert {"configMapRef": {"name": "ai-ai-assets-env"}} in container["envFrom"]
+    password = next(e for e in container["env"] if e["name"] == "DAGSTER_PG_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["name"] == "dagster-postgresql"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"] == {"cpu": "4", "memory": "8Gi"}
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "g5.xlarge"}
+    assert pod["serviceAccountName"] == "ai-ai-assets"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert "from-the-dagster-postgresql-secret" not in json.dumps(job)
+    return container
 
 
 # -- the image --
