@@ -51,83 +51,86 @@ class FakeKubernetes:
         return path
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
+        return type("Handler", (_Handler,), {"api": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: dict[str, Any]) -> None:
-                send_json(self, status, body)
 
-            def _not_found(self, kind: str, name: str | None) -> None:
-                self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "reason": "NotFound", "code": 404,
-                                 "message": f'{kind} "{name}" not found'})  # fmt: skip
+class _Handler(BaseHTTPRequestHandler):
+    """The API's routes, over the ``FakeKubernetes`` its subclass names (``handler``)."""
 
-            def _route(self, method: str) -> None:
-                url = urlparse(self.path)
-                api.requests.append((method, url.path))
-                query = parse_qs(url.query)
-                if match := _JOBS.match(url.path):
-                    namespace, name, _ = match.groups()
-                    return self._jobs(method, namespace, name, query)
-                if match := _PODS.match(url.path):
-                    namespace, name = match.groups()
-                    return self._pods(method, namespace, name, query)
-                self._not_found("path", url.path)
+    api: FakeKubernetes
 
-            def _jobs(self, method: str, namespace: str, name: str | None, query) -> None:
-                if method == "POST":
-                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                    api.posted.append(body)
-                    job = json.loads(json.dumps(body))
-                    job["metadata"].update(
-                        namespace=namespace,
-                        uid=str(uuid.uuid4()),
-                        creationTimestamp=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    )
-                    job["status"] = {"active": 1}
-                    api.jobs[(namespace, job["metadata"]["name"])] = job
-                    return self._send(201, job)
-                if method == "GET" and name is None:
-                    items = [j for (ns, _), j in api.jobs.items() if ns == namespace]
-                    selector = query.get("labelSelector", [""])[0]
-                    items = [j for j in items if _selected(j, selector)]
-                    return self._send(200, {"kind": "JobList", "apiVersion": "batch/v1",
-                                            "metadata": {}, "items": items})  # fmt: skip
-                job = api.jobs.get((namespace, name or ""))
-                if job is None:
-                    return self._not_found("jobs.batch", name)
-                if method == "GET":
-                    return self._send(200, job)
-                if method == "DELETE":
-                    api.deleted.append(("job", namespace, name or ""))
-                    del api.jobs[(namespace, name or "")]
-                    return self._send(200, {"kind": "Status", "apiVersion": "v1",
-                                            "status": "Success"})  # fmt: skip
-                self._not_found("method", method)
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        send_json(self, status, body)
 
-            def _pods(self, method: str, namespace: str, name: str | None, query) -> None:
-                if method == "GET" and name is None:
-                    return self._send(200, {"kind": "PodList", "apiVersion": "v1",
-                                            "metadata": {}, "items": []})  # fmt: skip
-                if method == "DELETE":
-                    api.deleted.append(("pod", namespace, name or ""))
-                    return self._send(200, {"kind": "Status", "apiVersion": "v1",
-                                            "status": "Success"})  # fmt: skip
-                self._not_found("pods", name)
+    def _not_found(self, kind: str, name: str | None) -> None:
+        self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "reason": "NotFound", "code": 404,
+                         "message": f'{kind} "{name}" not found'})  # fmt: skip
 
-            def do_GET(self) -> None:
-                self._route("GET")
+    def _route(self, method: str) -> None:
+        url = urlparse(self.path)
+        self.api.requests.append((method, url.path))
+        query = parse_qs(url.query)
+        if match := _JOBS.match(url.path):
+            namespace, name, _ = match.groups()
+            return self._jobs(method, namespace, name, query)
+        if match := _PODS.match(url.path):
+            namespace, name = match.groups()
+            return self._pods(method, namespace, name, query)
+        self._not_found("path", url.path)
 
-            def do_POST(self) -> None:
-                self._route("POST")
+    def _jobs(self, method: str, namespace: str, name: str | None, query) -> None:
+        if method == "POST":
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.api.posted.append(body)
+            job = json.loads(json.dumps(body))
+            job["metadata"].update(
+                namespace=namespace,
+                uid=str(uuid.uuid4()),
+                creationTimestamp=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            job["status"] = {"active": 1}
+            self.api.jobs[(namespace, job["metadata"]["name"])] = job
+            return self._send(201, job)
+        if method == "GET" and name is None:
+            items = [j for (ns, _), j in self.api.jobs.items() if ns == namespace]
+            selector = query.get("labelSelector", [""])[0]
+            items = [j for j in items if _selected(j, selector)]
+            return self._send(200, {"kind": "JobList", "apiVersion": "batch/v1",
+                                    "metadata": {}, "items": items})  # fmt: skip
+        job = self.api.jobs.get((namespace, name or ""))
+        if job is None:
+            return self._not_found("jobs.batch", name)
+        if method == "GET":
+            return self._send(200, job)
+        if method == "DELETE":
+            self.api.deleted.append(("job", namespace, name or ""))
+            del self.api.jobs[(namespace, name or "")]
+            return self._send(200, {"kind": "Status", "apiVersion": "v1",
+                                    "status": "Success"})  # fmt: skip
+        self._not_found("method", method)
 
-            def do_DELETE(self) -> None:
-                self._route("DELETE")
+    def _pods(self, method: str, namespace: str, name: str | None, query) -> None:
+        if method == "GET" and name is None:
+            return self._send(200, {"kind": "PodList", "apiVersion": "v1",
+                                    "metadata": {}, "items": []})  # fmt: skip
+        if method == "DELETE":
+            self.api.deleted.append(("pod", namespace, name or ""))
+            return self._send(200, {"kind": "Status", "apiVersion": "v1",
+                                    "status": "Success"})  # fmt: skip
+        self._not_found("pods", name)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+    def do_GET(self) -> None:
+        self._route("GET")
 
-        return Handler
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def _selected(job: dict[str, Any], selector: str) -> bool:
