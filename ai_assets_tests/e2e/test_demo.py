@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from ai_assets_dev.demo import s3_client
 from ai_assets_dev.localdev import free_port, process_running, stop_process
 from ai_assets_dev.samples import sample_jpegs
+from ai_assets_tests.support.service import metrics
 from ai_assets_tests.support.util import answers
 
 pytestmark = pytest.mark.e2e
@@ -127,12 +128,11 @@ def _named(log: Path, pattern: str, what: str) -> str:
     return found.group(1)
 
 
-def _metric(url: str, series: str) -> float | None:
-    """One series' value on a Prometheus text page; None if absent or unreachable."""
+def _sample(url: str, key: str) -> float | None:
+    """One sample of ``url``'s /metrics (keyed as ``metrics`` keys them); None if absent or
+    while the server does not answer yet."""
     with contextlib.suppress(OSError):
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        found = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
-        return float(found.group(1)) if found else None
+        return metrics(url).get(key)
     return None
 
 
@@ -171,12 +171,11 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         client_env = _env_file(demo_dir / "env.sh")
         assert client_env["DAGSTER_HOME"] == str(demo_dir / "dagster_home")
         _check_first_pass(client_env, ui_port)
-        metrics_url = _named(log, r"Pipeline metrics for Prometheus: (\S+)", "its metrics URL")
-        current = 'ai_assets_objects{state="current"}'
+        exporter_url = _named(log, r"Pipeline metrics for Prometheus: (\S+)/metrics", "its metrics")
         _until(
             deadline,
             "the demo's exporter never counted the photos",
-            lambda: _metric(metrics_url, current) == 7,
+            lambda: _sample(exporter_url, "ai_assets_objects{state=current}") == 7,
             every=1,
         )
 
@@ -195,11 +194,11 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
             "the new photo's run never finished",
             lambda: all(run["status"] in ("SUCCESS", "FAILURE") for run in _runs(ui_port)),
         )
-        assert _metric(service_url + "/metrics", "ai_assets_service_images_total") == 8  # 7 + 1
+        assert _sample(service_url, "ai_assets_service_images_total{}") == 8  # 7 + 1
 
         os.killpg(demo.pid, stop_with)
         demo.wait(30)
-        ports = (ui_port, s3_port, _port_of(metrics_url), _port_of(service_url))
+        ports = (ui_port, s3_port, _port_of(exporter_url), _port_of(service_url))
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
         _until(  # seconds when the machine is idle; `make test` runs a second worker beside it
             time.monotonic() + 60,
