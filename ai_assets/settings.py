@@ -43,8 +43,9 @@ def available_cores() -> int:
     pod's node's, unless the CPU manager pins it), at most its cgroup's CPU quota rounded up (a
     pod's CPU limit), which ``os.cpu_count()`` and torch's default threads ignore."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 2
     limit = cgroup_cpu_limit()
-    return max(1, min(cores or 2, math.ceil(limit) if limit else cores or 2))
+    return max(1, min(cores, math.ceil(limit))) if limit else cores
 
 
 @dataclasses.dataclass(frozen=True)
