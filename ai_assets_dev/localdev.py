@@ -306,10 +306,15 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-def dagster_storage(url: str) -> dict[str, Any]:
+def dagster_storage(url: str, pooled: bool = True) -> dict[str, Any]:
     """Dagster's run, event-log and schedule storage in ``url``'s PostgreSQL database, as the Helm
-    chart deploys it: a dagster.yaml's ``storage`` (dagster-postgres takes a libpq URL)."""
-    return {"postgres": {"postgres_url": url.replace("+psycopg2", "")}}
+    chart deploys it: a dagster.yaml's ``storage``, dagster-postgres's holding its connections
+    (ai_assets.ops.storage); not ``pooled``: dagster-postgres's own (it takes a libpq URL)."""
+    config = {"postgres_url": url.replace("+psycopg2", "")}
+    if not pooled:
+        return {"postgres": config}
+    return {"custom": {"module": "ai_assets.ops.storage", "class": "PooledPostgresStorage",
+                       "config": config}}  # fmt: skip
 
 
 class PostgresServer:
@@ -341,6 +346,25 @@ class PostgresServer:
 
     def drop_database(self, name: str) -> None:
         self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def require_password(self, password: str) -> str:
+        """Logins over TCP need ``password`` from now on (SCRAM, a managed server's default);
+        returns the URL with it (this server's own ``url`` too)."""
+        from sqlalchemy.exc import OperationalError
+
+        self._execute(f"ALTER USER postgres PASSWORD '{password}'")  # PostgreSQL 15: SCRAM
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        self._execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the reload is a signal: wait until it took effect
+            try:
+                self._execute("SELECT 1")
+            except OperationalError:  # refused without the password: it has
+                break
+            time.sleep(0.05)
+        self.url = self.url.replace("postgres@", f"postgres:{password}@")
+        return self.url
 
     def _run(self, *args: str) -> None:
         subprocess.run(_as_postgres(list(args)), check=True, capture_output=True, timeout=120)

@@ -21,10 +21,12 @@ Side-by-side variants run interleaved, ``--rounds`` passes each (default 3), sum
 * run    – the whole run as Dagster executes it (s3_image_sensor's tick first, untimed; then the
   runs it requests, in this process, with the model already loaded; ``--rounds`` times, every
   object classified again after the first: ``reclassify``), Dagster's storage on
-  PostgreSQL as the Helm chart deploys it; then the same runs again with nothing left to
-  classify: Dagster's and the asset's fixed CPU per run (``run_fixed_cpu_s``), and the run's CPU
-  per image beyond it; and that fixed CPU with Dagster's storage in SQLite, the embedded
-  default's (``run_fixed_cpu_s_sqlite``: each run's events go to a SQLite file of its own);
+  PostgreSQL as the Helm chart deploys it (its connections held: ai_assets.ops.storage); then
+  the same runs again with nothing left to classify: Dagster's and the asset's fixed CPU per run
+  (``run_fixed_cpu_s``), and the run's CPU per image beyond it; and that fixed CPU with
+  dagster-postgres's own storage, a login per operation (``run_fixed_cpu_s_dagster_postgres``),
+  and with Dagster's storage in SQLite, the embedded default's (``run_fixed_cpu_s_sqlite``: each
+  run's events go to a SQLite file of its own);
 * process – the same runs in run processes of their own, started as Dagster's run launchers
   start them (``dagster api execute_run``; a Kubernetes run pod runs the same command): the
   process's whole CPU per image, and apart, what it spends before its first image (Python,
@@ -518,6 +520,10 @@ def measure_runs(feed: Feed) -> dict[str, float]:
         with dg.instance_for_test() as sqlite:
             sqlite_daemon = InProcessDaemon(sqlite, log_level="WARNING")
             figures["run_fixed_cpu_s_sqlite"] = fixed_cpu(lambda: run(sqlite_daemon, None))
+        stock = {"storage": dagster_storage(feed.pg.create_database("dagster_stock"), False)}
+        with dg.instance_for_test(overrides=stock) as instance:
+            stock_daemon = InProcessDaemon(instance, log_level="WARNING")
+            figures["run_fixed_cpu_s_dagster_postgres"] = fixed_cpu(lambda: run(stock_daemon, None))
         beyond = figures["run_cpu_ms_no_model"] - fixed * 1000 / images
         figures["run_cpu_ms_per_image_beyond_fixed"] = beyond
         written = classified(os.environ["AI_ASSETS_DATABASE_URL"])
@@ -565,7 +571,8 @@ def measure_agreement(feed: Feed, count: int) -> dict[str, float]:
 #: The figures the summary table shows first, in this order; RESULT has every figure.
 SUMMARY = [
     "cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "run_main_thread_no_model_ms",
-    "run_fixed_cpu_s", "run_fixed_cpu_s_sqlite", "run_cpu_ms_per_image_beyond_fixed",
+    "run_fixed_cpu_s", "run_fixed_cpu_s_dagster_postgres", "run_fixed_cpu_s_sqlite",
+    "run_cpu_ms_per_image_beyond_fixed",
     "top1_agreement_fp32", "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
     "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
     "memory_processes_img_s", "memory_processes_cpu_ms_no_model",

@@ -1,1 +1,1 @@
-"""Operating the pipeline: the Prometheus exporter."""
+"""Operating the pipeline: the Prometheus exporter; Dagster's storage as the chart deploys it."""

@@ -295,7 +295,10 @@ def test_the_chart_renders_the_production_instance_not_the_local_one() -> None:
     instance = yaml.safe_load(configmap["data"]["dagster.yaml"])
     assert instance["run_launcher"]["class"] == "K8sRunLauncher"
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    assert "postgres" in instance["storage"]
+    storage = instance["storage"]["custom"]  # dagster-postgres's, holding its connections
+    assert storage["module"] == "ai_assets.ops.storage"
+    assert storage["class"] == "PooledPostgresStorage"
+    assert set(storage["config"]["postgres_db"]) >= {"hostname", "db_name", "username", "password"}
     assert instance["run_monitoring"]["enabled"]
     local = yaml.safe_load((ROOT / "dagster.yaml").read_text())  # the top level: `dagster dev`
     assert not {"run_launcher", "storage", "run_coordinator"} & set(local)
@@ -360,6 +363,7 @@ def test_the_rendered_instance_loads_with_postgres_storage_and_the_k8s_launcher(
     with dg.DagsterInstance.get() as instance:
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert instance.get_ref().storage_data.class_name == "PooledPostgresStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         assert instance.run_launcher.job_namespace == "images"
         assert instance.run_launcher.env_secrets == ["ai-assets-runtime"]

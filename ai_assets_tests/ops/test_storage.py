@@ -1,0 +1,149 @@
+"""Dagster's storage as the chart deploys it (ops.storage): one login per process, not one per
+operation, on a real PostgreSQL, through its restart and with a cloud token provider."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+from dagster_postgres.auth import PgTokenProvider
+
+from ai_assets.ops.storage import PooledPostgresStorage
+from ai_assets_dev.localdev import PostgresServer, dagster_storage, postgres
+
+
+@dg.asset
+def answer() -> int:
+    return 42
+
+
+@contextlib.contextmanager
+def logins() -> Iterator[collections.Counter[str]]:
+    """New PostgreSQL connections of this process meanwhile, by database."""
+    counted: collections.Counter[str] = collections.Counter()
+
+    def connected(dbapi_connection: Any, _record: Any) -> None:
+        counted[dbapi_connection.info.dbname] += 1
+
+    sa.event.listen(sa.engine.Engine, "connect", connected)
+    try:
+        yield counted
+    finally:
+        sa.event.remove(sa.engine.Engine, "connect", connected)
+
+
+def materialize(instance: dg.DagsterInstance) -> None:
+    assert dg.materialize([answer], instance=instance).success
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PostgresServer]:
+    """A PostgreSQL of the test's own: restarted or made to ask for a password."""
+    with postgres() as server:
+        yield server
+
+
+def test_the_chart_storage_logs_in_once_per_process_not_once_per_operation(
+    pg_server: PostgresServer,
+) -> None:
+    per_run = {}
+    for pooled in (False, True):  # dagster-postgres's own storage, then the chart's
+        url = pg_server.create_database(f"dagster_{pooled}_{time.monotonic_ns()}")
+        with dg.instance_for_test(overrides={"storage": dagster_storage(url, pooled)}) as instance:
+            materialize(instance)  # the first run: the instance's own set-up
+            with logins() as counted:
+                materialize(instance)
+            per_run[pooled] = counted[url.rsplit("/", 1)[1]]
+    assert per_run[False] >= 20, per_run  # a login per operation: what the chart's saves
+    assert per_run[True] == 0, per_run  # its connections held since the first run
+
+
+def test_the_storage_in_the_chart_is_dagster_postgres_with_its_config(pg_url: str) -> None:
+    with dg.instance_for_test(overrides={"storage": dagster_storage(pg_url)}) as instance:
+        from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        storage = instance.get_ref().storage_data
+        assert storage is not None
+        assert storage.class_name == PooledPostgresStorage.__name__
+        materialize(instance)
+        assert instance.get_latest_materialization_event(dg.AssetKey("answer")) is not None
+
+
+def test_a_postgres_restart_costs_a_login_not_a_failed_run(own_pg: PostgresServer) -> None:
+    url = own_pg.create_database("dagster")
+    with dg.instance_for_test(overrides={"storage": dagster_storage(url)}) as instance:
+        materialize(instance)
+        own_pg.stop("fast")  # a restart, e.g. a managed server's maintenance: connections dead
+        own_pg.start()
+        with logins() as counted:
+            materialize(instance)  # each dead connection found before use and replaced
+        assert counted["dagster"] >= 1
+        runs = instance.get_run_records()
+        assert [r.dagster_run.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
+
+
+class Token(PgTokenProvider):
+    """A cloud token provider that hands out the server's password, counting the logins."""
+
+    def __init__(self, password: str) -> None:
+        super().__init__()
+        self.password = password
+        self.logins = 0
+
+    def _fetch_token(self) -> tuple[str, float]:
+        return self.password, time.time() + 3600
+
+    def get_token(self) -> str:
+        self.logins += 1
+        return super().get_token()
+
+
+def test_every_login_is_signed_by_the_cloud_token_provider(own_pg: PostgresServer) -> None:
+    own_pg.create_database("dagster")
+    own_pg.require_password("from-the-token")
+    url = own_pg.database_url("dagster")
+    unsigned = url.replace(":from-the-token", "").replace("+psycopg2", "")
+    refused = sa.create_engine(url.replace(":from-the-token", ""))
+    with pytest.raises(sa.exc.OperationalError, match="password"), refused.connect():
+        pass
+    token = Token("from-the-token")
+    storage = PooledPostgresStorage(unsigned, token_provider=token)
+    try:
+        assert storage.run_storage.get_runs() == []
+        signed = token.logins
+        own_pg.stop("fast")
+        own_pg.start()
+        assert storage.run_storage.get_runs() == []  # a new login, signed again
+        assert token.logins > signed
+    finally:
+        storage.run_storage.dispose()  # the stores share one engine
+
+
+def test_closing_the_instance_closes_its_connections(pg_server: PostgresServer) -> None:
+    url = pg_server.create_database(f"dagster_closed_{time.monotonic_ns()}")
+    name = url.rsplit("/", 1)[1]
+    admin = sa.create_engine(pg_server.url)
+    query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
+
+    def connections() -> int:
+        with admin.connect() as connection:
+            return connection.execute(query, {"name": name}).scalar_one()
+
+    try:
+        with dg.instance_for_test(overrides={"storage": dagster_storage(url)}) as instance:
+            materialize(instance)
+            assert connections() >= 1  # held between operations
+        deadline = time.monotonic() + 10
+        while connections() and time.monotonic() < deadline:
+            time.sleep(0.05)  # a closed connection's backend exits on its own time
+        assert connections() == 0
+    finally:
+        admin.dispose()
