@@ -107,6 +107,13 @@ class _Closing:
         super().dispose()  # pyright: ignore[reportAttributeAccessIssue]
         self._engine.dispose()
 
+    def optimize_for_webserver(
+        self, statement_timeout: int, pool_recycle: int, max_overflow: int
+    ) -> None:
+        """The webserver's engine of its own (a statement timeout) replaces the shared one."""
+        self._engine.dispose()
+        super().optimize_for_webserver(statement_timeout, pool_recycle, max_overflow)  # pyright: ignore[reportAttributeAccessIssue]
+
 
 class _RunStorage(_Closing, PostgresRunStorage):
     pass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dagster as dg
@@ -127,23 +127,39 @@ def test_every_login_is_signed_by_the_cloud_token_provider(own_pg: PostgresServe
         storage.run_storage.dispose()  # the stores share one engine
 
 
-def test_closing_the_instance_closes_its_connections(pg_server: PostgresServer) -> None:
-    url = pg_server.create_database(f"dagster_closed_{time.monotonic_ns()}")
-    name = url.rsplit("/", 1)[1]
+@pytest.fixture
+def connections(pg_server: PostgresServer) -> Iterator[tuple[str, Callable[[int], int]]]:
+    """A fresh database's URL, and its open connections once they number at most n (or 10 s
+    later: a closed connection's backend exits on its own time)."""
+    url = pg_server.create_database(f"dagster_held_{time.monotonic_ns()}")
     admin = sa.create_engine(pg_server.url)
     query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name")
 
-    def connections() -> int:
-        with admin.connect() as connection:
-            return connection.execute(query, {"name": name}).scalar_one()
-
-    try:
-        with dg.instance_for_test(overrides={"storage": dagster_storage(url)}) as instance:
-            materialize(instance)
-            assert connections() >= 1  # held between operations
+    def open_connections(at_most: int) -> int:
         deadline = time.monotonic() + 10
-        while connections() and time.monotonic() < deadline:
-            time.sleep(0.05)  # a closed connection's backend exits on its own time
-        assert connections() == 0
-    finally:
-        admin.dispose()
+        while True:
+            with admin.connect() as connection:
+                count = connection.execute(query, {"name": url.rsplit("/", 1)[1]}).scalar_one()
+            if count <= at_most or time.monotonic() > deadline:
+                return count
+            time.sleep(0.05)
+
+    yield url, open_connections
+    admin.dispose()
+
+
+def test_closing_the_instance_closes_its_connections(connections) -> None:
+    url, open_connections = connections
+    with dg.instance_for_test(overrides={"storage": dagster_storage(url)}) as instance:
+        materialize(instance)
+        assert open_connections(99) >= 1  # held between operations
+    assert open_connections(0) == 0
+
+
+def test_the_webserver_engine_replaces_the_shared_one_without_leaving_it_open(connections) -> None:
+    url, open_connections = connections
+    with dg.instance_for_test(overrides={"storage": dagster_storage(url)}) as instance:
+        materialize(instance)
+        instance.optimize_for_webserver(15_000, 3600, 20)  # as dagster-webserver starts
+        assert instance.get_runs()  # the run store's own engine: one connection
+        assert open_connections(1) == 1
