@@ -283,6 +283,8 @@ def test_the_event_queue_reaches_the_sensor_and_the_listing_reconciles() -> None
         ({"model": {"decodeProcesses": -1}}, "decodeProcesses"),
         ({"webserver": {"ingress": {"enabled": True}}}, "webserver.ingress.host is required"),
         ({"unknown": 1}, "unknown"),
+        ({"computeLogs": {"bucket": "images"}}, "the sensor would classify the logs"),
+        ({"computeLogs": {"bucket": "Bad_Bucket"}}, "computeLogs"),
     ],
 )
 def test_invalid_values_are_rejected_with_a_clear_message(values: dict, message: str) -> None:
@@ -305,6 +307,24 @@ def test_the_chart_renders_the_production_instance_not_the_local_one() -> None:
     assert instance["telemetry"] == local["telemetry"]
 
 
+def test_compute_logs_go_to_their_own_bucket_or_are_not_captured() -> None:
+    def compute_logs(values: dict[str, Any]) -> dict[str, Any]:
+        configmap = by_kind(render(values), "ConfigMap")["ai-ai-assets-instance"]
+        return yaml.safe_load(configmap["data"]["dagster.yaml"])["compute_logs"]
+
+    assert compute_logs({})["class"] == "NoOpComputeLogManager"  # a pod's disk: no one reads it
+    beside_the_images = {
+        "s3": {"bucket": "photos", "prefix": "uploads/", "endpointUrl": "http://s3:8333"},
+        "computeLogs": {"bucket": "photos", "uploadIntervalSeconds": 0},
+    }
+    s3 = compute_logs(beside_the_images)
+    assert s3["class"] == "S3ComputeLogManager"
+    assert s3["config"] == {
+        "bucket": "photos", "prefix": "dagster/compute-logs", "region": "us-east-1",
+        "endpoint_url": "http://s3:8333",
+    }  # fmt: skip
+
+
 # -- the instance and the run launcher, against real PostgreSQL and a local Kubernetes API --
 
 
@@ -315,6 +335,7 @@ def deployment(
     pg_url: str,
     bucket: str,
     s3_env: dict[str, str],
+    s3_client: Any,
     tiny_model_dir: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[FakeKubernetes, dict[str, str], Path]]:
@@ -327,6 +348,9 @@ def deployment(
         del env[in_cluster]  # AWS's queue and the cluster's model service: not reachable here
     storage_db = f"dagster_{pg_url.rsplit('/', 1)[1]}"
     pg_server.create_database(storage_db)
+    compute_logs = instance_yaml["compute_logs"]["config"]  # AWS's bucket: the local server's
+    compute_logs |= {"bucket": f"{bucket}-logs", "endpoint_url": s3_env["AWS_ENDPOINT_URL"]}
+    s3_client.create_bucket(Bucket=compute_logs["bucket"])
     with fake_kubernetes() as api:
         launcher = instance_yaml["run_launcher"]["config"]
         launcher["load_incluster_config"] = False  # no cluster: the local API instead
@@ -410,6 +434,16 @@ def test_k8s_run_launcher_end_to_end(
     rows = results.fetch_rows(sa.create_engine(pg_url))
     assert sorted(r["s3_key"] for r in rows) == ["chelsea.jpg", "china.jpg", "coffee.jpg"]
     assert {r["run_id"] for r in rows} == {run.run_id}
+    _check_compute_logs(s3_client, f"{bucket}-logs", run.run_id)
+
+
+def _check_compute_logs(s3_client: Any, bucket: str, run_id: str) -> None:
+    """The run pod's stderr, in the compute-log bucket where the webserver reads it back."""
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="dagster/compute-logs/")
+    keys = [o["Key"] for o in listed.get("Contents", []) if run_id in o["Key"]]
+    [stderr] = [k for k in keys if k.endswith(".err")]
+    text = s3_client.get_object(Bucket=bucket, Key=stderr)["Body"].read().decode()
+    assert "image_classifications" in text, text[-2000:]
 
 
 def test_terminate_deletes_the_job(deployment) -> None:

@@ -118,3 +118,33 @@ containers:
         subPath: workspace.yaml
         readOnly: true
 {{- end -}}
+
+{{/*
+The instance's compute_logs: dagster-aws's S3 manager where computeLogs.bucket is set, else none
+(a pod's own disk is out of the webserver's reach). Never under the images the sensor watches.
+*/}}
+{{- define "ai-assets.computeLogs" -}}
+{{- $logs := .Values.computeLogs -}}
+{{- if $logs.bucket -}}
+{{- if and (eq $logs.bucket .Values.s3.bucket) (hasPrefix .Values.s3.prefix $logs.prefix) -}}
+{{- fail (printf "computeLogs.prefix %q is under s3.prefix %q of the images bucket: the sensor would classify the logs" $logs.prefix .Values.s3.prefix) -}}
+{{- end }}
+compute_logs:
+  module: dagster_aws.s3.compute_log_manager
+  class: S3ComputeLogManager
+  config:
+    bucket: {{ $logs.bucket | quote }}
+    prefix: {{ $logs.prefix | quote }}
+    region: {{ .Values.s3.region | quote }}
+    {{- with .Values.s3.endpointUrl }}
+    endpoint_url: {{ . | quote }}
+    {{- end }}
+    {{- if $logs.uploadIntervalSeconds }}
+    upload_interval: {{ $logs.uploadIntervalSeconds }}
+    {{- end }}
+{{- else }}
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
+{{- end }}
+{{- end }}
