@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from dagster_postgres.auth import PgTokenProvider
     from sqlalchemy.engine import Engine
 
-#: Seconds a held connection serves before it is replaced (the webserver's default): a login
-#: with a short-lived cloud token is renewed, and no proxy's idle timeout is outlived for long.
-POOL_RECYCLE_S = 3600
+#: Seconds a held connection serves before the next operation replaces it: fewer than the idle
+#: timeouts of cloud load balancers and NATs (Azure's 4 minutes, AWS's 350 s), some of which
+#: drop a connection without a word, so that the check before use would wait for TCP to give up
+#: (~15 minutes), not fail. A process busy for hours logs in twice every 3 minutes.
+POOL_RECYCLE_S = 180
 #: Connections held between operations, shared by the run, event-log and schedule stores: a
 #: run's operations nest two deep at times, so with two it logs in twice in all (one held: once
 #: more per run).

@@ -90,6 +90,26 @@ def test_a_postgres_restart_costs_a_login_not_a_failed_run(own_pg: PostgresServe
         assert [r.dagster_run.status for r in runs] == [dg.DagsterRunStatus.SUCCESS] * 2
 
 
+def test_a_connection_held_past_cloud_idle_timeouts_is_replaced_not_checked(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NAT that dropped an idle connection silently would hold its check for ~15 minutes."""
+    from ai_assets.ops import storage as module
+
+    monkeypatch.setattr(module, "POOL_RECYCLE_S", 1)
+    storage = PooledPostgresStorage(pg_url.replace("+psycopg2", ""))
+    try:
+        with logins() as counted:
+            storage.run_storage.get_runs()
+            storage.run_storage.get_runs()
+            assert sum(counted.values()) == 1  # held
+            time.sleep(1.2)
+            storage.run_storage.get_runs()
+            assert sum(counted.values()) == 2  # too old: a new login
+    finally:
+        storage.run_storage.dispose()
+
+
 class Token(PgTokenProvider):
     """A cloud token provider that hands out the server's password, counting the logins."""
 
