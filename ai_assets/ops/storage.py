@@ -1,4 +1,4 @@
-"""Dagster's PostgreSQL storage holding its connection in every process, not in the webserver only.
+"""Dagster's PostgreSQL storage holding connections in every process, not in the webserver only.
 
 dagster-postgres opens a new connection for every storage operation (``NullPool``) except in
 the webserver, which holds them (``optimize_for_webserver``). A batch run of classify_images_job
@@ -59,13 +59,13 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data
         engine = pooled_engine(postgres_url, token_provider)
-        stores = (_RunStorage, _EventLogStorage, _ScheduleStorage)
-        self._run_storage, self._event_log_storage, self._schedule_storage = (
+        stores = [
             store(postgres_url, should_autocreate_tables, token_provider=token_provider)
-            for store in stores
-        )
-        for store in (self._run_storage, self._event_log_storage, self._schedule_storage):
+            for store in (_RunStorage, _EventLogStorage, _ScheduleStorage)
+        ]
+        for store in stores:
             store._engine = engine  # their own engine (NullPool) set up their tables
+        self._run_storage, self._event_log_storage, self._schedule_storage = stores
         DagsterStorage.__init__(self)
 
     @classmethod
