@@ -284,6 +284,13 @@ def test_the_event_queue_reaches_the_sensor_and_the_listing_reconciles() -> None
         ({"webserver": {"ingress": {"enabled": True}}}, "webserver.ingress.host is required"),
         ({"unknown": 1}, "unknown"),
         ({"computeLogs": {"bucket": "images"}}, "the sensor would classify the logs"),
+        (  # its keys are uploads/storage/…: under the watched uploads/
+            {
+                "s3": {"prefix": "uploads/"},
+                "computeLogs": {"bucket": "images", "prefix": "uploads"},
+            },
+            "the sensor would classify the logs",
+        ),
         ({"computeLogs": {"bucket": "Bad_Bucket"}}, "computeLogs"),
     ],
 )

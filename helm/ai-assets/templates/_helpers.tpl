@@ -126,7 +126,9 @@ The instance's compute_logs: dagster-aws's S3 manager where computeLogs.bucket i
 {{- define "ai-assets.computeLogs" -}}
 {{- $logs := .Values.computeLogs -}}
 {{- if $logs.bucket -}}
-{{- if and (eq $logs.bucket .Values.s3.bucket) (hasPrefix .Values.s3.prefix $logs.prefix) -}}
+{{- /* the manager writes under its prefix without the slashes around it, then "/" */ -}}
+{{- $keys := printf "%s/" (trimAll "/" $logs.prefix) -}}
+{{- if and (eq $logs.bucket .Values.s3.bucket) (hasPrefix .Values.s3.prefix $keys) -}}
 {{- fail (printf "computeLogs.prefix %q is under s3.prefix %q of the images bucket: the sensor would classify the logs" $logs.prefix .Values.s3.prefix) -}}
 {{- end }}
 compute_logs:
