@@ -28,7 +28,15 @@ import yaml
 from ai_assets.db import results
 from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_tests.fakes.k8s_server import FakeKubernetes, fake_kubernetes
-from ai_assets_tests.support.helm import CHART, K8S_VERSION, PRODUCTION, ROOT, by_kind, render
+from ai_assets_tests.support.helm import (
+    CHART,
+    K8S_VERSION,
+    PRODUCTION,
+    ROOT,
+    by_kind,
+    instance_config,
+    render,
+)
 
 
 @pytest.mark.parametrize("values", [{}, PRODUCTION], ids=["defaults", "production"])
@@ -82,9 +90,7 @@ def _pod_labels(manifests: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
         d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
         for d in by_kind(manifests, "Deployment").values()
     }
-    instance = yaml.safe_load(
-        by_kind(manifests, "ConfigMap")["ai-ai-assets-instance"]["data"]["dagster.yaml"]
-    )
+    instance = instance_config(manifests)
     pods["run"] = instance["run_launcher"]["config"]["labels"]
     return pods
 
@@ -163,8 +169,7 @@ def test_json_logs_reach_every_process_and_every_run() -> None:
             name: d["spec"]["template"]["spec"]["containers"][0]["args"]
             for name, d in by_kind(manifests, "Deployment").items()
         }
-        configmap = by_kind(manifests, "ConfigMap")["ai-ai-assets-instance"]
-        return args, yaml.safe_load(configmap["data"]["dagster.yaml"])
+        return args, instance_config(manifests)
 
     args, instance = args_and_instance({"logFormat": "json"})
     for name in ("webserver", "daemon", "code", "exporter"):
@@ -300,8 +305,7 @@ def test_invalid_values_are_rejected_with_a_clear_message(values: dict, message:
 
 
 def test_the_chart_renders_the_production_instance_not_the_local_one() -> None:
-    configmap = by_kind(render(), "ConfigMap")["ai-ai-assets-instance"]
-    instance = yaml.safe_load(configmap["data"]["dagster.yaml"])
+    instance = instance_config(render())
     assert instance["run_launcher"]["class"] == "K8sRunLauncher"
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
     storage = instance["storage"]["custom"]  # dagster-postgres's, holding its connections
@@ -316,8 +320,7 @@ def test_the_chart_renders_the_production_instance_not_the_local_one() -> None:
 
 def test_compute_logs_go_to_their_own_bucket_or_are_not_captured() -> None:
     def compute_logs(values: dict[str, Any]) -> dict[str, Any]:
-        configmap = by_kind(render(values), "ConfigMap")["ai-ai-assets-instance"]
-        return yaml.safe_load(configmap["data"]["dagster.yaml"])["compute_logs"]
+        return instance_config(render(values))["compute_logs"]
 
     assert compute_logs({})["class"] == "NoOpComputeLogManager"  # a pod's disk: no one reads it
     beside_the_images = {
@@ -349,7 +352,7 @@ def deployment(
     """DAGSTER_HOME holding the rendered dagster.yaml; the environment the chart would set."""
     manifests = render(PRODUCTION)
     configmaps = by_kind(manifests, "ConfigMap")
-    instance_yaml = yaml.safe_load(configmaps["ai-ai-assets-instance"]["data"]["dagster.yaml"])
+    instance_yaml = instance_config(manifests)
     env = dict(configmaps["ai-ai-assets-env"]["data"])
     for in_cluster in ("AI_ASSETS_SQS_QUEUE_URL", "AI_ASSETS_INFERENCE_URL"):
         del env[in_cluster]  # AWS's queue and the cluster's model service: not reachable here

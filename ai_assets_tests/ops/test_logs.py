@@ -14,13 +14,12 @@ from pathlib import Path
 import yaml
 
 from ai_assets_dev.localdev import free_port, stop_process, wait_for_port
-from ai_assets_tests.support.helm import ROOT, by_kind, render
+from ai_assets_tests.support.helm import ROOT, instance_config, render
 
 
 def json_home(home: Path) -> Path:
     """A DAGSTER_HOME: the local instance plus the python_logs the chart renders for json."""
-    configmap = by_kind(render({"logFormat": "json"}), "ConfigMap")["ai-ai-assets-instance"]
-    python_logs = yaml.safe_load(configmap["data"]["dagster.yaml"])["python_logs"]
+    python_logs = instance_config(render({"logFormat": "json"}))["python_logs"]
     instance = yaml.safe_load((ROOT / "dagster.yaml").read_text()) | {"python_logs": python_logs}
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance))

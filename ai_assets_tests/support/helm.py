@@ -28,3 +28,9 @@ def render(values: dict[str, Any] | None = None, name: str = "ai", namespace: st
 
 def by_kind(manifests: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+
+
+def instance_config(manifests: list[dict[str, Any]], release: str = "ai") -> dict[str, Any]:
+    """The Dagster instance the chart renders (its instance ConfigMap's dagster.yaml), parsed."""
+    configmap = by_kind(manifests, "ConfigMap")[f"{release}-ai-assets-instance"]
+    return yaml.safe_load(configmap["data"]["dagster.yaml"])
