@@ -24,7 +24,7 @@ from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_dev.samples import sample_images
 from ai_assets_tests.fakes.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.support.hostile import hostile_keys, hostile_objects
-from ai_assets_tests.support.util import bucket_etags, configure, rows_by_key
+from ai_assets_tests.support.util import bucket_etags, configure, rows_by_key, wait_for
 
 pytestmark = pytest.mark.reliability
 MAX_BYTES = 1 << 20
@@ -285,10 +285,7 @@ def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
         assert len(processes_marked(mark)) >= 4  # the run, the fork server, 2 workers
         run.send_signal(stop)
         run.wait(120)
-    deadline = time.monotonic() + 30
-    while left := processes_marked(mark):
-        assert time.monotonic() < deadline, f"processes outlived the run: {left}"
-        time.sleep(0.1)
+    wait_for("the run's processes to end", lambda: not processes_marked(mark), 30, 0.1)
     written = rows_by_key(db_url)
     assert written and all(row["status"] == "ok" for row in written.values())
 
@@ -312,11 +309,12 @@ def running_until_rows(command: list[str], db_url: str) -> Iterator[subprocess.P
     """The run process of ``command``, once it wrote its first rows; killed if still running."""
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
         try:
-            deadline = time.monotonic() + 180  # the run process imports torch and the model
-            while not rows_by_key(db_url):
+
+            def wrote_rows() -> bool:
                 assert run.poll() is None, "the run process ended before writing a row"
-                assert time.monotonic() < deadline, "the run never wrote a row"
-                time.sleep(0.2)
+                return bool(rows_by_key(db_url))
+
+            wait_for("the run's first rows", wrote_rows, 180, 0.2)  # it imports torch first
             yield run
         finally:
             if run.poll() is None:
@@ -342,7 +340,6 @@ def test_overwriting_an_object_during_its_run_keeps_the_newest_version(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import threading
-    import time
 
     proxy, daemon, db_url = proxied
     # Dagster calls logging.config.dictConfig at every run's start, even with no python_logs;
@@ -378,7 +375,6 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     reliability_report,
 ) -> None:
     import threading
-    import time
 
     from ai_assets_dev.localdev import postgres
 

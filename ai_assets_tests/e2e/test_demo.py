@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from ai_assets_dev.demo import s3_client
 from ai_assets_dev.localdev import free_port, process_running, stop_process
 from ai_assets_dev.samples import sample_jpegs
 from ai_assets_tests.support.service import metrics
-from ai_assets_tests.support.util import answers
+from ai_assets_tests.support.util import answers, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,15 +91,6 @@ def _check_quiet_stop(output: str) -> None:
         assert at < 0, output[max(at - 3000, 0) : at + 3000]
 
 
-def _until(
-    deadline: float, failure: str, condition: Callable[[], bool], every: float = 0.5
-) -> None:
-    """Wait for ``condition``, failing with ``failure`` once past ``deadline`` (monotonic)."""
-    while not condition():
-        assert time.monotonic() < deadline, failure
-        time.sleep(every)
-
-
 def _serving(demo: subprocess.Popen, ui_port: int) -> bool:
     """Whether the demo's UI answers; fails at once if the demo has exited."""
     assert demo.poll() is None, "the demo exited before serving the UI"
@@ -167,16 +157,19 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
     try:
         # seconds when the machine is idle; `make test` runs a second test worker beside it
         deadline = time.monotonic() + 600
-        _until(deadline, "the UI never answered", lambda: _serving(demo, ui_port), every=1)
+
+        def left() -> float:
+            return deadline - time.monotonic()
+
+        wait_for("the UI", lambda: _serving(demo, ui_port), timeout=left())
         client_env = _env_file(demo_dir / "env.sh")
         assert client_env["DAGSTER_HOME"] == str(demo_dir / "dagster_home")
         _check_first_pass(client_env, ui_port)
         exporter_url = _named(log, r"Pipeline metrics for Prometheus: (\S+)/metrics", "its metrics")
-        _until(
-            deadline,
-            "the demo's exporter never counted the photos",
+        wait_for(
+            "the demo's exporter to count the photos",
             lambda: _sample(exporter_url, "ai_assets_objects{state=current}") == 7,
-            every=1,
+            timeout=left(),
         )
 
         # a new photo is classified by dagster dev's runs through the demo's model service
@@ -184,15 +177,17 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         bucket, database = client_env["AI_ASSETS_S3_BUCKET"], client_env["AI_ASSETS_DATABASE_URL"]
         photo = sample_jpegs()["coffee"]
         s3_client(client_env).put_object(Bucket=bucket, Key="new/photo.jpg", Body=photo)
-        _until(
-            deadline,
-            "the new photo never got its row",
+        wait_for(
+            "the new photo's row",
             lambda: _status_of(database, "new/photo.jpg") == "ok",
+            timeout=left(),
+            every=0.5,
         )
-        _until(  # the stop below is tested with no run in flight
-            deadline,
-            "the new photo's run never finished",
+        wait_for(  # the stop below is tested with no run in flight
+            "the new photo's run to finish",
             lambda: all(run["status"] in ("SUCCESS", "FAILURE") for run in _runs(ui_port)),
+            timeout=left(),
+            every=0.5,
         )
         assert _sample(service_url, "ai_assets_service_images_total{}") == 8  # 7 + 1
 
@@ -200,10 +195,11 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         demo.wait(30)
         ports = (ui_port, s3_port, _port_of(exporter_url), _port_of(service_url))
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
-        _until(  # seconds when the machine is idle; `make test` runs a second worker beside it
-            time.monotonic() + 60,
-            "processes or ports outlived the signal by 60 s",
+        wait_for(  # seconds when the machine is idle; `make test` runs a second worker beside it
+            "the demo's processes and ports to go",
             lambda: not _started_by(marker) and not any(map(_listening, ports)),
+            timeout=60,
+            every=0.5,
         )
         _check_quiet_stop(log.read_text())
     finally:

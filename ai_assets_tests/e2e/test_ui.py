@@ -17,10 +17,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -41,7 +41,7 @@ from ai_assets_dev.localdev import (
 )
 from ai_assets_tests.support.helm import CHART
 from ai_assets_tests.support.service import uvicorn_service
-from ai_assets_tests.support.util import answers
+from ai_assets_tests.support.util import answers, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,22 +49,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = os.environ.get("AI_ASSETS_TEST_SCREENSHOTS_DIR", "")
 RULES = CHART / "files" / "prometheus-rules.yaml"
 LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
-T = TypeVar("T")
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
 #: The first partition: a month back, as the demo's (the photos are all of today).
 MONTH_AGO = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)).isoformat()
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 180) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass

@@ -6,14 +6,17 @@ import contextlib
 import datetime as dt
 import json
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from ai_assets.db import migrations, results
+
+T = TypeVar("T")
 
 
 def size(pixels: Any) -> tuple[int, int]:
@@ -56,6 +59,15 @@ def rows_by_key(db_url: str) -> dict[str, dict[str, Any]]:
         return {row["s3_key"]: row for row in results.fetch_rows(engine)}
     finally:
         engine.dispose()
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout: float = 180, every: float = 1) -> T:
+    """``probe``'s first truthy answer, asked every ``every`` s; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)
+    return value
 
 
 def answers(url: str) -> bool:

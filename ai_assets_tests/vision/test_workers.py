@@ -30,6 +30,7 @@ from ai_assets.vision.preprocess import Geometry, ProcessorPreprocessor
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets.vision.workers import DecodeProcesses, Recipe
 from ai_assets_dev.localdev import process_running
+from ai_assets_tests.support.util import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_a_run_starts_its_workers_while_the_model_loads_not_at_the_first_object(
     workers = classifier.workers
     assert workers is not None
     try:
-        wait_for(lambda: len(workers.pids) == 3)  # no object asked for yet
+        wait_for("3 workers", lambda: len(workers.pids) == 3, 30, 0.01)  # no object asked for yet
         assert classifier.prepare(jpegs["coffee"]).shape == (3, 32, 32)
     finally:
         workers.close()
@@ -173,7 +174,7 @@ def test_a_model_loads_with_the_decode_processes_chosen_for_it_and_its_fetch_thr
     finally:
         workers = chosen.workers
         assert workers is not None
-        wait_for(lambda: len(workers.pids) == 1)  # its start in the background, then its end
+        wait_for("1 worker", lambda: len(workers.pids) == 1, 30, 0.01)  # started, then ended
         workers.close()
 
 
@@ -183,7 +184,7 @@ def test_a_worker_that_ended_while_idle_is_replaced_and_the_object_labelled(
     workers, before = started(with_processes, jpegs["coffee"])
     for pid in before:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not any(process_running(pid) for pid in before))
+    wait_for("the workers to end", lambda: not any(map(process_running, before)), 30, 0.01)
     expected = with_processes.preprocess(with_processes.decode(jpegs["coffee"]))
     for _ in before:  # each dead worker in turn: its object goes to a new one
         assert np.array_equal(with_processes.prepare(jpegs["coffee"]).numpy(), expected.numpy())
@@ -291,7 +292,7 @@ def killed_while_holding(prepare: Callable[[], object], pids: list[int]) -> list
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for(lambda: waiting_for_an_answer(thread))  # handed over: the object is the worker's
+    wait_for("the hand-over", lambda: waiting_for_an_answer(thread), 30, 0.01)  # the worker's now
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     thread.join(60)
@@ -304,13 +305,6 @@ def started(classifier: ImageClassifier, jpeg: bytes) -> tuple[DecodeProcesses, 
     assert workers is not None
     classifier.prepare(jpeg)
     return workers, workers.pids
-
-
-def wait_for(condition, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.01)
 
 
 def waiting_for_an_answer(thread: threading.Thread) -> bool:
