@@ -65,7 +65,7 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 180, every: flo
     """``probe``'s first truthy answer, asked every ``every`` s; fails after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not (value := probe()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.3g} s waiting for {what}"
         time.sleep(every)
     return value
 
