@@ -145,6 +145,8 @@ def decodings(classifier: Any) -> dict[str, Callable[[], None]]:
     def switch(device: Any, processes: Any) -> Callable[[], None]:
         def to() -> None:
             classifier.on_device, classifier.workers = device, processes
+            if processes is not None:
+                processes.start()  # the workers' start (the fork server's imports) is no loop's
 
         return to
 
