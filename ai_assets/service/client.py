@@ -51,15 +51,11 @@ class RemoteClassifier:
         self.device = f"{info['device']} (model service {self.url})"
         self.precision: str = info["precision"]
         self.folded: int = int(info.get("folded", 0))
-        #: ``prepare`` passes the bytes on: the service decodes them
+        #: a batch passes the bytes on (``Uploads.fill``): the service decodes them
         self.decode_concurrency = DEFAULT_DECODE_CONCURRENCY
         self.decode_processes = 0  # nor in processes of this one
         self.decoding = f"by the model service {self.url}"
         self.model_threads = 0  # the model runs in the service, not in this process
-
-    def prepare(self, data: bytes, max_pixels: int) -> bytes:
-        """The bytes as they are: the service decodes them and applies its own limits."""
-        return data
 
     def batch(self, size: int) -> Uploads:
         """A batch of object bytes, sent when it is labelled."""
@@ -129,8 +125,9 @@ class Uploads:
         self.classifier = classifier
         self.items: list[bytes] = [b""] * size
 
-    def put(self, slot: int, prepared: bytes) -> None:
-        self.items[slot] = prepared
+    def fill(self, slot: int, data: bytes, max_pixels: int) -> None:
+        """The bytes as they are: the service decodes them and applies its own limits."""
+        self.items[slot] = data
 
     def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
         answers = self.classifier.label([self.items[slot] for slot in slots], top_k)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
+from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from ai_assets.vision.preprocess import FastPreprocessor
-    from ai_assets.vision.workers import DecodeProcesses
+    from ai_assets.vision.workers import DecodeProcesses, SharedSlots
 
 
 def auto_device() -> str:
@@ -182,7 +186,7 @@ class ImageClassifier:
         preprocessor = self.preprocessor
         if not count or not isinstance(preprocessor, FastPreprocessor):
             return None
-        recipe = Recipe(preprocessor.geometry, preprocessor.resize, self.min_decode_side)
+        recipe = Recipe(preprocessor, self.min_decode_side)
         return DecodeProcesses(recipe, count)
 
     @property
@@ -248,7 +252,12 @@ class ImageClassifier:
         return image if isinstance(image, EncodedJpeg) else self.preprocess(image)
 
     def batch(self, size: int) -> ModelBatch:
-        """Room for ``size`` prepared images, filled by the threads that prepare them."""
+        """Room for ``size`` prepared images, filled by the threads that prepare them, or
+        where processes decode, by those processes in shared memory."""
+        if self.decode_processes:
+            assert self.workers is not None
+            dtype = self.preprocessor.buffer_dtype(self.device)  # pyright: ignore[reportAttributeAccessIssue]
+            return ModelBatch(self, shared=self.workers.lease(size, dtype))
         return ModelBatch(self, self.preprocessor.buffer(size, self.device))
 
     def predict(self, pixel_values: Sequence[torch.Tensor], top_k: int) -> list[list[Label]]:
@@ -294,10 +303,25 @@ class ImageClassifier:
 class ModelBatch:
     """One batch of model input being assembled (the pipeline's ``Batch``, see stream.py)."""
 
-    def __init__(self, classifier: ImageClassifier, buffer: Any) -> None:
+    def __init__(
+        self, classifier: ImageClassifier, buffer: Any = None, shared: SharedSlots | None = None
+    ) -> None:
         self.classifier = classifier
-        self.buffer = buffer
         self.encoded: dict[int, EncodedJpeg] = {}  # slots whose JPEG the device decodes
+        self.handed: dict[int, Future[None]] = {}  # slots decode processes fill
+        self.shared = shared
+        self.buffer = buffer if shared is None else shared.tensor
+        if shared is not None:  # back to the workers once the model has read it, or never used
+            assert classifier.workers is not None
+            workers = classifier.workers
+            self._release = weakref.finalize(self, _release, workers, shared, self.handed)
+
+    def fill(self, slot: int, data: bytes, max_pixels: int) -> None:
+        if self.shared is not None:
+            assert self.classifier.workers is not None
+            self.handed[slot] = self.classifier.workers.submit(data, max_pixels, self.shared, slot)
+        else:
+            self.put(slot, self.classifier.prepare(data, max_pixels))
 
     def put(self, slot: int, prepared: torch.Tensor | EncodedJpeg) -> None:
         if isinstance(prepared, EncodedJpeg):
@@ -306,15 +330,33 @@ class ModelBatch:
             self.classifier.preprocessor.put(self.buffer, slot, prepared)
 
     def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
-        placed, refused = self._decode_on_device([s for s in slots if s in self.encoded])
+        refused = self._refused_by_workers(slots)
+        placed, refused_on_device = self._decode_on_device([s for s in slots if s in self.encoded])
+        refused |= refused_on_device
         kept = [slot for slot in slots if slot not in refused]
         labelled = self.classifier.start(self._model_input(kept, placed), top_k) if kept else None
+        if self.shared is not None:
+            self._release()  # read: on the CPU by the model, off it by the copy to the device
 
         def labels() -> list[list[Label] | str]:
             found = iter(labelled() if labelled else [])
             return [refused[slot] if slot in refused else next(found) for slot in slots]
 
         return labels
+
+    def _refused_by_workers(self, slots: Sequence[int]) -> dict[int, str]:
+        """Once the decode processes have answered for the slots, why they refused some; a bug
+        in a worker fails the run."""
+        handed = {slot: self.handed[slot] for slot in slots if slot in self.handed}
+        futures.wait(handed.values())  # one wake-up for the batch, not one per object
+        refused = {}
+        for slot, future in handed.items():
+            error = future.exception()
+            if isinstance(error, ImageError):
+                refused[slot] = str(error)
+            elif error is not None:
+                raise error
+        return refused
 
     def _model_input(self, slots: list[int], placed: dict[int, torch.Tensor]) -> torch.Tensor:
         classifier = self.classifier
@@ -349,6 +391,28 @@ class ModelBatch:
             else:
                 placed[slot] = pixels.to(classifier.device)
         return placed, refused
+
+
+def _release(
+    workers: DecodeProcesses, shared: SharedSlots, handed: dict[int, Future[None]]
+) -> None:
+    """A batch's shared slots back to ``workers``, once no worker writes there any more (a
+    batch given up on may still have objects queued)."""
+    writing = [future for future in handed.values() if not future.done()]
+    left = [len(writing)]
+    lock = threading.Lock()
+
+    def written(_: Future[None]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        workers.release(shared)
+
+    if not writing:
+        workers.release(shared)
+    for future in writing:
+        future.add_done_callback(written)
 
 
 def _revision(model: Any, name: str) -> str:

@@ -312,22 +312,30 @@ class FastPreprocessor(Preprocessor):
     def __call__(self, pixels: np.ndarray) -> torch.Tensor:
         return self.geometry.cropped(pixels, self.resize)
 
-    def buffer(self, size: int, device: str) -> torch.Tensor:
-        """Float (N, 3, H, W) channels_last on the CPU; off it, uint8 in pinned memory.
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled for decode processes without its tensors on devices (a CUDA tensor would
+        start CUDA in a process that only decodes)."""
+        return {**self.__dict__, "_on_device": {}}
 
-        Off the CPU the batch crosses as uint8, a quarter of the bytes, asynchronously from
-        pinned memory, and is normalised on the device.
-        """
+    def buffer(self, size: int, device: str) -> torch.Tensor:
+        """(N, 3, H, W) channels_last of ``buffer_dtype``; off the CPU in pinned memory."""
         import torch
 
         width, height = self.geometry.output
-        kind = torch.device(device).type
         return torch.empty(
             (size, 3, height, width),
-            dtype=torch.float32 if kind == "cpu" else torch.uint8,
+            dtype=self.buffer_dtype(device),
             memory_format=torch.channels_last,
-            pin_memory=kind == "cuda",
+            pin_memory=torch.device(device).type == "cuda",
         )
+
+    @staticmethod
+    def buffer_dtype(device: str) -> torch.dtype:
+        """Float on the CPU, normalised slot by slot; off it uint8: the batch crosses in a
+        quarter of the bytes and is normalised on the device."""
+        import torch
+
+        return torch.float32 if torch.device(device).type == "cpu" else torch.uint8
 
     def put(self, buffer: torch.Tensor, slot: int, tensor: torch.Tensor) -> None:
         """A straight copy (both HWC in memory), normalised in place when the slot is float.

@@ -25,7 +25,7 @@ class Outcome:
 
     job: Job
     fetched: Fetched
-    ready: bool = False  # prepared and in its batch slot
+    ready: bool = False  # in its batch slot, or on its way there (decode processes)
     error: str | None = None
 
 

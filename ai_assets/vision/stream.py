@@ -11,7 +11,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 from ai_assets.db.results import ClassificationRow
 from ai_assets.s3.objects import Fetched
@@ -28,8 +28,10 @@ Labelled = Callable[[], list[Answer]]  # waits for a started batch's answers
 class Batch(Protocol):
     """One batch's model input, assembled slot by slot by the threads that prepare it."""
 
-    def put(self, slot: int, prepared: Any) -> None:
-        """A prepared object into its slot (runs in worker threads)."""
+    def fill(self, slot: int, data: bytes, max_pixels: int) -> None:
+        """An object's bytes prepared into its slot (runs in worker threads); raises
+        ImageError, or where the object is prepared later (decode processes, the model
+        service), ``label`` answers with the reason instead of labels."""
         ...
 
     def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
@@ -53,10 +55,6 @@ class Classifier(Protocol):
         """Objects it prepares at once at most (the threads beyond fetch or wait)."""
         ...
 
-    def prepare(self, data: bytes, max_pixels: int) -> Any:
-        """Object bytes → what ``Batch.put`` takes; raises ImageError (runs in worker threads)."""
-        ...
-
     def batch(self, size: int) -> Batch:
         """Room for ``size`` prepared objects."""
         ...
@@ -78,7 +76,7 @@ def prepare(
         return Outcome(job, fetched, error=fetched.error)
     try:
         with decoding:
-            batch.put(slot, classifier.prepare(fetched.data or b"", max_pixels))
+            batch.fill(slot, fetched.data or b"", max_pixels)
     except ImageError as exc:
         return Outcome(job, fetched, error=str(exc))
     return Outcome(job, fetched, ready=True)

@@ -3,14 +3,13 @@ dead worker costs at most the object it held."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from ai_assets.settings import (
 from ai_assets.vision import model
 from ai_assets.vision.decode import ImageError
 from ai_assets.vision.model import ImageClassifier, choose_decode_processes, load_classifier
-from ai_assets.vision.preprocess import Geometry, ProcessorPreprocessor
+from ai_assets.vision.preprocess import FastPreprocessor, Geometry, ProcessorPreprocessor
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets.vision.workers import DecodeProcesses, Recipe
 from ai_assets_dev.localdev import process_running
@@ -104,12 +103,68 @@ def test_workers_start_at_the_first_object_and_close_leaves_nothing(
     workers = classifier.workers
     assert workers is not None and workers.pids == []  # loading a model starts no process
     classifier.prepare(jpegs["coffee"])
-    pids = workers.pids
-    memory = [Path("/dev/shm", worker.memory.name) for worker in workers._workers]
-    assert len(pids) == 2 and all(path.exists() for path in memory)
+    assert rows(classifier, {"coffee.jpg": jpegs["coffee"]})["coffee.jpg"][0] == "ok"
+    pids, leased = workers.pids, list(workers._pool.leased)
+    assert len(pids) == 2 and len(leased) == 2  # one object's slot, one batch's
+    for slots in leased:  # not in /dev/shm, which a container caps at 64 MiB
+        assert os.readlink(f"/proc/self/fd/{slots.fd}").startswith("/memfd:")
     workers.close()
     assert not any(process_running(pid) for pid in pids)
-    assert not any(path.exists() for path in memory)
+    assert all(slots.memory.closed for slots in leased)
+
+
+def test_batches_reuse_their_shared_slots_so_a_run_holds_its_window_not_its_size(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    workers = with_processes.workers
+    assert workers is not None
+    objects = {f"{i}.jpg": jpegs["coffee"] for i in range(40)}  # 10 batches of 4
+    assert {row[0] for row in rows(with_processes, objects).values()} == {"ok"}
+    again = rows(with_processes, objects)
+    assert {row[0] for row in again.values()} == {"ok"}
+    batch_slots = [slots for slots in workers._pool.leased if slots.layout.count == 4]
+    assert 0 < len(batch_slots) <= 4  # a window of 8 objects: 3 batches, and one labelled
+
+
+def test_a_batch_given_up_on_frees_its_slots_once_its_objects_are_written(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    """A stale worker's crop must never land in a slot a newer batch already holds."""
+    workers, pids = started(with_processes, jpegs["coffee"])
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        batch = with_processes.batch(4)
+        shared = batch.shared
+        assert shared is not None
+        for slot in range(4):
+            batch.fill(slot, jpegs["chelsea"], 10**8)
+        del batch  # a run that failed mid-batch: nothing will label it
+        gc.collect()
+        assert shared not in workers._pool.free[4, shared.layout.dtype]
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    wait_for("the slots back", lambda: shared in workers._pool.free[4, shared.layout.dtype], 30)
+
+
+def test_closing_fails_the_objects_in_flight_and_leaves_nothing(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    assert with_processes.workers is not None
+    workers = DecodeProcesses(with_processes.workers.recipe, 1)
+    workers.start()
+    [pid] = workers.pids
+    slots = workers.lease(2, torch.uint8)
+    os.kill(pid, signal.SIGSTOP)  # holds its objects until it is killed
+    handed = [workers.submit(jpegs["coffee"], 10**8, slots, slot) for slot in range(2)]
+    workers.close()
+    for future in handed:
+        with pytest.raises(RuntimeError, match="the decode processes were closed"):
+            future.result(timeout=30)
+    assert not process_running(pid) and slots.memory.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        workers.prepare(jpegs["coffee"], 10**8)
 
 
 def test_a_run_starts_its_workers_while_the_model_loads_not_at_the_first_object(
@@ -222,7 +277,7 @@ def test_a_worker_killed_holding_an_object_is_replaced_and_the_object_tried_agai
 ) -> None:
     """As when the kernel's OOM killer picks a worker: the object is not to blame."""
     workers, before = started(with_processes, jpegs["coffee"])
-    [crop] = killed_while_holding(lambda: with_processes.prepare(jpegs["chelsea"]), before)
+    [crop] = killed_while_holding(workers, lambda: with_processes.prepare(jpegs["chelsea"]))
     expected = with_processes.preprocess(with_processes.decode(jpegs["chelsea"]))
     assert isinstance(crop, torch.Tensor) and np.array_equal(crop.numpy(), expected.numpy())
     with_processes.prepare(jpegs["coffee"])  # every worker usable again
@@ -239,7 +294,7 @@ def test_an_object_whose_workers_all_die_becomes_an_error_row(
     try:
         workers.start()
         before = workers.pids
-        [error] = killed_while_holding(lambda: workers.prepare(jpegs["chelsea"], 10**8), before)
+        [error] = killed_while_holding(workers, lambda: workers.prepare(jpegs["chelsea"], 10**8))
         assert isinstance(error, ImageError) and error.kind == "decoder_crashed"
         assert str(error) == (
             "the decode process died on this object: its worker (exit code -9); the others go on"
@@ -251,8 +306,10 @@ def test_an_object_whose_workers_all_die_becomes_an_error_row(
 
 
 def test_a_bug_in_a_worker_fails_the_run_with_its_traceback(jpegs: dict[str, bytes]) -> None:
-    nearest = Geometry(Image.Resampling.NEAREST, size=(32, 32))  # torch has no such resize
-    workers = DecodeProcesses(Recipe(nearest, "torch", 0), 1)
+    nearest = Geometry(Image.Resampling.NEAREST, size=(32, 32))
+    preprocessor = FastPreprocessor(nearest, np.ones(3), np.zeros(3), "pillow")
+    preprocessor.resize = "torch"  # which has no such resize
+    workers = DecodeProcesses(Recipe(preprocessor, 0), 1)
     try:
         with pytest.raises(
             RuntimeError, match=r"(?s)a decode process failed:.*AssertionError: a filter torch"
@@ -273,13 +330,16 @@ def test_a_model_whose_processor_runs_as_it_is_keeps_the_threads(
     assert isinstance(classifier.preprocessor, ProcessorPreprocessor)
     assert classifier.workers is None
     assert classifier.decode_concurrency == DEFAULT_DECODE_CONCURRENCY
+    bilinear = Geometry(Image.Resampling.BILINEAR, size=(8, 8))
+    recipe = Recipe(FastPreprocessor(bilinear, np.ones(3), np.zeros(3)), 0)
     with pytest.raises(ValueError, match="at least 1"):
-        DecodeProcesses(Recipe(Geometry(Image.Resampling.BILINEAR, size=(8, 8)), "torch", 0), 0)
+        DecodeProcesses(recipe, 0)
 
 
-def killed_while_holding(prepare: Callable[[], object], pids: list[int]) -> list[object]:
+def killed_while_holding(workers: DecodeProcesses, prepare: Callable[[], object]) -> list[object]:
     """What ``prepare`` returned or raised when the worker it handed its object to was killed
     holding it (every worker stopped first, so that the object is still being held)."""
+    pids = workers.pids
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     outcome: list[object] = []
@@ -292,7 +352,7 @@ def killed_while_holding(prepare: Callable[[], object], pids: list[int]) -> list
 
     thread = threading.Thread(target=run)
     thread.start()
-    wait_for("the hand-over", lambda: waiting_for_an_answer(thread), 30, 0.01)  # the worker's now
+    wait_for("the hand-over", lambda: held(workers) == 1, 30, 0.01)  # the worker's now
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     thread.join(60)
@@ -307,11 +367,6 @@ def started(classifier: ImageClassifier, jpeg: bytes) -> tuple[DecodeProcesses, 
     return workers, workers.pids
 
 
-def waiting_for_an_answer(thread: threading.Thread) -> bool:
-    """Whether ``thread`` has handed its object over and waits for the worker's answer."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        if frame.f_code.co_name == "receive":
-            return True
-        frame = frame.f_back
-    return False
+def held(workers: DecodeProcesses) -> int:
+    """Objects handed to the workers and not answered yet."""
+    return sum(len(worker.queued) for worker in list(workers._pool.workers))
