@@ -277,9 +277,9 @@ class _Pool:
 
     def _replace(self, dead: _Worker) -> None:
         """A new worker for one that ended, with its objects; the one it held blamed."""
+        fresh = _Worker(self.recipe)  # first: if it cannot start, _fail finds the objects
         queued = dead.ended()
         dead.close()
-        fresh = _Worker(self.recipe)
         with self.changed:
             self.workers.remove(dead)
             self.workers.append(fresh)

@@ -23,6 +23,7 @@ from ai_assets.settings import (
     available_cores,
 )
 from ai_assets.vision import model
+from ai_assets.vision import workers as worker_processes
 from ai_assets.vision.decode import ImageError
 from ai_assets.vision.model import ImageClassifier, choose_decode_processes, load_classifier
 from ai_assets.vision.preprocess import FastPreprocessor, Geometry, ProcessorPreprocessor
@@ -302,6 +303,31 @@ def test_an_object_whose_workers_all_die_becomes_an_error_row(
         assert workers.prepare(jpegs["coffee"], 10**8).shape == (3, 32, 32)  # a new one
         assert workers.pids != before
     finally:
+        workers.close()
+
+
+def test_a_worker_that_cannot_be_replaced_fails_the_objects_waiting_and_hangs_none(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert with_processes.workers is not None
+    workers = DecodeProcesses(with_processes.workers.recipe, 1)
+    try:
+        workers.start()
+        [pid] = workers.pids
+
+        def cannot_start(*args: object) -> None:
+            raise OSError("the fork server is gone")
+
+        monkeypatch.setattr(worker_processes._Worker, "__init__", cannot_start)
+        os.kill(pid, signal.SIGSTOP)
+        waiting = workers.submit(jpegs["coffee"], 10**8, workers.lease(1, torch.uint8), 0)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"(?s)collector failed.*the fork server is gone"):
+            waiting.result(timeout=30)
+        with pytest.raises(RuntimeError, match="collector failed"):
+            workers.prepare(jpegs["coffee"], 10**8)
+    finally:
+        monkeypatch.undo()
         workers.close()
 
 
