@@ -191,8 +191,9 @@ class ImageClassifier:
 
     @property
     def decode_concurrency(self) -> int:
-        """Objects prepared at once: the worker processes where they decode, else the threads,
-        which share the GIL (nvJPEG's header reads and CPU fallbacks included)."""
+        """Threads preparing objects at once: the threads, which share the GIL (nvJPEG's header
+        reads and CPU fallbacks included), or as many as worker processes, whose hand-over is
+        a write to a pipe (their queues hold the objects beyond)."""
         return self.decode_processes or DEFAULT_DECODE_CONCURRENCY
 
     @property
