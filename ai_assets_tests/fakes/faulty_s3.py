@@ -109,14 +109,16 @@ class FaultyS3:
                 self._reply(response.status, headers, data, head=self.command == "HEAD")
 
             def _reply(self, status: int, headers: dict[str, str], data: bytes, head=False) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name.lower() != "content-length":
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(data)
+                # a client that gave up on a delayed answer has hung up: nothing to tell it
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        if name.lower() != "content-length":
+                            self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if not head:
+                        self.wfile.write(data)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
