@@ -255,9 +255,8 @@ class ImageClassifier:
     def batch(self, size: int) -> ModelBatch:
         """Room for ``size`` prepared images, filled by the threads that prepare them, or
         where processes decode, by those processes in shared memory."""
-        if self.decode_processes:
-            assert self.workers is not None
-            dtype = self.preprocessor.buffer_dtype(self.device)  # pyright: ignore[reportAttributeAccessIssue]
+        if self.decode_processes and self.workers is not None:
+            dtype = self.workers.recipe.preprocessor.buffer_dtype(self.device)
             return ModelBatch(self, shared=self.workers.lease(size, dtype))
         return ModelBatch(self, self.preprocessor.buffer(size, self.device))
 
@@ -312,15 +311,13 @@ class ModelBatch:
         self.handed: dict[int, Future[None]] = {}  # slots decode processes fill
         self.shared = shared
         self.buffer = buffer if shared is None else shared.tensor
-        if shared is not None:  # back to the workers once the model has read it, or never used
-            assert classifier.workers is not None
-            workers = classifier.workers
-            self._release = weakref.finalize(self, _release, workers, shared, self.handed)
+        self._workers = classifier.workers if shared is not None else None
+        if self._workers is not None and shared is not None:  # back to the workers once read
+            self._release = weakref.finalize(self, _release, self._workers, shared, self.handed)
 
     def fill(self, slot: int, data: bytes, max_pixels: int) -> None:
-        if self.shared is not None:
-            assert self.classifier.workers is not None
-            self.handed[slot] = self.classifier.workers.submit(data, max_pixels, self.shared, slot)
+        if self._workers is not None and self.shared is not None:
+            self.handed[slot] = self._workers.submit(data, max_pixels, self.shared, slot)
         else:
             self.put(slot, self.classifier.prepare(data, max_pixels))
 
@@ -398,21 +395,21 @@ def _release(
     workers: DecodeProcesses, shared: SharedSlots, handed: dict[int, Future[None]]
 ) -> None:
     """A batch's shared slots back to ``workers``, once no worker writes there any more (a
-    batch given up on may still have objects queued)."""
-    writing = [future for future in handed.values() if not future.done()]
-    left = [len(writing)]
+    batch given up on, never labelled, may still have objects queued)."""
+    writing = {future for future in handed.values() if not future.done()}
+    if not writing:
+        workers.release(shared)
+        return
     lock = threading.Lock()
 
-    def written(_: Future[None]) -> None:
+    def written(future: Future[None]) -> None:
         with lock:
-            left[0] -= 1
-            if left[0]:
+            writing.discard(future)
+            if writing:
                 return
         workers.release(shared)
 
-    if not writing:
-        workers.release(shared)
-    for future in writing:
+    for future in list(writing):
         future.add_done_callback(written)
 
 
