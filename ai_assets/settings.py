@@ -306,7 +306,8 @@ def decode_processes() -> int | None:
 
 def default_fetch_threads(processes: int) -> int:
     """A run's fetch threads unless AI_ASSETS_DOWNLOAD_CONCURRENCY says: with decode processes,
-    two per worker, as each thread waits for its object's crop before it fetches the next."""
+    two per worker. A thread waits only for its GET there (a hand-over is a pipe write), so the
+    threads bound the GETs in flight: at most threads / GET latency objects per second."""
     return max(DEFAULT_DOWNLOAD_CONCURRENCY, 2 * processes)
 
 
