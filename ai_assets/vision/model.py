@@ -68,8 +68,9 @@ def choose_model_threads(first_batch_s_per_image: float, threads: int) -> int:
 
 #: Cores from which a model on an accelerator gets decode processes unless told otherwise. On
 #: an H200 node's 16 cores the fetch threads kept ~3.3 cores decoding (they share one GIL)
-#: while the model waited; a worker process spends ~25 % more CPU per image than a thread (2
-#: cores, bench/feed.py). So cores - 2 workers outdo the threads from ~7 cores on.
+#: while the model waited; a worker process spends ~11 % more CPU per image than a thread (2
+#: cores, bench/feed.py: 1.413 against 1.269 ms). So cores - 2 workers outdo the threads from
+#: ~6-7 cores on.
 DECODE_PROCESSES_MIN_CORES = 8
 
 
