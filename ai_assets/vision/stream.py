@@ -63,14 +63,13 @@ class Classifier(Protocol):
 def prepare(
     job: Job,
     fetch: Callable[[str], Fetched],
-    classifier: Classifier,
     max_pixels: int,
     batch: Batch,
     slot: int,
     decoding: threading.Semaphore,
 ) -> Outcome:
-    """Fetch, decode and preprocess one object into its batch slot (runs in a worker thread);
-    the decoding waits for one of the ``decoding`` turns."""
+    """Fetch one object and fill its batch slot with it (runs in a worker thread); the filling
+    waits for one of the ``decoding`` turns."""
     fetched = fetch(job.object_key)
     if fetched.deleted or fetched.error:
         return Outcome(job, fetched, error=fetched.error)
@@ -117,9 +116,7 @@ def classify_objects(
             if slot == 0:
                 batches.append(classifier.batch(batch_size))
             batch = batches[-1]
-            pending.append(
-                pool.submit(prepare, job, fetch, classifier, max_pixels, batch, slot, decoding)
-            )
+            pending.append(pool.submit(prepare, job, fetch, max_pixels, batch, slot, decoding))
             submitted += 1
 
     labelling: tuple[Sequence[Outcome], Labelled] | None = None
