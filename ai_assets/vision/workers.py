@@ -78,6 +78,10 @@ class _Layout:
     count: int
     dtype: torch.dtype
 
+    def size(self, crop_shape: tuple[int, int, int]) -> int:
+        """Bytes the slots take."""
+        return self.count * math.prod(crop_shape) * self.dtype.itemsize
+
 
 class SharedSlots:
     """A batch's slots in memory shared with the workers, who write their crops there; the
@@ -91,11 +95,11 @@ class SharedSlots:
     _keys = itertools.count()
 
     def __init__(self, count: int, dtype: torch.dtype, crop_shape: tuple[int, int, int]) -> None:
-        size = count * math.prod(crop_shape) * dtype.itemsize
+        self.layout = _Layout(next(self._keys), count, dtype)
+        size = self.layout.size(crop_shape)
         self.fd = os.memfd_create("ai-assets-slots", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, size)
         self.memory = mmap.mmap(self.fd, size)
-        self.layout = _Layout(next(self._keys), count, dtype)
         self.tensor = _slots(self.memory, self.layout, crop_shape)
 
     def close(self) -> None:
@@ -433,8 +437,7 @@ def _mapped(connection: Connection, layout: _Layout, crop_shape: tuple[int, int,
     """The slots whose memory the run's process sends next, mapped in this worker."""
     fd = reduction.recv_handle(connection)
     try:
-        size = layout.count * math.prod(crop_shape) * layout.dtype.itemsize
-        return _slots(mmap.mmap(fd, size), layout, crop_shape)
+        return _slots(mmap.mmap(fd, layout.size(crop_shape)), layout, crop_shape)
     finally:
         os.close(fd)  # the mapping holds the memory
 
