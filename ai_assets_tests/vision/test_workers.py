@@ -132,8 +132,7 @@ def test_a_batch_given_up_on_frees_its_slots_once_its_objects_are_written(
 ) -> None:
     """A stale worker's crop must never land in a slot a newer batch already holds."""
     workers, pids = started(with_processes, jpegs["coffee"])
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    signal_all(pids, signal.SIGSTOP)
     try:
         batch = with_processes.batch(4)
         shared = batch.shared
@@ -144,8 +143,7 @@ def test_a_batch_given_up_on_frees_its_slots_once_its_objects_are_written(
         gc.collect()
         assert shared not in workers._pool.free[4, shared.layout.dtype]
     finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        signal_all(pids, signal.SIGCONT)
     wait_for("the slots back", lambda: shared in workers._pool.free[4, shared.layout.dtype], 30)
 
 
@@ -238,8 +236,7 @@ def test_a_worker_that_ended_while_idle_is_replaced_and_the_object_labelled(
     with_processes: ImageClassifier, jpegs: dict[str, bytes]
 ) -> None:
     workers, before = started(with_processes, jpegs["coffee"])
-    for pid in before:
-        os.kill(pid, signal.SIGKILL)
+    signal_all(before, signal.SIGKILL)
     wait_for("the workers to end", lambda: not any(map(process_running, before)), 30, 0.01)
     expected = with_processes.preprocess(with_processes.decode(jpegs["coffee"]))
     for _ in before:  # each dead worker in turn: its object goes to a new one
@@ -259,9 +256,7 @@ def test_ctrl_c_or_a_group_sigterm_leaves_the_workers_to_the_run(
     fresh.start()
     try:
         signalled = before + fresh.pids  # fresh ones signalled at once, not yet in their loop
-        for pid in signalled:
-            os.kill(pid, signal.SIGINT)
-            os.kill(pid, signal.SIGTERM)
+        signal_all(signalled, signal.SIGINT, signal.SIGTERM)
         time.sleep(0.5)  # a worker that heeded them would be gone by now
         assert all(process_running(pid) for pid in signalled)
         for classifier_workers in (with_processes.workers, fresh):
@@ -366,8 +361,7 @@ def killed_while_holding(workers: DecodeProcesses, prepare: Callable[[], object]
     """What ``prepare`` returned or raised when the worker it handed its object to was killed
     holding it (every worker stopped first, so that the object is still being held)."""
     pids = workers.pids
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+    signal_all(pids, signal.SIGSTOP)
     outcome: list[object] = []
 
     def run() -> None:
@@ -379,8 +373,7 @@ def killed_while_holding(workers: DecodeProcesses, prepare: Callable[[], object]
     thread = threading.Thread(target=run)
     thread.start()
     wait_for("the hand-over", lambda: held(workers) == 1, 30, 0.01)  # the worker's now
-    for pid in pids:
-        os.kill(pid, signal.SIGKILL)
+    signal_all(pids, signal.SIGKILL)
     thread.join(60)
     return outcome
 
@@ -391,6 +384,12 @@ def started(classifier: ImageClassifier, jpeg: bytes) -> tuple[DecodeProcesses, 
     assert workers is not None
     classifier.prepare(jpeg)
     return workers, workers.pids
+
+
+def signal_all(pids: list[int], *signals: signal.Signals) -> None:
+    for pid in pids:
+        for sent in signals:
+            os.kill(pid, sent)
 
 
 def held(workers: DecodeProcesses) -> int:
