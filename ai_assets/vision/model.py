@@ -257,8 +257,7 @@ class ImageClassifier:
         """Room for ``size`` prepared images, filled by the threads that prepare them, or
         where processes decode, by those processes in shared memory."""
         if self.decode_processes and self.workers is not None:
-            dtype = self.workers.recipe.preprocessor.buffer_dtype(self.device)
-            return ModelBatch(self, shared=self.workers.lease(size, dtype))
+            return HandedBatch(self, self.workers, size)
         return ModelBatch(self, self.preprocessor.buffer(size, self.device))
 
     def predict(self, pixel_values: Sequence[torch.Tensor], top_k: int) -> list[list[Label]]:
@@ -304,23 +303,13 @@ class ImageClassifier:
 class ModelBatch:
     """One batch of model input being assembled (the pipeline's ``Batch``, see stream.py)."""
 
-    def __init__(
-        self, classifier: ImageClassifier, buffer: Any = None, shared: SharedSlots | None = None
-    ) -> None:
+    def __init__(self, classifier: ImageClassifier, buffer: Any) -> None:
         self.classifier = classifier
+        self.buffer = buffer
         self.encoded: dict[int, EncodedJpeg] = {}  # slots whose JPEG the device decodes
-        self.handed: dict[int, Future[None]] = {}  # slots decode processes fill
-        self.shared = shared
-        self.buffer = buffer if shared is None else shared.tensor
-        self._workers = classifier.workers if shared is not None else None
-        if self._workers is not None and shared is not None:  # back to the workers once read
-            self._release = weakref.finalize(self, _release, self._workers, shared, self.handed)
 
     def fill(self, slot: int, data: bytes, max_pixels: int) -> None:
-        if self._workers is not None and self.shared is not None:
-            self.handed[slot] = self._workers.submit(data, max_pixels, self.shared, slot)
-        else:
-            self.put(slot, self.classifier.prepare(data, max_pixels))
+        self.put(slot, self.classifier.prepare(data, max_pixels))
 
     def put(self, slot: int, prepared: torch.Tensor | EncodedJpeg) -> None:
         if isinstance(prepared, EncodedJpeg):
@@ -329,13 +318,11 @@ class ModelBatch:
             self.classifier.preprocessor.put(self.buffer, slot, prepared)
 
     def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
-        refused = self._refused_by_workers(slots)
+        refused = self._refused_before(slots)
         placed, refused_on_device = self._decode_on_device([s for s in slots if s in self.encoded])
         refused |= refused_on_device
         kept = [slot for slot in slots if slot not in refused]
         labelled = self.classifier.start(self._model_input(kept, placed), top_k) if kept else None
-        if self.shared is not None:
-            self._release()  # read: on the CPU by the model, off it by the copy to the device
 
         def labels() -> list[list[Label] | str]:
             found = iter(labelled() if labelled else [])
@@ -343,19 +330,9 @@ class ModelBatch:
 
         return labels
 
-    def _refused_by_workers(self, slots: Sequence[int]) -> dict[int, str]:
-        """Once the decode processes have answered for the slots, why they refused some; a bug
-        in a worker fails the run."""
-        handed = {slot: self.handed[slot] for slot in slots if slot in self.handed}
-        futures.wait(handed.values())  # one wake-up for the batch, not one per object
-        refused = {}
-        for slot, future in handed.items():
-            error = future.exception()
-            if isinstance(error, ImageError):
-                refused[slot] = str(error)
-            elif error is not None:
-                raise error
-        return refused
+    def _refused_before(self, slots: Sequence[int]) -> dict[int, str]:
+        """Slots refused before labelling, with why: none here, where ``fill`` raises."""
+        return {}
 
     def _model_input(self, slots: list[int], placed: dict[int, torch.Tensor]) -> torch.Tensor:
         classifier = self.classifier
@@ -390,6 +367,40 @@ class ModelBatch:
             else:
                 placed[slot] = pixels.to(classifier.device)
         return placed, refused
+
+
+class HandedBatch(ModelBatch):
+    """A batch that decode processes fill in shared memory (``AI_ASSETS_DECODE_PROCESSES``)."""
+
+    def __init__(self, classifier: ImageClassifier, workers: DecodeProcesses, size: int) -> None:
+        dtype = workers.recipe.preprocessor.buffer_dtype(classifier.device)
+        self.shared = workers.lease(size, dtype)
+        super().__init__(classifier, self.shared.tensor)
+        self.workers = workers
+        self.handed: dict[int, Future[None]] = {}  # each slot's object, as a worker answers
+        self._release = weakref.finalize(self, _release, workers, self.shared, self.handed)
+
+    def fill(self, slot: int, data: bytes, max_pixels: int) -> None:
+        self.handed[slot] = self.workers.submit(data, max_pixels, self.shared, slot)
+
+    def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
+        labels = super().label(slots, top_k)
+        self._release()  # read: on the CPU by the model, off it by the copy to the device
+        return labels
+
+    def _refused_before(self, slots: Sequence[int]) -> dict[int, str]:
+        """Once the decode processes have answered for the slots, why they refused some; a bug
+        in a worker fails the run."""
+        handed = {slot: self.handed[slot] for slot in slots if slot in self.handed}
+        futures.wait(handed.values())  # one wake-up for the batch, not one per object
+        refused = {}
+        for slot, future in handed.items():
+            error = future.exception()
+            if isinstance(error, ImageError):
+                refused[slot] = str(error)
+            elif error is not None:
+                raise error
+        return refused
 
 
 def _release(

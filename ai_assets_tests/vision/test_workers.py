@@ -25,7 +25,12 @@ from ai_assets.settings import (
 from ai_assets.vision import model
 from ai_assets.vision import workers as worker_processes
 from ai_assets.vision.decode import ImageError
-from ai_assets.vision.model import ImageClassifier, choose_decode_processes, load_classifier
+from ai_assets.vision.model import (
+    HandedBatch,
+    ImageClassifier,
+    choose_decode_processes,
+    load_classifier,
+)
 from ai_assets.vision.preprocess import FastPreprocessor, Geometry, ProcessorPreprocessor
 from ai_assets.vision.stream import Job, classify_objects
 from ai_assets.vision.workers import DecodeProcesses, Recipe
@@ -135,8 +140,8 @@ def test_a_batch_given_up_on_frees_its_slots_once_its_objects_are_written(
     signal_all(pids, signal.SIGSTOP)
     try:
         batch = with_processes.batch(4)
+        assert isinstance(batch, HandedBatch)
         shared = batch.shared
-        assert shared is not None
         for slot in range(4):
             batch.fill(slot, jpegs["chelsea"], 10**8)
         del batch  # a run that failed mid-batch: nothing will label it
