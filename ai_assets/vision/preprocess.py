@@ -46,15 +46,6 @@ def pillow_height_first(source: tuple[int, int], target: tuple[int, int]) -> boo
     return _PILLOW_HEIGHT_FIRST and shrink_h > 0 and shrink_h > 2 * shrink_w
 
 
-def _lines_read(first: int, count: int, scale: float, reach: int, size: int) -> tuple[int, int]:
-    """The input lines that torch's antialiased resize by ``scale`` (input / output) reads for
-    output lines ``first`` to ``first + count``, with a line to spare on each side."""
-    support = reach * max(scale, 1.0)
-    lowest = int(scale * (first + 0.5) - support + 0.5)
-    highest = int(scale * (first + count - 0.5) + support + 0.5)
-    return max(lowest - 1, 0), min(highest + 1, size)
-
-
 class Preprocessor(Protocol):
     """One image's RGB pixels (H, W, 3) uint8 → a tensor → its slot in a batch → model input.
 
@@ -138,11 +129,11 @@ class Geometry:
     def apply_torch(self, pixels: np.ndarray) -> torch.Tensor:
         """Resize in uint8 with torch (antialiased, SIMD, off the GIL), then crop: (3, H, W).
 
-        One axis at a time, in Pillow's order (its rounding between the passes): the first
-        pass over the pixel lines that the crop's part of the second reads, the second over the
-        crop's lines alone. ~60 % of the CPU time of Pillow's passes over the crop box alone;
-        the values stay within rounding of Pillow's (checked at load).
-        The crop is a view in HWC memory: the passes write there themselves through the
+        The whole image is resized, and still in ~60 % of the CPU time of Pillow's passes over
+        the crop box alone; the values stay within rounding of Pillow's (checked at load).
+        Where Pillow resizes the height first, so does this, in two calls: the height over the
+        whole width, then the width over the crop's rows alone.
+        The crop is a view in HWC memory: the resize writes there itself through the
         ``interpolate`` kernel's out= form (``interpolate`` alone returns CHW memory, and
         transposing it back cost more than the resize saves; bench/feed.py).
         """
@@ -156,7 +147,6 @@ class Geometry:
         # HWC memory: torch's SIMD uint8 path
         image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
         resize = getattr(torch.ops.aten, f"_upsample_{mode}2d_aa")  # interpolate(antialias=True)
-        reach = 2 if mode == "bicubic" else 1  # the filter's support, in output pixels
 
         def resized(source: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
             out = torch.empty(
@@ -168,15 +158,7 @@ class Geometry:
         if pillow_height_first((width, height), (new_w, new_h)):  # then the crop's rows alone
             tall = resized(image, new_h, width)[:, :, top : top + out_h]
             return resized(tall, out_h, new_w)[0, :, :, left : left + out_w]
-        # the width over the rows the crop's rows are made of; ``wide``'s other rows stay
-        # unwritten (only rows the crop drops read them); then the height over the crop's columns
-        wide = torch.empty(
-            (1, 3, height, new_w), dtype=torch.uint8, memory_format=torch.channels_last
-        )
-        first, last = _lines_read(top, out_h, height / new_h, reach, height)
-        resize.out(image[:, :, first:last], [last - first, new_w], False, None, None,
-                   out=wide[:, :, first:last])  # fmt: skip
-        return resized(wide[..., left : left + out_w], new_h, out_w)[0, :, top : top + out_h]
+        return resized(image, new_h, new_w)[0, :, top : top + out_h, left : left + out_w]
 
     def cropped(self, pixels: np.ndarray, resize: str) -> torch.Tensor:
         """(H, W, 3) uint8 pixels → the crop, (3, h, w) uint8 in HWC memory, resized by

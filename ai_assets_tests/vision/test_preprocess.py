@@ -12,11 +12,10 @@ from transformers import ConvNextImageProcessorPil, ViTImageProcessorPil
 
 from ai_assets.vision.convert import build_image_processor
 from ai_assets.vision.decode import decode_image
-from ai_assets.vision.preprocess import (  # pyright: ignore[reportPrivateUsage]
+from ai_assets.vision.preprocess import (
     FastPreprocessor,
     Geometry,
     ProcessorPreprocessor,
-    _lines_read,
     affine_of,
     build_preprocessor,
     max_difference,
@@ -130,53 +129,6 @@ def test_torch_resize_gives_interpolates_values_in_pixel_line_memory(lite0_proce
         image = functional.interpolate(image, (new_h, size[0]), mode="bicubic", antialias=True)
     resized = functional.interpolate(image, (new_h, new_w), mode="bicubic", antialias=True)
     assert torch.equal(crop, resized[0, :, top : top + 224, left : left + 224])
-
-
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
-@pytest.mark.parametrize(
-    ("size", "resized", "first", "count"),
-    [(640, 341, 58, 224), (480, 256, 16, 224), (1000, 37, 0, 5), (1000, 37, 30, 7),
-     (97, 300, 40, 224), (300, 256, 16, 224), (257, 256, 0, 256), (3000, 400, 88, 224)],
-)  # fmt: skip
-def test_a_resize_reads_no_line_beyond_the_ones_the_first_pass_computes(
-    mode: str, size: int, resized: int, first: int, count: int
-) -> None:
-    """Lines outside ``_lines_read`` may hold anything: the output lines asked for stay the same."""
-    lines = torch.from_numpy(reference_image(7, size)).permute(2, 0, 1).unsqueeze(0)
-    low, high = _lines_read(first, count, size / resized, 2 if mode == "bicubic" else 1, size)
-    assert 0 <= low < high <= size
-    noise = lines.clone()
-    noise[:, :, :low] = torch.randint(0, 256, noise[:, :, :low].shape, dtype=torch.uint8)
-    noise[:, :, high:] = 255 - noise[:, :, high:]
-    want, got = (
-        functional.interpolate(x, (resized, 7), mode=mode, antialias=True)[
-            :, :, first : first + count
-        ]
-        for x in (lines, noise)
-    )
-    assert torch.equal(want, got)
-
-
-@pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC])
-@pytest.mark.parametrize(
-    "size", [*SIZES, (480, 640), (200, 150), (257, 1000), (1000, 257)], ids=str
-)
-def test_torch_resize_matches_whole_image_passes(resample, size) -> None:
-    """The first pass over some lines only: the same values as both passes over the whole image."""
-    geometry = Geometry(resample, shortest_edge=256, crop=(224, 224))
-    mode = geometry.torch_mode
-    assert mode is not None
-    pixels = reference_image(*size)
-    (new_w, new_h), (left, top) = geometry.crop_origin(*size)
-    image = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-    if pillow_height_first(size, (new_w, new_h)):
-        image = functional.interpolate(image, (new_h, size[0]), mode=mode, antialias=True)
-    else:
-        image = functional.interpolate(image, (size[1], new_w), mode=mode, antialias=True)
-    whole = functional.interpolate(image, (new_h, new_w), mode=mode, antialias=True)
-    assert torch.equal(
-        geometry.apply_torch(pixels), whole[0, :, top : top + 224, left : left + 224]
-    )
 
 
 def test_slots_take_images_in_any_memory_layout(lite0_processor) -> None:
