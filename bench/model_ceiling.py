@@ -14,7 +14,9 @@ a GPU machine without Dagster included. Measures
             AI_ASSETS_GPU_JPEG_DECODE turns on: plain JPEGs decoded by nvJPEG and resized on
             the GPU batch by batch, the fetch threads reading headers) and, with
             ``--decode-processes N``, "processes" (AI_ASSETS_DECODE_PROCESSES: N worker processes
-            decode and crop, the fetch threads hand over); with the CPU time of the process
+            decode and crop, the fetch threads hand over; with ``--pageable-processes`` also
+            "processes_pageable": on CUDA their slots not page-locked, so that each batch
+            crosses through the driver's staging copy); with the CPU time of the process
             (and of its decode processes) and of each stage (feed.py's stages);
 * agreement – each precision's and decoding's top-1 labels through that loop against
             transformers' own path (Pillow's full decode, the model's image processor, fp32 on
@@ -137,15 +139,18 @@ def timed_loop(
     return loop
 
 
-def decodings(classifier: Any) -> dict[str, Callable[[], None]]:
+def decodings(classifier: Any, pageable: bool = False) -> dict[str, Callable[[], None]]:
     """Each decoding the classifier was loaded with, as the call that switches it to that one:
-    "cpu" (the fetch threads), "device" (nvJPEG) and "processes" (decode worker processes)."""
+    "cpu" (the fetch threads), "device" (nvJPEG) and "processes" (decode worker processes);
+    with ``pageable``, "processes_pageable": their slots not page-locked (the same as
+    "processes" off CUDA, where no slot is: a dry run)."""
     on_device, workers = classifier.on_device, classifier.workers
 
-    def switch(device: Any, processes: Any) -> Callable[[], None]:
+    def switch(device: Any, processes: Any, page_lock: bool = True) -> Callable[[], None]:
         def to() -> None:
             classifier.on_device, classifier.workers = device, processes
             if processes is not None:
+                processes.page_lock = page_lock
                 processes.start()  # the workers' start (the fork server's imports) is no loop's
 
         return to
@@ -154,6 +159,7 @@ def decodings(classifier: Any) -> dict[str, Callable[[], None]]:
         {"cpu": switch(None, None)}
         | ({"device": switch(on_device, None)} if on_device else {})
         | ({"processes": switch(None, workers)} if workers else {})
+        | ({"processes_pageable": switch(None, workers, False)} if workers and pageable else {})
     )
 
 
@@ -198,6 +204,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--decode-processes", type=int, default=0, help="N: also decode in N worker processes"
     )
+    parser.add_argument(
+        "--pageable-processes",
+        action="store_true",
+        help="also decode in processes into slots that are not page-locked (on CUDA)",
+    )
     parser.add_argument("--sources", default="memory", help="memory, s3 or both")
     parser.add_argument("--no-agreement", action="store_true", help="skip the accuracy guard")
     parser.add_argument(
@@ -223,7 +234,7 @@ class Bench:
         """As a run's default: two per decode process, unless ``--concurrency`` says."""
         from ai_assets.settings import DEFAULT_DOWNLOAD_CONCURRENCY, default_fetch_threads
 
-        if decode == "processes" and not self.args.concurrency:
+        if decode.startswith("processes") and not self.args.concurrency:
             return default_fetch_threads(self.args.decode_processes)
         return self.args.concurrency or DEFAULT_DOWNLOAD_CONCURRENCY
 
@@ -280,7 +291,7 @@ class Bench:
             args.model, args.device, precision, device_decode=True,
             decode_processes=args.decode_processes,
         )  # fmt: skip
-        decodes = decodings(classifier)
+        decodes = decodings(classifier, args.pageable_processes)
         figures: dict[str, Any] = {"device": classifier.device}
         figures |= self.agreement(classifier, precision, decodes)
         for batch in map(int, args.batch_sizes.split(",")):

@@ -370,11 +370,14 @@ class ModelBatch:
 
 
 class HandedBatch(ModelBatch):
-    """A batch that decode processes fill in shared memory (``AI_ASSETS_DECODE_PROCESSES``)."""
+    """A batch that decode processes fill in shared memory (``AI_ASSETS_DECODE_PROCESSES``),
+    page-locked for a model on CUDA."""
 
     def __init__(self, classifier: ImageClassifier, workers: DecodeProcesses, size: int) -> None:
-        dtype = workers.recipe.preprocessor.buffer_dtype(classifier.device)
-        self.shared = workers.lease(size, dtype)
+        device = classifier.device
+        dtype = workers.recipe.preprocessor.buffer_dtype(device)
+        locked = workers.page_lock and device.startswith("cuda")
+        self.shared = workers.lease(size, dtype, locked)
         super().__init__(classifier, self.shared.tensor)
         self.workers = workers
         self.handed: dict[int, Future[None]] = {}  # each slot's object, as a worker answers
@@ -384,8 +387,17 @@ class HandedBatch(ModelBatch):
         self.handed[slot] = self.workers.submit(data, max_pixels, self.shared, slot)
 
     def label(self, slots: Sequence[int], top_k: int) -> Callable[[], list[list[Label] | str]]:
-        labels = super().label(slots, top_k)
-        self._release()  # read: on the CPU by the model, off it by the copy to the device
+        labelled = super().label(slots, top_k)
+        if not self.shared.page_locked:  # read already: by the model, or copied to staging
+            self._release()
+            return labelled
+
+        def labels() -> list[list[Label] | str]:
+            try:
+                return labelled()
+            finally:  # the copy by DMA, queued before the model, is done once its answers are
+                self._release()
+
         return labels
 
     def _refused_before(self, slots: Sequence[int]) -> dict[int, str]:

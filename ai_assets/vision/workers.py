@@ -24,6 +24,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import mmap
 import multiprocessing
@@ -45,12 +46,16 @@ if TYPE_CHECKING:
 
     from ai_assets.vision.preprocess import FastPreprocessor
 
+log = logging.getLogger(__name__)
+
 #: Seconds a worker gets to exit when asked before it is killed.
 _EXIT_SECONDS = 5.0
 #: Answers a busy worker sends at once at most.
 _REPLIES = 4
 #: Workers an object may see die before it is blamed for their deaths.
 DEFAULT_ATTEMPTS = 2
+#: cudaHostRegisterPortable: page-locked for every CUDA context, as torch's pinned memory is.
+_PORTABLE = 1
 #: What the forkserver imports once, so each worker forks ready (torch: the resize) and deaf to
 #: the process group's signals (_fork_server).
 _PRELOAD = ["torch", __name__, "ai_assets.vision._fork_server"]
@@ -89,20 +94,33 @@ class SharedSlots:
 
     An anonymous memory file (memfd), handed to each worker once: it counts against the pod's
     memory, where /dev/shm, which containers cap at 64 MiB, would not hold even two batches of
-    256 (38.5 MB each), and it leaves nothing behind when a process is killed.
+    256 (38.5 MB each), and it leaves nothing behind when a process is killed. With
+    ``page_locked`` (a model on CUDA) it is registered with CUDA as page-locked memory, as
+    ``pin_memory`` buffers are: a batch then crosses to the device by DMA, asynchronously,
+    instead of through the driver's staging copy in the calling thread (``page_locked`` says
+    whether that worked).
     """
 
     _keys = itertools.count()
 
-    def __init__(self, count: int, dtype: torch.dtype, crop_shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        count: int,
+        dtype: torch.dtype,
+        crop_shape: tuple[int, int, int],
+        page_locked: bool = False,
+    ) -> None:
         self.layout = _Layout(next(self._keys), count, dtype)
         size = self.layout.size(crop_shape)
         self.fd = os.memfd_create("ai-assets-slots", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, size)
         self.memory = mmap.mmap(self.fd, size)
         self.tensor = _slots(self.memory, self.layout, crop_shape)
+        self.page_locked = page_locked and _cuda_register(self.tensor.data_ptr(), size)
 
     def close(self) -> None:
+        if self.page_locked:  # before the memory goes; at exit CUDA may have gone first
+            _cuda_runtime().cudaHostUnregister(self.tensor.data_ptr())
         del self.tensor
         with contextlib.suppress(BufferError):  # a view still alive: unmapped when it goes
             self.memory.close()
@@ -115,6 +133,42 @@ def _slots(memory: mmap.mmap, layout: _Layout, crop_shape: tuple[int, int, int])
     count = layout.count * math.prod(crop_shape)
     flat = torch.frombuffer(memory, dtype=layout.dtype, count=count)
     return flat.view(layout.count, *crop_shape).permute(0, 3, 1, 2)
+
+
+def _cuda_runtime() -> Any:
+    import torch
+
+    return torch.cuda.cudart()
+
+
+def _cuda_register(address: int, size: int) -> bool:
+    """Register host memory with CUDA as page-locked (portable: for every device); False, with
+    a warning, where CUDA refuses or there is none.
+
+    The call runs in a thread of its own: CUDA keeps a refusal as its thread's last error, which
+    the check after the model's next kernel launch would raise as that launch's own.
+    """
+    answers: list[int | Exception] = []
+
+    def register() -> None:
+        try:
+            runtime = _cuda_runtime()
+            answers.append(int(runtime.cudaHostRegister(address, size, _PORTABLE)))
+        except Exception as exc:  # no CUDA runtime in this torch
+            answers.append(exc)
+
+    call = threading.Thread(target=register, name="cuda-host-register")
+    call.start()
+    call.join()
+    if answers == [0]:
+        return True
+    log.warning(
+        "CUDA refused to page-lock %s bytes of decode slots (%s): batches cross to the device "
+        "through the driver's staging copy",
+        f"{size:,}",
+        answers[0] if isinstance(answers[0], Exception) else f"cudaError {answers[0]}",
+    )
+    return False
 
 
 class DecodeProcesses:
@@ -131,6 +185,8 @@ class DecodeProcesses:
         self.recipe = recipe
         self.count = count
         self.attempts = attempts
+        #: page-lock the slots a model on CUDA reads (bench/model_ceiling.py measures without)
+        self.page_lock = True
         self._pool = _Pool(recipe, count, attempts)
         self._closer = weakref.finalize(self, self._pool.close)
 
@@ -142,9 +198,10 @@ class DecodeProcesses:
         else:
             threading.Thread(target=self._pool.start, name="decode-start", daemon=True).start()
 
-    def lease(self, count: int, dtype: torch.dtype) -> SharedSlots:
-        """Slots for a batch, free ones reused (the workers map each once)."""
-        return self._pool.lease(count, dtype)
+    def lease(self, count: int, dtype: torch.dtype, page_locked: bool = False) -> SharedSlots:
+        """Slots for a batch, free ones reused (the workers map each once); ``page_locked``
+        for a model on CUDA (``SharedSlots``)."""
+        return self._pool.lease(count, dtype, page_locked)
 
     def release(self, slots: SharedSlots) -> None:
         """Slots whose batch the model has read."""
@@ -206,8 +263,9 @@ class _Pool:
         self.workers: list[_Worker] = []
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)  # a worker replaced, or the pool closed
-        self.free: dict[tuple[int, Any], list[SharedSlots]] = collections.defaultdict(list)
-        self.leased: list[SharedSlots] = []
+        # every set of slots, by the count, dtype and page-locking asked for; the free ones
+        self.leased: dict[SharedSlots, tuple[int, Any, bool]] = {}
+        self.free: dict[tuple[int, Any, bool], list[SharedSlots]] = collections.defaultdict(list)
         self.collector: threading.Thread | None = None
         self.stop_reader, self.stop_writer = multiprocessing.Pipe(duplex=False)
         self.failure: str | None = None  # why no object can be handed over any more
@@ -224,18 +282,18 @@ class _Pool:
                 )
                 self.collector.start()
 
-    def lease(self, count: int, dtype: Any) -> SharedSlots:
+    def lease(self, count: int, dtype: Any, page_locked: bool) -> SharedSlots:
         with self.lock:
-            free = self.free[count, dtype]
-            if free:
-                return free.pop()
-            slots = SharedSlots(count, dtype, self.recipe.crop_shape)
-            self.leased.append(slots)
+            kind = count, dtype, page_locked
+            if self.free[kind]:
+                return self.free[kind].pop()
+            slots = SharedSlots(count, dtype, self.recipe.crop_shape, page_locked)
+            self.leased[slots] = kind
             return slots
 
     def release(self, slots: SharedSlots) -> None:
         with self.lock:
-            self.free[slots.layout.count, slots.layout.dtype].append(slots)
+            self.free[self.leased[slots]].append(slots)
 
     def submit(self, request: _Request) -> Future[None]:
         """Queue ``request`` on the worker with the fewest objects in hand."""

@@ -132,6 +132,40 @@ def test_batches_reuse_their_shared_slots_so_a_run_holds_its_window_not_its_size
     assert 0 < len(batch_slots) <= 4  # a window of 8 objects: 3 batches, and one labelled
 
 
+def test_page_locked_slots_go_back_only_once_their_batch_is_answered(
+    with_processes: ImageClassifier, jpegs: dict[str, bytes]
+) -> None:
+    """On CUDA the batch crosses from page-locked slots by DMA, asynchronously: its slots may
+    not take a newer batch's crops before the model has answered (the copy came before it)."""
+    workers = with_processes.workers
+    assert workers is not None
+    batch = with_processes.batch(2)
+    assert isinstance(batch, HandedBatch) and not batch.shared.page_locked  # the CPU's
+    shared, free = batch.shared, workers._pool.free[2, batch.shared.layout.dtype, False]
+    shared.page_locked = True  # as registered with CUDA: the order of the release is the test's
+    try:
+        for slot in range(2):
+            batch.fill(slot, jpegs["chelsea"], 10**8)
+        labels = batch.label([0, 1], 2)
+        assert shared not in free
+        assert [len(labels) for labels in labels()] == [2, 2]
+        assert shared in free
+    finally:
+        shared.page_locked = False
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA would page-lock them")
+def test_slots_cuda_cannot_page_lock_stay_pageable(caplog: pytest.LogCaptureFixture) -> None:
+    slots = worker_processes.SharedSlots(2, torch.uint8, (8, 8, 3), page_locked=True)
+    try:
+        assert not slots.page_locked
+        assert "CUDA refused to page-lock 384 bytes of decode slots" in caplog.text
+        slots.tensor.fill_(7)  # the slots work as pageable memory
+        assert int(slots.tensor.sum()) == 7 * 384
+    finally:
+        slots.close()
+
+
 def test_a_batch_given_up_on_frees_its_slots_once_its_objects_are_written(
     with_processes: ImageClassifier, jpegs: dict[str, bytes]
 ) -> None:
@@ -141,15 +175,15 @@ def test_a_batch_given_up_on_frees_its_slots_once_its_objects_are_written(
     try:
         batch = with_processes.batch(4)
         assert isinstance(batch, HandedBatch)
-        shared = batch.shared
+        shared, free = batch.shared, workers._pool.free[4, batch.shared.layout.dtype, False]
         for slot in range(4):
             batch.fill(slot, jpegs["chelsea"], 10**8)
         del batch  # a run that failed mid-batch: nothing will label it
         gc.collect()
-        assert shared not in workers._pool.free[4, shared.layout.dtype]
+        assert shared not in free
     finally:
         signal_all(pids, signal.SIGCONT)
-    wait_for("the slots back", lambda: shared in workers._pool.free[4, shared.layout.dtype], 30)
+    wait_for("the slots back", lambda: shared in free, 30)
 
 
 def test_closing_fails_the_objects_in_flight_and_leaves_nothing(
