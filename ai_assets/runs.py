@@ -29,6 +29,7 @@ class Meta(enum.StrEnum):
     LOOP_SECONDS = "loop_seconds"
     LOOP_CPU_SECONDS = "loop_cpu_seconds"
     CPU_MS_PER_IMAGE = "cpu_ms_per_image"
+    FEED_CPU_MS_PER_IMAGE = "feed_cpu_ms_per_image"
     PROCESS_CPU_SECONDS = "process_cpu_seconds"
     MODEL_LOAD_SECONDS = "model_load_seconds"
     TOP_LABELS = "top_labels"

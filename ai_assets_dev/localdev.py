@@ -7,7 +7,6 @@ All bind 127.0.0.1 on free ports and are stopped by their context managers, even
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ai_assets.cpu import ProcStat
 
 PG_BIN = Path(os.environ.get("AI_ASSETS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 _SEAWEED_PORTS = (
@@ -135,36 +136,6 @@ def _group_alive(group: int) -> bool:
             return False
         return True
     return any(int(stat.fields[2]) == group and stat.running for stat in process_stats())
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcStat:
-    """One process's ``/proc/<pid>/stat`` (Linux): its command name, then the fields after it
-    (``fields[0]`` is the state, ``[2]`` the process group, ``[11:15]`` its CPU ticks)."""
-
-    pid: int
-    command: str
-    fields: list[str]
-
-    @classmethod
-    def of(cls, pid: int) -> ProcStat | None:
-        """None once the process is gone."""
-        try:
-            text = (Path("/proc") / str(pid) / "stat").read_text()
-        except OSError:
-            return None
-        head, _, rest = text.rpartition(")")  # the command name may hold spaces and ")"
-        return cls(pid, head.split("(", 1)[1], rest.split())
-
-    @property
-    def running(self) -> bool:
-        """False for a zombie: it has ended, and its parent has not reaped it yet."""
-        return self.fields[0] != "Z"
-
-    def cpu_seconds(self, reaped_children: bool = False) -> float:
-        """User + system CPU, with that of the children it has waited for if asked."""
-        ticks = self.fields[11:15] if reaped_children else self.fields[11:13]
-        return sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")
 
 
 def process_running(pid: int) -> bool:

@@ -219,11 +219,9 @@ def fixed_cpu(runs: Callable[[], None], times: int = 3) -> float:
 def workers_cpu(classifier: Any) -> float:
     """CPU seconds of the classifier's live decode processes (AI_ASSETS_DECODE_PROCESSES):
     children of multiprocessing's fork server, not of this process, so not in its rusage."""
-    from ai_assets_dev.localdev import ProcStat
+    from ai_assets.cpu import processes_cpu
 
-    workers = getattr(classifier, "workers", None)
-    stats = (ProcStat.of(pid) for pid in (workers.pids if workers else []))
-    return sum(stat.cpu_seconds() for stat in stats if stat is not None)
+    return sum(processes_cpu(classifier.decode_pids()).values()) if classifier else 0.0
 
 
 class Tally:
@@ -294,7 +292,7 @@ def side_by_side(
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and its live descendants, and of those it has reaped."""
-    from ai_assets_dev.localdev import ProcStat
+    from ai_assets.cpu import ProcStat
 
     total, pending = 0.0, [pid]
     while pending:
@@ -333,7 +331,7 @@ def run_process(daemon: Any, request: Any, images: int) -> dict[str, float]:
         if record.event_log_entry.dagster_event is None  # the asset's own log lines
     }
     [reported] = [
-        event.step_materialization_data.materialization.metadata["process_cpu_seconds"].value
+        event.step_materialization_data.materialization.metadata
         for record in records
         if (event := record.event_log_entry.dagster_event) and event.is_step_materialization
     ]
@@ -346,8 +344,11 @@ def run_process(daemon: Any, request: Any, images: int) -> dict[str, float]:
         "process_loop_cpu_ms": (cpu_at(last) - cpu_at(first)) * 1000 / images,
         "process_after_last_row_cpu_s": cpu - cpu_at(last),
         # what the run reports of itself (process_cpu_seconds), against /proc's samples above
-        "process_reported_cpu_s": reported,
+        "process_reported_cpu_s": reported["process_cpu_seconds"].value,
         "process_sampled_cpu_s_at_last_row": cpu_at(last),
+        # and its loop's CPU per image with the model and without (cpu.Meter's split)
+        "process_reported_cpu_ms": reported["cpu_ms_per_image"].value,
+        "process_reported_feed_cpu_ms": reported["feed_cpu_ms_per_image"].value,
     }
 
 
@@ -515,6 +516,12 @@ def measure_runs(feed: Feed) -> dict[str, float]:
             assert on.launch(requests[0], config).success
 
         figures = side_by_side({"run": (contextlib.nullcontext, run)}, images, feed.rounds)
+        event = instance.get_latest_materialization_event(dg.AssetKey("image_classifications"))
+        assert event is not None and event.asset_materialization is not None
+        reported = event.asset_materialization.metadata  # the last run's: cpu.Meter's split
+        feed_cpu = reported["feed_cpu_ms_per_image"]
+        assert isinstance(feed_cpu, dg.FloatMetadataValue) and feed_cpu.value is not None
+        figures["run_reported_feed_cpu_ms"] = feed_cpu.value
         # the same run again, nothing left to classify: what a run costs whatever its size
         fixed = figures["run_fixed_cpu_s"] = fixed_cpu(lambda: run(config=None))
         with dg.instance_for_test() as sqlite:
@@ -572,7 +579,7 @@ def measure_agreement(feed: Feed, count: int) -> dict[str, float]:
 SUMMARY = [
     "cpu_ms_per_image", "run_img_s", "run_main_thread_ms", "run_main_thread_no_model_ms",
     "run_fixed_cpu_s", "run_fixed_cpu_s_dagster_postgres", "run_fixed_cpu_s_sqlite",
-    "run_cpu_ms_per_image_beyond_fixed",
+    "run_cpu_ms_per_image_beyond_fixed", "run_reported_feed_cpu_ms",
     "top1_agreement_fp32", "top1_agreement_fp16", "top1_agreement_bf16", "memory_img_s",
     "memory_cpu_ms_no_model", "memory_main_thread_ms", "memory_main_thread_no_model_ms",
     "memory_processes_img_s", "memory_processes_cpu_ms_no_model",
@@ -581,7 +588,7 @@ SUMMARY = [
     "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
     "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",
     "process_after_last_row_cpu_s", "process_reported_cpu_s",
-    "process_sampled_cpu_s_at_last_row",
+    "process_sampled_cpu_s_at_last_row", "process_reported_cpu_ms", "process_reported_feed_cpu_ms",
 ]  # fmt: skip
 
 

@@ -56,6 +56,11 @@ class RemoteClassifier:
         self.decode_processes = 0  # nor in processes of this one
         self.decoding = f"by the model service {self.url}"
         self.model_threads = 0  # the model runs in the service, not in this process
+        self.call_cpu_seconds = 0.0  # so this process spends none of its CPU on it (cpu.Meter)
+
+    def decode_pids(self) -> list[int]:
+        """None: the service decodes."""
+        return []
 
     def batch(self, size: int) -> Uploads:
         """A batch of object bytes, sent when it is labelled."""

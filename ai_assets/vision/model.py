@@ -134,6 +134,8 @@ class ImageClassifier:
         #: (``choose_model_threads``)
         self.threads = min(torch.get_num_threads(), available_cores())
         self._warm: set[int] = set()
+        self._calls_cpu = 0.0  # the callers' threads inside ``start`` (cpu.Meter)
+        self._calls_lock = threading.Lock()
 
     def _folded_and_placed(self, network: Any, fold: bool) -> tuple[Any, int]:
         """The pipeline's model with its BatchNorms folded, on the device in its precision, and
@@ -211,6 +213,16 @@ class ImageClassifier:
             return f"{count} decode process{'es' if count != 1 else ''}"
         return f"fetch threads, at most {self.decode_concurrency} at once"
 
+    def decode_pids(self) -> list[int]:
+        """The decode processes' pids (their CPU is the run's too: cpu.Meter)."""
+        return self.workers.pids if self.workers is not None else []
+
+    @property
+    def call_cpu_seconds(self) -> float:
+        """CPU the calling threads have spent inside ``start`` so far: the forward passes
+        (on the CPU, the calling thread leads torch's OpenMP team) and their top-k."""
+        return self._calls_cpu
+
     @property
     def model_threads(self) -> int:
         """The CPU threads torch runs the model on; 0 on a GPU (a run's metadata)."""
@@ -278,6 +290,7 @@ class ImageClassifier:
         """
         import torch
 
+        started = time.thread_time()
         with torch.inference_mode(), torch_threads(self.threads):  # the calling thread's
             logits = self.model(pixel_values=batch.to(self.dtype)).logits
             scores, indices = logits.float().softmax(dim=-1).topk(min(top_k, logits.shape[-1]))
@@ -287,6 +300,8 @@ class ImageClassifier:
                 indices = indices.to("cpu", non_blocking=True)
                 done = torch.cuda.Event()
                 done.record()
+        with self._calls_lock:
+            self._calls_cpu += time.thread_time() - started
 
         def labels() -> list[list[Label]]:
             if done is not None:

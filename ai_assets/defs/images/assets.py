@@ -15,6 +15,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from ai_assets import cpu
 from ai_assets.db import inventory, results, status
 from ai_assets.defs.images.jobs import BATCH_TAG
 from ai_assets.defs.images.partitions import images_daily
@@ -156,7 +157,7 @@ def image_classifications(
         model_load_s = time.perf_counter() - loading
         targets = _targets(context, engine, model, batch, config.reclassify)
         tally, written, logged = Tally(), results.Written(), 0
-        started, cpu = time.perf_counter(), time.process_time()
+        started, meter = time.perf_counter(), cpu.Meter(model)
         batches = classify_objects(
             (Job(target.partition_key, target.s3_key) for target in targets),
             s3.get_fetcher(classifier.max_image_bytes),
@@ -171,7 +172,7 @@ def image_classifications(
             written += upserted
             tally.add(rows)
             logged += _log_errors(context, rows, MAX_ERROR_LOGS - logged)
-        elapsed, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+        elapsed, spent = time.perf_counter() - started, meter.spent()
         if tally.statuses["error"] > logged:
             context.log.warning(
                 f"{tally.statuses['error'] - logged:,} more objects failed to classify; "
@@ -190,7 +191,7 @@ def image_classifications(
                 context.log.info(f"{day} holds too many objects to total within the run's budget")
             days_totals.append(totals)
         checks = [*_checks(tally, written), _freshness(days_totals)]
-        metadata = _run_metadata(tally, model, elapsed, cpu_s, model_load_s, batch)
+        metadata = _run_metadata(tally, model, elapsed, spent, model_load_s, batch)
         return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
@@ -241,7 +242,12 @@ def _log_errors(
 
 
 def _run_metadata(
-    tally: Tally, model: Any, elapsed: float, cpu_s: float, model_load_s: float, batch: str | None
+    tally: Tally,
+    model: Any,
+    elapsed: float,
+    spent: cpu.Spent,
+    model_load_s: float,
+    batch: str | None,
 ) -> dict[str, Any]:
     """What the UI shows for the run's materialization (and the Slack digest reads back)."""
     asked = tally.asked
@@ -251,11 +257,13 @@ def _run_metadata(
         Meta.IMAGES_PER_SECOND: dg.MetadataValue.float(round(asked / elapsed, 2) if asked else 0.0),
         Meta.LOOP_SECONDS: dg.MetadataValue.float(round(elapsed, 2)),
         # what a run's pod needs in CPU: the process's CPU in the loop, every thread, the model's
-        # included (Python, Dagster, the imports and the model load before it are not)
-        Meta.LOOP_CPU_SECONDS: dg.MetadataValue.float(round(cpu_s, 2)),
-        Meta.CPU_MS_PER_IMAGE: dg.MetadataValue.float(
-            round(cpu_s * 1000 / asked, 3) if asked else 0.0
-        ),
+        # included, and its decode processes' (Python, Dagster, the imports and the model load
+        # before it are not)
+        Meta.LOOP_CPU_SECONDS: dg.MetadataValue.float(round(spent.total, 2)),
+        Meta.CPU_MS_PER_IMAGE: dg.MetadataValue.float(_per_image_ms(spent.total, asked)),
+        # the same less the model's forward passes (its callers' threads in them, torch's own
+        # threads): the pipeline's own CPU per image, whatever the model costs
+        Meta.FEED_CPU_MS_PER_IMAGE: dg.MetadataValue.float(_per_image_ms(spent.feed, asked)),
         # and the process's CPU from its start to the end of the asset's work: a run pod's fixed
         # cost (Python, Dagster, the code location, torch's and transformers' imports, the
         # model's load; this less loop_cpu_seconds), paid once per run whatever its size
@@ -276,6 +284,10 @@ def _run_metadata(
     if batch:
         metadata[Meta.BATCH] = dg.MetadataValue.text(batch)
     return {str(key): value for key, value in metadata.items()}
+
+
+def _per_image_ms(seconds: float, images: int) -> float:
+    return round(seconds * 1000 / images, 3) if images else 0.0
 
 
 def day_metadata(totals: status.Totals) -> dict[str, Any]:
