@@ -219,9 +219,14 @@ class ImageClassifier:
 
     @property
     def call_cpu_seconds(self) -> float:
-        """CPU the calling threads have spent inside ``start`` so far: the forward passes
-        (on the CPU, the calling thread leads torch's OpenMP team) and their top-k."""
+        """CPU the calling threads have spent in the model so far: inside ``start``, the
+        forward passes (on the CPU, the calling thread leads torch's OpenMP team) and their
+        top-k, and on CUDA waiting for the labels it returns."""
         return self._calls_cpu
+
+    def _add_call_cpu(self, seconds: float) -> None:
+        with self._calls_lock:
+            self._calls_cpu += seconds
 
     @property
     def model_threads(self) -> int:
@@ -298,14 +303,15 @@ class ImageClassifier:
             if scores.is_cuda:
                 scores = scores.to("cpu", non_blocking=True)
                 indices = indices.to("cpu", non_blocking=True)
-                done = torch.cuda.Event()
+                done = torch.cuda.Event(blocking=True)  # its waiter sleeps, never spins
                 done.record()
-        with self._calls_lock:
-            self._calls_cpu += time.thread_time() - started
+        self._add_call_cpu(time.thread_time() - started)
 
         def labels() -> list[list[Label]]:
             if done is not None:
-                done.synchronize()
+                waiting = time.thread_time()
+                done.synchronize()  # the model's time, in this thread
+                self._add_call_cpu(time.thread_time() - waiting)
             names = self.labels
             return [
                 [Label(names[i], s) for s, i in zip(row_s, row_i, strict=True)]
