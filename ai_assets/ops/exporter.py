@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -29,8 +29,9 @@ from prometheus_client.registry import Collector
 
 from ai_assets import settings
 from ai_assets.db.status import BucketStatus, Totals
-from ai_assets.defs.images.jobs import SENSOR_NAME, classify_images_job
+from ai_assets.defs.images.jobs import CLASSIFICATIONS, SENSOR_NAME, classify_images_job
 from ai_assets.resources.results_db import ResultsDatabaseResource
+from ai_assets.runs import Meta
 
 log = logging.getLogger("ai_assets.exporter")
 
@@ -43,6 +44,18 @@ FINISHED = {
     "failure": dg.DagsterRunStatus.FAILURE,
     "canceled": dg.DagsterRunStatus.CANCELED,
 }
+#: Materializations read back to find the latest run that classified something (a run of a
+#: multi-day backfill writes one per day; a day materialized with nothing left to do, none).
+LAST_RUN_LOOKBACK = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class LastRun:
+    """What the latest run that classified images reported of its loop (its metadata)."""
+
+    images_per_second: float
+    cpu_ms_per_image: float
+    feed_cpu_ms_per_image: float | None  # None: a run of a version before it reported it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +66,7 @@ class DagsterState:
     last_good_tick: float | None  # when its last tick that did not fail began (epoch s)
     runs: dict[str, int]  # queued / started now
     finished: dict[str, int]  # success / failure / canceled within FINISHED_WINDOW
+    last_run: LastRun | None = None  # None: no run has classified an image yet
 
 
 def read_dagster(instance: dg.DagsterInstance, now: dt.datetime) -> DagsterState:
@@ -79,6 +93,36 @@ def read_dagster(instance: dg.DagsterInstance, now: dt.datetime) -> DagsterState
         last,
         {name: count(status) for name, status in ACTIVE.items()},
         {name: count(status, updated_after=since) for name, status in FINISHED.items()},
+        read_last_run(instance),
+    )
+
+
+def read_last_run(instance: dg.DagsterInstance, page: int = 5) -> LastRun | None:
+    """The figures of the latest image_classifications materialization with images in it,
+    read back ``page`` materializations at a time (each carries a run's sample and labels)."""
+    cursor = None
+    for _ in range(-(-LAST_RUN_LOOKBACK // page)):
+        found = instance.fetch_materializations(CLASSIFICATIONS, limit=page, cursor=cursor)
+        for record in found.records:
+            materialization = record.asset_materialization
+            if materialization and (last := _last_run(materialization.metadata)):
+                return last
+        if not found.has_more:
+            break
+        cursor = found.cursor
+    return None
+
+
+def _last_run(metadata: Mapping[str, Any]) -> LastRun | None:
+    """A run's figures from its materialization's metadata; None if it classified nothing."""
+    values = {key: getattr(entry, "value", None) for key, entry in metadata.items()}
+    if not values.get(Meta.IMAGES):
+        return None
+    feed = values.get(Meta.FEED_CPU_MS_PER_IMAGE)
+    return LastRun(
+        float(values.get(Meta.IMAGES_PER_SECOND) or 0.0),
+        float(values.get(Meta.CPU_MS_PER_IMAGE) or 0.0),
+        None if feed is None else float(feed),
     )
 
 
@@ -198,6 +242,8 @@ class PipelineCollector(Collector):
             "status",
             state.finished.items(),
         )
+        if (last := state.last_run) is not None:
+            yield from _last_run_metrics(last)
 
     def _own_metrics(self) -> Iterator[Any]:
         sources = self.sources
@@ -227,6 +273,25 @@ class PipelineCollector(Collector):
             "How long the previous scrape of this exporter took to answer",
             value=self.scrape_seconds,
         )
+
+
+def _last_run_metrics(last: LastRun) -> Iterator[Any]:
+    yield GaugeMetricFamily(
+        "ai_assets_last_run_images_per_second",
+        "Images per second of the classification loop of the latest run that classified images",
+        value=last.images_per_second,
+    )
+    parts = [("all", last.cpu_ms_per_image)]
+    if last.feed_cpu_ms_per_image is not None:
+        parts.append(("feed", last.feed_cpu_ms_per_image))
+    yield _by_label(
+        GaugeMetricFamily,
+        "ai_assets_last_run_cpu_ms_per_image",
+        "CPU milliseconds per image in that run's loop (its process and decode processes): "
+        "all, the model's included; feed, less the model's forward passes",
+        "part",
+        parts,
+    )
 
 
 def _by_label(

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ai_assets.db import inventory, results
 from ai_assets.db.status import BucketStatus, Totals
-from ai_assets.ops.exporter import DagsterState, PipelineCollector
+from ai_assets.ops.exporter import DagsterState, LastRun, PipelineCollector, read_last_run
 from ai_assets.resources.results_db import ResultsDatabaseResource
 from ai_assets.s3.objects import _too_large
 from ai_assets.service.metrics import Metrics
@@ -63,6 +63,14 @@ def run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus) -> None:
     instance.add_run(dg.DagsterRun(job_name="classify_images_job", status=status))
 
 
+def materialized(instance: dg.DagsterInstance, images: int, **figures: float) -> None:
+    """An image_classifications materialization with a run's figures (runs.Meta's keys)."""
+    metadata = {"images": images, **figures}
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("image_classifications", partition="2024-03-09", metadata=metadata)
+    )
+
+
 def test_the_exporter_says_where_objects_results_and_runs_stand(db_url: str) -> None:
     engine = ResultsDatabaseResource(url=db_url).get_engine()
     fill(engine)
@@ -73,7 +81,22 @@ def test_the_exporter_says_where_objects_results_and_runs_stand(db_url: str) -> 
         bucket = BucketStatus(engine, start=MARCH_9.date(), lag=dt.timedelta(0))
         collector = PipelineCollector(bucket, instance)
         collector.refresh()
+        assert not any(name.startswith("ai_assets_last_run") for name in scrape(collector))
+        # a run of a version that did not report its feed, then one that did
+        materialized(instance, 900, images_per_second=80.0, cpu_ms_per_image=20.0)
+        collector.refresh()
+        assert "ai_assets_last_run_cpu_ms_per_image{part=feed}" not in scrape(collector)
+        materialized(
+            instance, 1000, images_per_second=104.8, cpu_ms_per_image=18.1,
+            feed_cpu_ms_per_image=1.6,
+        )  # fmt: skip
+        materialized(instance, 0, images_per_second=0.0, cpu_ms_per_image=0.0)  # nothing to do
+        collector.refresh()
         samples = scrape(collector)
+        assert samples["ai_assets_last_run_images_per_second{}"] == 104.8
+        assert samples["ai_assets_last_run_cpu_ms_per_image{part=all}"] == 18.1
+        assert samples["ai_assets_last_run_cpu_ms_per_image{part=feed}"] == 1.6
+        assert read_last_run(instance, page=1) == LastRun(104.8, 18.1, 1.6)  # a page further
         states = ("waiting", "current", "error", "deleted")
         found = [samples[f"ai_assets_objects{{state={state}}}"] for state in states]
         assert found == [2, 2, 1, 1]
@@ -144,7 +167,9 @@ def exporter_families() -> list:
     collector.bucket.classified.update(ok=1)
     collector.bucket.errors.update(empty=1)
     collector.database.value = Totals(oldest_waiting=MARCH_9)
-    collector.dagster.value = DagsterState(True, 0.0, {"queued": 0}, {"failure": 0})
+    collector.dagster.value = DagsterState(
+        True, 0.0, {"queued": 0}, {"failure": 0}, LastRun(100.0, 18.0, 1.6)
+    )
     for source in collector.sources:
         source.refreshed = 0.0
     return list(collector.collect())
