@@ -100,8 +100,9 @@ class Meter:
     """The CPU a run spends from now on, and the model's part of it.
 
     A decode process counts from the meter's start, or from its own start if it replaced one
-    meanwhile (then the one it replaced counts no more). A thread Python did not start counts
-    as the model's: torch's OpenMP team spins after each batch, and that is the model's too.
+    meanwhile; one that died meanwhile is left out (its pid is gone from ``/proc``). A thread
+    Python did not start counts as the model's: torch's OpenMP team spins after each batch,
+    and that is the model's too.
     """
 
     def __init__(self, model: Metered) -> None:
