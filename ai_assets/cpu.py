@@ -46,19 +46,23 @@ class ProcStat:
         return sum(map(int, ticks)) / os.sysconf("SC_CLK_TCK")
 
 
-def native_threads_cpu() -> dict[int, float]:
-    """CPU seconds of each thread of this process that Python did not start, obstore's runtime
-    aside: torch's OpenMP team and CUDA's threads, which work for the model (none off Linux)."""
-    python = {thread.native_id for thread in threading.enumerate()}
+def thread_stats() -> list[ProcStat]:
+    """The stat of each thread of this process still there when read (none off Linux)."""
     try:
         tasks = [int(task.name) for task in Path("/proc/self/task").iterdir()]
     except OSError:
-        return {}
-    stats = (ProcStat.of(os.getpid(), tid) for tid in tasks if tid not in python)
+        return []
+    return [stat for tid in tasks if (stat := ProcStat.of(os.getpid(), tid)) is not None]
+
+
+def native_threads_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process that Python did not start, obstore's runtime
+    aside: torch's OpenMP team and CUDA's threads, which work for the model."""
+    python = {thread.native_id for thread in threading.enumerate()}
     return {
         stat.pid: stat.cpu_seconds()
-        for stat in stats
-        if stat is not None and not stat.command.startswith(_FEED_THREAD_PREFIXES)
+        for stat in thread_stats()
+        if stat.pid not in python and not stat.command.startswith(_FEED_THREAD_PREFIXES)
     }
 
 
@@ -81,6 +85,15 @@ class Metered(Protocol):
         ...
 
 
+class _NoModel:
+    """A Meter's model where there is none to tell apart: no decode processes, no calls."""
+
+    call_cpu_seconds = 0.0
+
+    def decode_pids(self) -> list[int]:
+        return []
+
+
 @dataclasses.dataclass(frozen=True)
 class Spent:
     """CPU seconds of a stretch of a run, in all (the run process and its decode processes) and
@@ -97,7 +110,8 @@ class Spent:
 
 
 class Meter:
-    """The CPU a run spends from now on, and the model's part of it.
+    """The CPU a run spends from now on, and the model's part of it (without a model, this
+    process's CPU alone).
 
     A decode process counts from the meter's start, or from its own start if it replaced one
     meanwhile; one that died meanwhile is left out (its pid is gone from ``/proc``). A thread
@@ -105,18 +119,19 @@ class Meter:
     and that is the model's too.
     """
 
-    def __init__(self, model: Metered) -> None:
-        self.model = model
+    def __init__(self, model: Metered | None = None) -> None:
+        self.model: Metered = model or _NoModel()
         self._process = time.process_time()
-        self._calls = model.call_cpu_seconds
-        self._decoders = processes_cpu(model.decode_pids())
+        self._calls = self.model.call_cpu_seconds
+        self._decoders = processes_cpu(self.model.decode_pids())
         self._native = native_threads_cpu()
 
     def spent(self) -> Spent:
+        process = time.process_time() - self._process  # before this reading's own reads
         decoders = processes_cpu(self.model.decode_pids())
         decoding = sum(cpu - self._decoders.get(pid, 0.0) for pid, cpu in decoders.items())
         native = native_threads_cpu()
         threads = sum(cpu - self._native.get(tid, 0.0) for tid, cpu in native.items())
         calls = self.model.call_cpu_seconds - self._calls
-        total = time.process_time() - self._process + decoding
+        total = process + decoding
         return Spent(total=total, model=calls + threads, decode_processes=decoding)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_assets.cpu import Meter, ProcStat, native_threads_cpu
+from ai_assets.cpu import Meter, native_threads_cpu, thread_stats
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux /proc")
 
@@ -39,8 +40,9 @@ class Model:
         return self.pids
 
 
-@pytest.fixture
-def burner() -> Iterator[subprocess.Popen[str]]:
+@contextlib.contextmanager
+def burning() -> Iterator[subprocess.Popen[str]]:
+    """A BURNER child, killed on the way out."""
     with subprocess.Popen(
         [sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as child:
@@ -48,6 +50,12 @@ def burner() -> Iterator[subprocess.Popen[str]]:
             yield child
         finally:
             child.kill()
+
+
+@pytest.fixture
+def burner() -> Iterator[subprocess.Popen[str]]:
+    with burning() as child:
+        yield child
 
 
 def burn(child: subprocess.Popen[str], seconds: float) -> None:
@@ -71,15 +79,10 @@ def test_a_decode_process_counts_from_the_meters_start(burner: subprocess.Popen[
 def test_a_decode_process_started_meanwhile_counts_from_its_own_start() -> None:
     model = Model()
     meter = Meter(model)
-    with subprocess.Popen(
-        [sys.executable, "-c", BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    ) as child:
-        try:
-            model.pids = [child.pid]  # a worker that replaced one that died
-            burn(child, 0.2)
-            spent = meter.spent()  # its start-up (Python's) counts too: the replacement's cost
-        finally:
-            child.kill()
+    with burning() as child:
+        model.pids = [child.pid]  # a worker that replaced one that died
+        burn(child, 0.2)
+        spent = meter.spent()  # its start-up (Python's) counts too: the replacement's cost
     assert spent.decode_processes >= 0.2
 
 
@@ -127,8 +130,7 @@ def test_obstores_runtime_threads_are_the_feeds(s3_client, bucket: str) -> None:
     s3_client.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
     fetcher = ImageBucketResource(bucket=bucket).get_fetcher(max_bytes=1000)
     assert fetcher.store is not None and fetcher("a.jpg").data == b"x"
-    tasks = [int(task.name) for task in Path("/proc/self/task").iterdir()]
-    names = {tid: stat.command for tid in tasks if (stat := ProcStat.of(os.getpid(), tid))}
+    names = {stat.pid: stat.command for stat in thread_stats()}
     runtime = {tid for tid, name in names.items() if name.startswith("tokio-")}
     assert runtime, f"obstore's threads are named otherwise now: {sorted(set(names.values()))}"
     assert not runtime & native_threads_cpu().keys()

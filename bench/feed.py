@@ -216,14 +216,6 @@ def fixed_cpu(runs: Callable[[], None], times: int = 3) -> float:
     return sorted(spent)[times // 2]
 
 
-def workers_cpu(classifier: Any) -> float:
-    """CPU seconds of the classifier's live decode processes (AI_ASSETS_DECODE_PROCESSES):
-    children of multiprocessing's fork server, not of this process, so not in its rusage."""
-    from ai_assets.cpu import processes_cpu
-
-    return sum(processes_cpu(classifier.decode_pids()).values()) if classifier else 0.0
-
-
 class Tally:
     """One variant's CPU, main-thread time, wall time and stages, summed over its passes; with
     ``classifier``, its decode processes' CPU too (``workers``, in ``cpu``)."""
@@ -235,16 +227,16 @@ class Tally:
         self.images = 0
 
     def add(self, images: int, work: Callable[[], None]) -> None:
+        from ai_assets.cpu import Meter
+
         with instrumented(self.stages):
-            cpu, main, wall = process_cpu(), time.thread_time(), time.perf_counter()
-            workers = workers_cpu(self.classifier)
+            meter, main, wall = Meter(self.classifier), time.thread_time(), time.perf_counter()
             work()
             self.wall += time.perf_counter() - wall
             self.main += time.thread_time() - main
-            self.cpu += process_cpu() - cpu
-            workers = workers_cpu(self.classifier) - workers
-        self.workers += workers
-        self.cpu += workers
+            spent = meter.spent()  # the decode processes' too (children of the fork server)
+        self.cpu += spent.total
+        self.workers += spent.decode_processes
         self.images += images
 
     def figures(self, name: str) -> dict[str, float]:

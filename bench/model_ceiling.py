@@ -105,13 +105,13 @@ def timed_loop(
     Prints the process's CPU ms per image and each stage's (feed.py's, on the threads running
     them; on CUDA a stage that waits for the GPU spins, and counts that as CPU).
     """
-    from feed import Stages, instrumented, process_cpu, workers_cpu
+    from feed import Stages, instrumented
 
+    from ai_assets.cpu import Meter
     from ai_assets.vision.stream import classify_objects
 
     stages, labels, done = Stages(), {}, 0
-    cpu, started, main = process_cpu(), time.perf_counter(), time.thread_time()
-    workers = workers_cpu(classifier)
+    meter, started, main = Meter(classifier), time.perf_counter(), time.thread_time()
     try:
         with instrumented(stages):
             for rows in classify_objects(
@@ -125,11 +125,12 @@ def timed_loop(
     except Exception:
         traceback.print_exc()
         return None
-    workers = workers_cpu(classifier) - workers
+    spent = meter.spent()  # with its decode processes' CPU
+    workers = spent.decode_processes
     loop = Loop(
         done / (time.perf_counter() - started),
         (time.thread_time() - main) * 1000 / done,
-        (process_cpu() - cpu + workers) * 1000 / done,
+        spent.total * 1000 / done,
         labels,
     )
     split = ", ".join(f"{k} {v * 1000 / done:.3f}" for k, v in stages.seconds.items() if v)
