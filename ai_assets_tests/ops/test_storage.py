@@ -181,3 +181,50 @@ def test_the_webserver_engine_replaces_the_shared_one_without_leaving_it_open(co
         instance.optimize_for_webserver(15_000, 3600, 20)  # as dagster-webserver starts
         assert instance.get_runs()  # the run store's own engine: one connection
         assert open_connections(1) == 1
+
+
+@contextlib.contextmanager
+def catalog_reads() -> Iterator[list[str]]:
+    """Statements of this process meanwhile that read PostgreSQL's catalog (reflection)."""
+    statements: list[str] = []
+
+    def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "pg_catalog" in statement:
+            statements.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", executed)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", executed)
+
+
+def test_the_chart_storage_reads_the_schema_once_not_per_run(pg_server: PostgresServer) -> None:
+    per_run = {}
+    for pooled in (False, True):  # dagster-postgres's own storage, then the chart's
+        url = pg_server.create_database(f"dagster_schema_{pooled}_{time.monotonic_ns()}")
+        with dg.instance_for_test(overrides={"storage": dagster_storage(url, pooled)}) as instance:
+            materialize(instance)  # the first run finds the columns
+            with catalog_reads() as statements:
+                materialize(instance)
+                assert len(instance.get_run_records()) == 2  # what the daemon and the UI read
+            per_run[pooled] = len(statements)
+    assert per_run[False] >= 9, per_run  # a reflection before each run read and event write
+    assert per_run[True] == 0, per_run
+
+
+def test_a_column_a_migration_adds_later_is_found_at_the_next_operation(pg_url: str) -> None:
+    """A column that was missing is asked for again (``dagster instance migrate`` under a
+    running process); one that was found is not."""
+    with dg.instance_for_test(overrides={"storage": dagster_storage(pg_url)}) as instance:
+        events = instance.event_log_storage
+        assert not events.has_asset_key_col("added_later")
+        with catalog_reads() as statements:
+            assert not events.has_asset_key_col("added_later")
+        assert statements  # asked again
+        with events.index_connection() as connection:  # pyright: ignore[reportAttributeAccessIssue]
+            connection.execute(sa.text("ALTER TABLE asset_keys ADD COLUMN added_later TEXT"))
+        assert events.has_asset_key_col("added_later")
+        with catalog_reads() as statements:
+            assert events.has_asset_key_col("added_later")
+        assert not statements  # found once, known since
