@@ -12,7 +12,9 @@ labels, so everything but the model is the real path. The corpus is N JPEGs (def
   CPU includes the workers' (``_workers_ms``), and ``_parent_cpu_ms_no_model`` is what stays in
   the run's process, under its one GIL;
 * s3     – the same loop, every image fetched from a local SeaweedFS as runs do (obstore); and
-  side by side, s3_boto3, every GET through boto3 as before;
+  side by side, s3_boto3, every GET through boto3 as before, and s3_before, boto3's GETs,
+  Pillow's decode and Pillow's resize at once: the loop before this issue's per-image levers
+  (a lower bound: its slot, row and upsert levers stay), ``s3_cut`` times the loop's CPU;
 * decode – one thread decoding the corpus in full, and at 1/8 scale: entropy decoding alone,
   the part of a decode that no DCT scale or crop skips.
 
@@ -469,8 +471,18 @@ def measure_memory(feed: Feed) -> dict[str, float]:
     return figures
 
 
+@contextlib.contextmanager
+def per_image_levers_undone(classifier: Any) -> Iterator[None]:
+    """Pillow's decode and Pillow's resize at once (with boto3's GETs: ``s3_before``)."""
+    with decoded_by_pillow(), resized_by(classifier, "pillow"):
+        yield
+
+
 def measure_s3(feed: Feed, endpoint: str) -> dict[str, float]:
-    """The loop from SeaweedFS through the run's own fetcher, and through boto3's GETs."""
+    """The loop from SeaweedFS through the run's own fetcher; through boto3's GETs; and with
+    every per-image lever that a switch undoes undone at once (``s3_before``: boto3's GETs,
+    Pillow's decode and Pillow's resize over the crop box), a lower bound of the loop before
+    this issue, whose slot, row and upsert levers stay; ``s3_cut`` is its CPU over the loop's."""
     from ai_assets.resources import ImageBucketResource
     from ai_assets.s3.objects import ObjectFetcher
 
@@ -478,14 +490,26 @@ def measure_s3(feed: Feed, endpoint: str) -> dict[str, float]:
     fetcher = bucket.get_fetcher(50 << 20)
     assert fetcher.store is not None, "obstore is not configured"
     boto3_fetch = ObjectFetcher(fetcher.client, BUCKET, 50 << 20)
-    return side_by_side(
+    figures = side_by_side(
         {
             "s3": (contextlib.nullcontext, feed.loop("s3", fetcher)),
             "s3_boto3": (contextlib.nullcontext, feed.loop("s3_boto3", boto3_fetch)),
+            "s3_before": (
+                lambda: per_image_levers_undone(feed.classifier),
+                feed.loop("s3_before", boto3_fetch),
+            ),
         },
         len(feed.keys),
         feed.rounds,
     )
+    figures["s3_cut"] = figures["s3_before_cpu_ms_no_model"] / figures["s3_cpu_ms_no_model"]
+    print(f"{'ms / image':<16}{'s3_before':>10}{'s3':>10}")
+    for stage in (*STAGES, "other", "cpu_ms_no_model"):
+        key = stage if stage == "cpu_ms_no_model" else f"{stage}_ms"
+        before, now = figures[f"s3_before_{key}"], figures[f"s3_{key}"]
+        print(f"{stage:<16}{before:>10.3f}{now:>10.3f}")
+    print(f"the loop's CPU, model excluded, cut {figures['s3_cut']:.2f}x", flush=True)
+    return figures
 
 
 def measure_runs(feed: Feed) -> dict[str, float]:
@@ -577,7 +601,8 @@ SUMMARY = [
     "memory_processes_img_s", "memory_processes_cpu_ms_no_model",
     "memory_processes_parent_cpu_ms_no_model", "memory_processes_workers_ms",
     "decode_full_ms", "decode_eighth_ms", "s3_img_s", "s3_cpu_ms_no_model",
-    "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "process_cpu_ms",
+    "s3_get_ms", "s3_boto3_cpu_ms_no_model", "s3_boto3_get_ms", "s3_before_cpu_ms_no_model",
+    "s3_cut", "process_cpu_ms",
     "process_img_s", "process_before_first_image_cpu_s", "process_loop_cpu_ms",
     "process_after_last_row_cpu_s", "process_reported_cpu_s",
     "process_sampled_cpu_s_at_last_row", "process_reported_cpu_ms", "process_reported_feed_cpu_ms",
