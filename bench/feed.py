@@ -504,10 +504,9 @@ def measure_s3(feed: Feed, endpoint: str) -> dict[str, float]:
     )
     figures["s3_cut"] = figures["s3_before_cpu_ms_no_model"] / figures["s3_cpu_ms_no_model"]
     print(f"{'ms / image':<16}{'s3_before':>10}{'s3':>10}")
-    for stage in (*STAGES, "other", "cpu_ms_no_model"):
-        key = stage if stage == "cpu_ms_no_model" else f"{stage}_ms"
+    for key in (*(f"{stage}_ms" for stage in STAGES), "other_ms", "cpu_ms_no_model"):
         before, now = figures[f"s3_before_{key}"], figures[f"s3_{key}"]
-        print(f"{stage:<16}{before:>10.3f}{now:>10.3f}")
+        print(f"{key:<16}{before:>10.3f}{now:>10.3f}")
     print(f"the loop's CPU, model excluded, cut {figures['s3_cut']:.2f}x", flush=True)
     return figures
 
