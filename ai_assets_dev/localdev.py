@@ -113,18 +113,21 @@ def stop_process(
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout)
     # the leader's children too, e.g. a run process finishing its step
-    _wait_group_gone(process.pid, deadline - time.monotonic())
+    wait_group_gone(process.pid, deadline - time.monotonic())
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    _wait_group_gone(process.pid, 5)  # SIGKILL is delivered, the exit takes a moment
+    wait_group_gone(process.pid, 5)  # SIGKILL is delivered, the exit takes a moment
 
 
-def _wait_group_gone(group: int, seconds: float) -> None:
-    """Wait up to ``seconds`` until no process of ``group`` runs."""
+def wait_group_gone(group: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` until no process of ``group`` runs; whether none does."""
     deadline = time.monotonic() + seconds
-    while _group_alive(group) and time.monotonic() < deadline:
+    while _group_alive(group):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
+    return True
 
 
 def _group_alive(group: int) -> bool:

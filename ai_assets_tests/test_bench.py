@@ -3,17 +3,18 @@ docs quote: a bench that rots is found here, not on a lent GPU whose minutes are
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from ai_assets_dev.localdev import process_running, wait_group_gone
 from ai_assets_tests.support.util import wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,27 +41,16 @@ def run_bench(
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             pytest.fail(f"{command[1]} ran past {timeout} s")
-        left = _outlived(process.pid, grace)
+        left = not wait_group_gone(process.pid, grace)  # the fork server takes a moment
+        if left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
         log.seek(0)
         output = log.read()
     assert process.returncode == 0, f"{command[1]} (exit {process.returncode}):\n{output[-3000:]}"
     assert not left, f"{command[1]} left processes of its group running"
     [result] = [line for line in output.splitlines() if line.startswith("RESULT ")][-1:]
     return dict(field.split("=", 1) for field in result.split()[1:])
-
-
-def _outlived(pgid: int, grace: float) -> bool:
-    """Whether any of a process group is left after ``grace`` s (multiprocessing's fork
-    server takes a moment to see its parent gone); what is left is killed."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        time.sleep(0.2)
-    os.killpg(pgid, signal.SIGKILL)
-    return True
 
 
 def figures(result: dict[str, str], *keys: str) -> dict[str, float]:
@@ -77,15 +67,8 @@ def test_a_bench_that_leaves_a_process_behind_fails_and_the_process_is_stopped(
     script = f"sleep 600 & echo $! > {pid_file}; echo RESULT done=1"
     with pytest.raises(AssertionError, match="left processes"):
         run_bench(["bash", "-c", script], grace=0.5)
-    stat = Path(f"/proc/{pid_file.read_text().strip()}/stat")
-
-    def dead() -> bool:  # gone, or a zombie until its new parent reaps it
-        try:
-            return stat.read_text().split(") ")[1].startswith("Z")
-        except FileNotFoundError:
-            return True
-
-    assert wait_for("the process left behind to die", dead, timeout=10, every=0.1)
+    pid = int(pid_file.read_text())
+    assert wait_for("the process left behind to die", lambda: not process_running(pid), 10, 0.1)
 
 
 def test_the_feed_bench_prints_the_loop_before_and_after_by_stage() -> None:
