@@ -212,6 +212,7 @@ def seaweedfs(
     data_dir: Path, access_key: str, secret_key: str, port: int | None = None
 ) -> Iterator[str]:
     """Run ``weed mini`` (a real S3 server with auth) on loopback; yields its endpoint URL.
+    Its data and its logs stay in ``data_dir`` (glog's files would go to the system's /tmp).
 
     Go schedules it on a quarter of the cores (at least one; GOMAXPROCS, unless set): it shares
     them with the model, and on 2 cores a second scheduler thread only spun, ~1.0 against
@@ -220,7 +221,8 @@ def seaweedfs(
     data_dir.mkdir(parents=True, exist_ok=True)
     s3_port = port or free_port()
     args = [
-        weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}",
+        "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={s3_port}",
         f"-filer.localSocket={data_dir}/filer.sock", f"-s3.localSocket={data_dir}/s3.sock",

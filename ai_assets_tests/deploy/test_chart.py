@@ -360,6 +360,9 @@ def deployment(
     pg_server.create_database(storage_db)
     compute_logs = instance_yaml["compute_logs"]["config"]  # AWS's bucket: the local server's
     compute_logs |= {"bucket": f"{bucket}-logs", "endpoint_url": s3_env["AWS_ENDPOINT_URL"]}
+    # staged before each upload in the system's temp folder unless set, where every run leaves
+    # its empty folder: harmless in a run's own pod, litter on a test machine
+    compute_logs["local_dir"] = str(tmp_path / "staged-logs")
     s3_client.create_bucket(Bucket=compute_logs["bucket"])
     with fake_kubernetes() as api:
         launcher = instance_yaml["run_launcher"]["config"]
