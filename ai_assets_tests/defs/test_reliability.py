@@ -268,15 +268,20 @@ def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
-    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], monkeypatch, stop: int
-) -> None:
+    proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], monkeypatch, stop: int,
+    tmp_path: Path,
+) -> None:  # fmt: skip
     """AI_ASSETS_DECODE_PROCESSES in a run process as run launchers start it: its workers
     classify, and whether the process is stopped (a pod's SIGTERM) or killed (its memory limit)
-    mid-run, none of them outlives it to hold the node's CPU and memory."""
+    mid-run, none of them outlives it to hold the node's CPU and memory; stopped, it also
+    removes its temporary files (the fork server's socket)."""
     proxy, daemon, db_url = proxied
     keys = [f"img-{i}.jpg" for i in range(6)]
     request = held_mid_batch(proxy, daemon, s3_client, bucket, keys, jpegs["coffee"])
     mark = f"AI_ASSETS_TEST_RUN={uuid.uuid4().hex}"  # inherited by the fork server and workers
+    temporary = tmp_path / "run-tmp"  # the run's temporary files: a killed run leaves them
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "2")
     monkeypatch.setenv(*mark.split("="))
     _, command = daemon.run_process_command(request)
@@ -288,6 +293,8 @@ def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
     wait_for("the run's processes to end", lambda: not processes_marked(mark), 30, 0.1)
     written = rows_by_key(db_url)
     assert written and all(row["status"] == "ok" for row in written.values())
+    if stop == signal.SIGTERM:
+        assert not list(temporary.iterdir())
 
 
 def held_mid_batch(
