@@ -163,13 +163,19 @@ def model_service(
     timeout: float = 180,
 ) -> Iterator[str]:
     """The model service (``uvicorn ai_assets.model_service:app``) on 127.0.0.1; yields its
-    URL once ``/readyz`` answers (the model loaded), and stops it on exit, even on failure."""
+    URL once ``/readyz`` answers (the model loaded), and stops it on exit, even on failure.
+
+    Its temporary files go to a folder removed after it stopped: uvicorn ends a graceful stop
+    by raising the SIGTERM again, so Python's exit handlers never run, and multiprocessing's
+    socket folder (decode processes) would stay behind in the system's /tmp.
+    """
     port = port or free_port()
     output = log.open("ab") if log else None
+    scratch = tempfile.TemporaryDirectory(prefix="ai-assets-service-")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "ai_assets.model_service:app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "TMPDIR": scratch.name, **(env or {})},
         stdout=output,
         stderr=output,
         start_new_session=True,
@@ -187,6 +193,7 @@ def model_service(
         yield url
     finally:
         stop_process(process, timeout=15)
+        scratch.cleanup()
         if output:
             output.close()
 
