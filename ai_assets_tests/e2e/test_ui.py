@@ -103,7 +103,10 @@ def model_service_url(lite0_dir: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def dagster_dev(
-    pg_server: PostgresServer, s3_endpoint: str, model_service_url: str
+    pg_server: PostgresServer,
+    s3_endpoint: str,
+    model_service_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[DagsterDev]:
     import boto3
 
@@ -156,7 +159,8 @@ def dagster_dev(
         yield dev
     finally:
         stop_process(process, timeout=30)
-        shutil.copy(log, Path(tempfile.gettempdir()) / "ai-assets-e2e-dagster-dev.log")
+        # kept for a failure's post-mortem where pytest keeps its last runs' files
+        shutil.copy(log, tmp_path_factory.mktemp("dagster-dev") / "dagster-dev.log")
         shutil.rmtree(home, ignore_errors=True)
 
 
