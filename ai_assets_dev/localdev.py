@@ -219,9 +219,9 @@ def seaweedfs(
     data_dir: Path, access_key: str, secret_key: str, port: int | None = None
 ) -> Iterator[str]:
     """Run ``weed mini`` (a real S3 server with auth) on loopback; yields its endpoint URL.
-    Its data and its logs stay in ``data_dir`` (glog's files would go to the system's /tmp).
 
-    Go schedules it on a quarter of the cores (at least one; GOMAXPROCS, unless set): it shares
+    Its data and its logs stay in ``data_dir`` (glog's files would go to the system's /tmp). Go
+    schedules it on a quarter of the cores (at least one; GOMAXPROCS, unless set): it shares
     them with the model, and on 2 cores a second scheduler thread only spun, ~1.0 against
     ~0.75 ms of its CPU per GET (~1,200 GETs/s either way).
     """
