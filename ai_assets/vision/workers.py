@@ -30,6 +30,7 @@ import mmap
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import tempfile
 import threading
 import traceback
 import weakref
@@ -450,9 +451,20 @@ def _answer(future: Future[None], reply: tuple[str, str] | None) -> None:
 
 def start_fork_server() -> None:
     """Start the fork server now, without waiting: it imports torch and the decoders while the
-    caller goes on (loading the model), and the workers fork from it later in milliseconds."""
+    caller goes on (loading the model), and the workers fork from it later in milliseconds.
+
+    Its listening socket goes into a new folder under TMPDIR, whose path AF_UNIX caps at 107
+    bytes: a deep TMPDIR fails here, said in terms a user can act on.
+    """
     _context()
-    multiprocessing.forkserver.ensure_running()
+    try:
+        multiprocessing.forkserver.ensure_running()
+    except OSError as exc:
+        raise RuntimeError(
+            f"decode processes cannot start: their fork server's socket in TMPDIR "
+            f"({tempfile.gettempdir()}) failed: {exc}. Set TMPDIR to a short, writable folder, "
+            "or AI_ASSETS_DECODE_PROCESSES=0 to decode in threads"
+        ) from exc
 
 
 def _context() -> Any:

@@ -4,8 +4,10 @@ nothing duplicated, every failure explained."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -266,10 +268,21 @@ def test_a_run_process_stopped_mid_run_fails_at_once_and_a_rerun_completes(
     assert all(row["status"] == "ok" for row in rows.values())
 
 
+@pytest.fixture
+def run_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """TMPDIR for the run processes a test starts, removed afterwards: a killed run leaves its
+    temporary files. Short, unlike pytest's ``tmp_path``: a fork server's socket path there can
+    pass AF_UNIX's 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="ai-assets-run-"))
+    monkeypatch.setenv("TMPDIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
     proxied, s3_client: Any, bucket: str, jpegs: dict[str, bytes], monkeypatch, stop: int,
-    tmp_path: Path,
+    run_tmpdir: Path,
 ) -> None:  # fmt: skip
     """AI_ASSETS_DECODE_PROCESSES in a run process as run launchers start it: its workers
     classify, and whether the process is stopped (a pod's SIGTERM) or killed (its memory limit)
@@ -279,9 +292,6 @@ def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
     keys = [f"img-{i}.jpg" for i in range(6)]
     request = held_mid_batch(proxy, daemon, s3_client, bucket, keys, jpegs["coffee"])
     mark = f"AI_ASSETS_TEST_RUN={uuid.uuid4().hex}"  # inherited by the fork server and workers
-    temporary = tmp_path / "run-tmp"  # the run's temporary files: a killed run leaves them
-    temporary.mkdir()
-    monkeypatch.setenv("TMPDIR", str(temporary))
     monkeypatch.setenv("AI_ASSETS_DECODE_PROCESSES", "2")
     monkeypatch.setenv(*mark.split("="))
     _, command = daemon.run_process_command(request)
@@ -294,7 +304,7 @@ def test_a_run_process_that_decodes_in_worker_processes_leaves_none_behind(
     written = rows_by_key(db_url)
     assert written and all(row["status"] == "ok" for row in written.values())
     if stop == signal.SIGTERM:
-        assert not list(temporary.iterdir())
+        assert not list(run_tmpdir.iterdir())
 
 
 def held_mid_batch(

@@ -7,9 +7,12 @@ import gc
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,6 +222,23 @@ def test_a_run_starts_its_workers_while_the_model_loads_not_at_the_first_object(
         assert classifier.prepare(jpegs["coffee"]).shape == (3, 32, 32)
     finally:
         workers.close()
+
+
+def test_a_tmpdir_too_deep_for_the_fork_servers_socket_fails_the_load_clearly(
+    tmp_path: Path,
+) -> None:
+    """AF_UNIX caps a socket's path at 107 bytes; multiprocessing's own error names no remedy."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    load = "from ai_assets.vision.workers import start_fork_server; start_fork_server()"
+    done = subprocess.run(
+        [sys.executable, "-c", load], env={**os.environ, "TMPDIR": str(deep)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "AF_UNIX path too long" in done.stderr
+    assert "Set TMPDIR to a short, writable folder" in done.stderr
+    assert "AI_ASSETS_DECODE_PROCESSES=0" in done.stderr
 
 
 @pytest.mark.parametrize(
