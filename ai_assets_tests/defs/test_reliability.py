@@ -323,12 +323,20 @@ def held_mid_batch(
 
 @contextlib.contextmanager
 def running_until_rows(command: list[str], db_url: str) -> Iterator[subprocess.Popen]:
-    """The run process of ``command``, once it wrote its first rows; killed if still running."""
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as run:
+    """The run process of ``command``, once it wrote its first rows; killed if still running.
+    Its output goes to a file (a pipe nobody reads would fill), shown if it ends too soon."""
+    with (
+        tempfile.TemporaryFile("w+") as output,
+        subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True) as run,
+    ):
         try:
 
             def wrote_rows() -> bool:
-                assert run.poll() is None, "the run process ended before writing a row"
+                if run.poll() is not None:
+                    output.seek(0)
+                    pytest.fail(
+                        f"the run process ended before writing a row:\n{output.read()[-3000:]}"
+                    )
                 return bool(rows_by_key(db_url))
 
             wait_for("the run's first rows", wrote_rows, 180, 0.2)  # it imports torch first
