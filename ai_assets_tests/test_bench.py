@@ -33,7 +33,7 @@ def run_bench(
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            start_new_session=True,
         )  # fmt: skip
         try:
             process.wait(timeout=timeout)

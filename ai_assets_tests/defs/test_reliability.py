@@ -327,7 +327,7 @@ def running_until_rows(command: list[str], db_url: str) -> Iterator[subprocess.P
     Its output goes to a file (a pipe nobody reads would fill), shown if it ends too soon."""
     with (
         tempfile.TemporaryFile("w+") as output,
-        subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, text=True) as run,
+        subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT) as run,
     ):
         try:
 
