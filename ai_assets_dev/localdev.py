@@ -220,20 +220,22 @@ def seaweedfs(
 ) -> Iterator[str]:
     """Run ``weed mini`` (a real S3 server with auth) on loopback; yields its endpoint URL.
 
-    Its data and its logs stay in ``data_dir`` (glog's files would go to the system's /tmp). Go
+    Its data and its logs stay in ``data_dir`` (glog's files would go to the system's /tmp), and
+    the gRPC sockets it makes in /tmp go with it (``_remove_grpc_sockets``). Go
     schedules it on a quarter of the cores (at least one; GOMAXPROCS, unless set): it shares
     them with the model, and on 2 cores a second scheduler thread only spun, ~1.0 against
     ~0.75 ms of its CPU per GET (~1,200 GETs/s either way).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     s3_port = port or free_port()
+    ports = {flag: free_port() for flag in _SEAWEED_PORTS}
     args = [
         weed_binary(), f"-logdir={data_dir}", "mini", f"-dir={data_dir}",
         "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={s3_port}",
         f"-filer.localSocket={data_dir}/filer.sock", f"-s3.localSocket={data_dir}/s3.sock",
-        *(f"-{flag}={free_port()}" for flag in _SEAWEED_PORTS),
+        *(f"-{flag}={number}" for flag, number in ports.items()),
     ]  # fmt: skip
     env = {
         "GOMAXPROCS": str(max(1, (os.cpu_count() or 1) // 4)),
@@ -259,6 +261,16 @@ def seaweedfs(
     finally:
         stop_process(process)
         log.close()
+        _remove_grpc_sockets(ports)
+
+
+def _remove_grpc_sockets(ports: dict[str, int]) -> None:
+    """Each of weed's gRPC servers also listens on ``/tmp/seaweedfs-<server>-grpc-<port>.sock``
+    (no flag or TMPDIR moves it), and a stop leaves some behind (a kill all five): ours go."""
+    for flag, number in ports.items():
+        if flag.endswith(".port.grpc"):
+            server = flag.removesuffix(".port.grpc")
+            Path(f"/tmp/seaweedfs-{server}-grpc-{number}.sock").unlink(missing_ok=True)
 
 
 def _wait_for_s3(endpoint: str, access_key: str, secret_key: str, timeout: float) -> None:
