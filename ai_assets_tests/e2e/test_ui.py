@@ -443,19 +443,23 @@ def dismiss_community_dialog(driver: Any) -> None:
 
 
 def chromium() -> tuple[Any, str]:
-    """Headless Debian Chromium through chromedriver, with a profile of its own (removed by
-    the caller after ``driver.quit()``)."""
+    """Headless Debian Chromium through chromedriver, with a folder of its own for its profile
+    and its temporary files (removed by the caller after ``driver.quit()``): Chromium leaves
+    an empty ``.org.chromium.Chromium.*`` file in TMPDIR at every start."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    profile = tempfile.mkdtemp(prefix="chromium-")
+    browser_dir = tempfile.mkdtemp(prefix="chromium-")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", "--window-size=1440,900"):  # fmt: skip
+                 f"--user-data-dir={browser_dir}/profile", "--window-size=1440,900"):  # fmt: skip
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options), profile
+    temporary = f"{browser_dir}/tmp"
+    os.mkdir(temporary)
+    service = Service(shutil.which("chromedriver"), env={**os.environ, "TMPDIR": temporary})
+    return webdriver.Chrome(service=service, options=options), browser_dir
 
 
 ERROR_TEXTS = ("Something went wrong", "An unexpected error", "Unexpected GraphQL error")
@@ -471,7 +475,7 @@ def test_the_pages_a_user_opens_render_without_errors(
 
     dev = dagster_dev
     runs = wait_for("a run to show", lambda: dev.runs() or dev.runs("__ASSET_JOB"), timeout=240)
-    driver, profile = chromium()
+    driver, browser_dir = chromium()
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     pages = {
@@ -506,7 +510,7 @@ def test_the_pages_a_user_opens_render_without_errors(
             texts[name] = body
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(browser_dir, ignore_errors=True)
     # a caught-up bucket looks caught up: both partitioned assets full, no day missing
     assert texts["asset-graph"].count("100% filled") == 2, texts["asset-graph"]
     assert "Missing (0)" in texts["partitions"] and "Materialized (31)" in texts["partitions"]
@@ -638,7 +642,7 @@ def _shoot_prometheus(url: str, path: str, name: str, tmp_path: Path) -> None:
 
     shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
-    driver, profile = chromium()
+    driver, browser_dir = chromium()
     try:
         driver.set_window_size(1440, 1000)
         driver.get(url + path)
@@ -662,4 +666,4 @@ def _shoot_prometheus(url: str, path: str, name: str, tmp_path: Path) -> None:
         driver.save_screenshot(str(shots / name))
     finally:
         driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        shutil.rmtree(browser_dir, ignore_errors=True)
