@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def weed_serving(data_dir: Path) -> tuple[int, list[Path]]:
     """The pid of the weed serving ``data_dir``, and the gRPC sockets it listens on in /tmp."""
-    for entry in Path("/proc").iterdir():
+    for entry in Path("/proc").glob("[0-9]*"):
         try:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
         except (OSError, ValueError):  # not a process, or gone

@@ -26,7 +26,13 @@ from ai_assets_dev.inprocess import InProcessDaemon
 from ai_assets_dev.samples import sample_images
 from ai_assets_tests.fakes.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.support.hostile import hostile_keys, hostile_objects
-from ai_assets_tests.support.util import bucket_etags, configure, rows_by_key, wait_for
+from ai_assets_tests.support.util import (
+    bucket_etags,
+    configure,
+    processes_marked,
+    rows_by_key,
+    wait_for,
+)
 
 pytestmark = pytest.mark.reliability
 MAX_BYTES = 1 << 20
@@ -344,16 +350,6 @@ def running_until_rows(command: list[str], db_url: str) -> Iterator[subprocess.P
         finally:
             if run.poll() is None:
                 run.kill()
-
-
-def processes_marked(mark: str) -> list[int]:
-    """Live processes whose environment holds ``mark`` (NAME=VALUE)."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        with contextlib.suppress(OSError):  # gone meanwhile, or a zombie's
-            if mark.encode() in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-    return found
 
 
 def test_overwriting_an_object_during_its_run_keeps_the_newest_version(

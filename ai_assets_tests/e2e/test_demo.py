@@ -21,7 +21,7 @@ from ai_assets_dev.demo import s3_client
 from ai_assets_dev.localdev import free_port, process_running, stop_process
 from ai_assets_dev.samples import sample_jpegs
 from ai_assets_tests.support.service import metrics
-from ai_assets_tests.support.util import answers, wait_for
+from ai_assets_tests.support.util import answers, processes_marked, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,18 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _started_by(marker: str) -> list[int]:
-    """Processes whose environment holds ``marker``: everything the demo started, any group."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if marker.encode() in environ.read_bytes().split(b"\0"):
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
 
 
 def _runs(ui_port: int) -> list[dict]:
@@ -197,13 +185,13 @@ def test_the_demo_is_usable_with_standard_clients_and_stops_cleanly(
         marker = f"AI_ASSETS_DEMO_DIR={demo_dir}"
         wait_for(  # seconds when the machine is idle; `make test` runs a second worker beside it
             "the demo's processes and ports to go",
-            lambda: not _started_by(marker) and not any(map(_listening, ports)),
+            lambda: not processes_marked(marker) and not any(map(_listening, ports)),
             timeout=60,
             every=0.5,
         )
         _check_quiet_stop(log.read_text())
     finally:
-        for pid in _started_by(f"AI_ASSETS_DEMO_DIR={demo_dir}"):
+        for pid in processes_marked(f"AI_ASSETS_DEMO_DIR={demo_dir}"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -68,6 +69,17 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 180, every: flo
         assert time.monotonic() < deadline, f"timed out after {timeout:.3g} s waiting for {what}"
         time.sleep(every)
     return value
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Live processes whose environment holds ``mark`` (NAME=VALUE), in any process group:
+    what a test's command started, and what those started in turn."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or a zombie's
+            if mark.encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
 
 
 def answers(url: str) -> bool:
