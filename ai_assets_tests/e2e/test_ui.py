@@ -50,6 +50,9 @@ SCREENSHOTS = os.environ.get("AI_ASSETS_TEST_SCREENSHOTS_DIR", "")
 RULES = CHART / "files" / "prometheus-rules.yaml"
 LOCATION = {"repositoryLocationName": "ai_assets", "repositoryName": "__repository__"}
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+#: How long a stopped sensor must stay quiet before a test trusts the stop: far longer than the
+#: daemon takes from reading a sensor as running to creating its tick.
+STOP_SETTLED_S = 5.0
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 YESTERDAY = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
 #: The first partition: a month back, as the demo's (the photos are all of today).
@@ -187,22 +190,46 @@ def _sensor(dev: DagsterDev, name: str) -> dict[str, Any]:
     return data["sensorOrError"]
 
 
-def _wait_for_no_tick_in_flight(dev: DagsterDev) -> None:
-    def settled() -> bool:
+def _stop_sensor(dev: DagsterDev) -> None:
+    dev.graphql(
+        """mutation($id: String!) { stopSensor(id: $id) {
+             ... on StopSensorMutationResult { instigationState { status } } } }""",
+        {"id": _sensor(dev, "s3_image_sensor")["id"]},
+    )
+
+
+def _wait_until_stopped(dev: DagsterDev) -> str:
+    """Wait until s3_image_sensor has stayed stopped, its last tick unchanged and ended, for
+    STOP_SETTLED_S. A stop can land after the daemon read the sensor as running: its tick is
+    then created after the stop and still runs, and when the stop falls between the daemon's
+    read and its mark of the tick, the daemon writes RUNNING back (dagster 1.13's
+    ``_process_tick_generator``), so such a stop is repeated."""
+    seen: tuple[Any, ...] = ()
+    since = time.monotonic()
+
+    def settled() -> str | None:
+        nonlocal seen, since
         data = dev.graphql(
             """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
-                 ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }""",
+                 ... on Sensor { sensorState { status ticks(limit: 1) { id status } } } } }""",
             {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
         )
-        ticks = data["sensorOrError"]["sensorState"]["ticks"]
-        return not ticks or ticks[0]["status"] != "STARTED"
+        state = data["sensorOrError"]["sensorState"]
+        tick = state["ticks"][0] if state["ticks"] else {}
+        now = (state["status"], tick.get("id"), tick.get("status"))
+        if state["status"] != "STOPPED":
+            _stop_sensor(dev)
+        if now != seen:
+            seen, since = now, time.monotonic()
+        quiet = state["status"] == "STOPPED" and now[2] != "STARTED"
+        return state["status"] if quiet and time.monotonic() - since >= STOP_SETTLED_S else None
 
-    wait_for("the sensor's last tick to end", settled, timeout=120)
+    return wait_for("the sensor stopped with no tick in flight", settled, timeout=120)
 
 
 def _set_sensor(dev: DagsterDev, running: bool) -> str:
-    """Start or stop s3_image_sensor as the UI does; its status after. Stopping waits for a
-    tick already in flight to end: it could still see what the test does next."""
+    """Start or stop s3_image_sensor as the UI does; its status after. Stopping waits until no
+    tick can still see what the test does next (``_wait_until_stopped``)."""
     if running:
         started = dev.graphql(
             """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
@@ -210,13 +237,8 @@ def _set_sensor(dev: DagsterDev, running: bool) -> str:
             {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
         )
         return started["startSensor"]["sensorState"]["status"]
-    stopped = dev.graphql(
-        """mutation($id: String!) { stopSensor(id: $id) {
-             ... on StopSensorMutationResult { instigationState { status } } } }""",
-        {"id": _sensor(dev, "s3_image_sensor")["id"]},
-    )
-    _wait_for_no_tick_in_flight(dev)
-    return stopped["stopSensor"]["instigationState"]["status"]
+    _stop_sensor(dev)
+    return _wait_until_stopped(dev)
 
 
 def test_sensor_backfill_and_materialize_through_the_ui_api(
