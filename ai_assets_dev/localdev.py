@@ -227,6 +227,7 @@ def seaweedfs(
     ~0.75 ms of its CPU per GET (~1,200 GETs/s either way).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
+    _remove_old_master_folders(data_dir)
     s3_port = port or free_port()
     ports = {flag: free_port() for flag in _SEAWEED_PORTS}
     args = [
@@ -262,6 +263,15 @@ def seaweedfs(
         stop_process(process)
         log.close()
         _remove_grpc_sockets(ports)
+
+
+def _remove_old_master_folders(data_dir: Path) -> None:
+    """The master keeps its metadata in ``m<its port>``, a new folder at every start on a new
+    port, never read again (the volumes hold the data): a reused folder (the demo's) would pile
+    them up."""
+    for folder in data_dir.glob("m[0-9]*"):
+        if folder.name[1:].isdigit() and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _remove_grpc_sockets(ports: dict[str, int]) -> None:

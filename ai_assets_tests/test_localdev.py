@@ -1,4 +1,5 @@
-"""The local servers of the demo, the tests and the benches leave nothing in the machine's /tmp."""
+"""The local servers of the demo, the tests and the benches leave nothing in the machine's /tmp,
+nor pile anything up in a data folder they reuse."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 from pathlib import Path
 
+import boto3
 import pytest
 
 from ai_assets_dev.localdev import seaweedfs
@@ -35,3 +37,21 @@ def test_seaweedfs_leaves_no_socket_in_tmp_even_when_killed(tmp_path: Path) -> N
         assert sockets, "weed listens on no gRPC socket in /tmp: this test no longer sees them"
         os.kill(pid, signal.SIGKILL)  # nothing of weed's own shutdown runs
     assert [path for path in sockets if path.exists()] == []
+
+
+def test_seaweedfs_restarted_on_its_folder_keeps_the_data_and_one_master_folder(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "s3"
+    for start in range(3):  # as the demo restarts: the same folder, new ports each time
+        with seaweedfs(data_dir, ACCESS_KEY, SECRET_KEY) as endpoint:
+            s3 = boto3.client(
+                "s3", endpoint_url=endpoint, region_name="us-east-1",
+                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
+            )  # fmt: skip
+            if start == 0:
+                s3.create_bucket(Bucket="kept")
+            s3.put_object(Bucket="kept", Key=f"photo-{start}.jpg", Body=b"x" * (start + 1))
+            kept = {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket="kept")["Contents"]}
+            assert kept == {f"photo-{n}.jpg": n + 1 for n in range(start + 1)}
+    assert len([folder for folder in data_dir.glob("m[0-9]*") if folder.is_dir()]) == 1
