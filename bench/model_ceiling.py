@@ -261,7 +261,7 @@ class Bench:
     def speeds(self, classifier: Any, name: str, batch: int, decodes: dict) -> dict[str, float]:
         """The ceiling at ``batch``, then the loop per source and decoding."""
         args = self.args
-        ceiling = measure_ceiling(classifier, self.pixels, batch, args.seconds)
+        ceiling = measure_ceiling(classifier, self.pixels, batch, args.seconds).per_s
         figures = {f"{name}_ceiling_img_s": round(ceiling, 1)}
         print(f"{name}: ceiling {ceiling:,.1f} images/s", flush=True)
         classifier.warm_up(batch)

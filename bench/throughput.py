@@ -13,9 +13,11 @@ scikit-learn), loads it into a local SeaweedFS, and measures in one run on this 
 * seed_style – per image one GET, one batch-1 pipeline call, one new DB connection + INSERT;
 
 plus the e2e run's peak RSS and CPU per image by process, JPEG draft-mode and bf16 top-1
-agreement, and the Dagster events each run writes. Ends with one line: RESULT e2e_img_s=…
-ceiling_img_s=… ratio=… e2e_dagster_img_s=… dagster_over_e2e=… dagster_over_ceiling=…
-seed_style_img_s=… speedup=… peak_rss_mb=… (and more key=value pairs).
+agreement, and the Dagster events each run writes. Where the ratio goes: the model's CPU per
+image in the runs (their reported loop CPU less the feed's) against the ceiling's
+(``model_cpu_over_ceiling``), and the feed's (``run_feed_cpu_ms_per_image``). Ends with one
+line: RESULT e2e_img_s=… ceiling_img_s=… ratio=… e2e_dagster_img_s=… dagster_over_e2e=…
+dagster_over_ceiling=… seed_style_img_s=… speedup=… peak_rss_mb=… (and more key=value pairs).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image, ImageEnhance
 
@@ -115,12 +117,19 @@ def cpu_seconds(names: Iterable[str]) -> float:
     return sum(stat.cpu_seconds() for stat in process_stats() if stat.command in wanted)
 
 
-def timed_rate(run: Callable[[], int], min_seconds: float) -> float:
-    """Items per second of ``run`` (returns items), repeated until ``min_seconds`` passed."""
-    items, started = 0, time.perf_counter()
+class Rate(NamedTuple):
+    """Items per second, and the process's CPU ms per item meanwhile (every thread's)."""
+
+    per_s: float
+    cpu_ms: float
+
+
+def timed_rate(run: Callable[[], int], min_seconds: float) -> Rate:
+    """``run`` (returns items) repeated until ``min_seconds`` passed."""
+    items, started, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - started) < min_seconds or not items:
         items += run()
-    return items / elapsed
+    return Rate(items / elapsed, (time.process_time() - cpu) * 1000 / items)
 
 
 def prepared(
@@ -131,7 +140,7 @@ def prepared(
     return [classifier.preprocess(decoder(data)) for data in images]
 
 
-def measure_ceiling(classifier: Any, pixels: list[Any], batch_size: int, seconds: float) -> float:
+def measure_ceiling(classifier: Any, pixels: list[Any], batch_size: int, seconds: float) -> Rate:
     """The model alone: forward passes (and top-k) on batches already decoded and collated."""
     batches = [
         classifier.preprocessor.collate(pixels[i : i + batch_size], classifier.device)
@@ -187,6 +196,7 @@ def e2e_child(profile: str | None) -> None:
     """
     import dagster as dg
 
+    from ai_assets.runs import Meta
     from ai_assets_dev.inprocess import InProcessDaemon
     from ai_assets_dev.localdev import dagster_storage
 
@@ -216,6 +226,11 @@ def e2e_child(profile: str | None) -> None:
         ]
         events = [instance.get_records_for_run(r.run_id, limit=100_000).records for r in runs]
     images = int(sum(number(m, "images") for m in metadata))
+
+    def per_image(key: str) -> float:
+        """The runs' per-image ``key``, weighted by their images."""
+        return sum(number(m, key) * number(m, "images") for m in metadata) / images
+
     kinds = [[r.event_log_entry.dagster_event_type for r in run] for run in events]
     asset_events = [
         sum(k is not None and k.value in ASSET_EVENT_TYPES for k in run) for run in kinds
@@ -233,6 +248,10 @@ def e2e_child(profile: str | None) -> None:
                 "asset_events_per_run": max(asset_events),
                 "events_per_run": max(sum(k is not None for k in run) for run in kinds),
                 "cpu_ms_per_image": cpu_s / images * 1000,
+                # what the runs report of their loops: the model's forward passes, and the rest
+                "model_cpu_ms_per_image": per_image(Meta.CPU_MS_PER_IMAGE)
+                - per_image(Meta.FEED_CPU_MS_PER_IMAGE),
+                "feed_cpu_ms_per_image": per_image(Meta.FEED_CPU_MS_PER_IMAGE),
                 "peak_rss_mb": peak_rss_mb(),
             }
         )
@@ -335,14 +354,16 @@ def measure_variants(
     from ai_assets.vision.model import ImageClassifier, load_classifier
 
     unfolded = ImageClassifier(model_dir, fold=False)
-    figures = {"unfolded_ceiling_img_s": measure_ceiling(unfolded, pixels, batch_size, seconds)}
+    figures = {
+        "unfolded_ceiling_img_s": measure_ceiling(unfolded, pixels, batch_size, seconds).per_s
+    }
     del unfolded
     photos = large_photos()
     draft_agree, full_ms, draft_ms = measure_draft(classifier, photos)
     sample = pixels[:320]
     bf16 = load_classifier(model_dir, None, "bf16")
     figures["draft_top1_agreement"] = draft_agree
-    figures["bf16_ceiling_img_s"] = measure_ceiling(bf16, sample, batch_size, seconds)
+    figures["bf16_ceiling_img_s"] = measure_ceiling(bf16, sample, batch_size, seconds).per_s
     figures["bf16_top1_agreement"] = agreement(top1(classifier, sample), top1(bf16, sample))
     note = (
         f"JPEG draft mode on {len(photos)} photos of 1-2.5k px: decode+preprocess "
@@ -385,7 +406,8 @@ def main() -> None:
     report(
         {
             "e2e_img_s": e2e["asset_img_s"],
-            "ceiling_img_s": (ceiling_before + ceiling_after) / 2,
+            "ceiling_img_s": (ceiling_before.per_s + ceiling_after.per_s) / 2,
+            "ceiling_cpu_ms_per_image": (ceiling_before.cpu_ms + ceiling_after.cpu_ms) / 2,
             "seed_style_img_s": seed,
             "peak_rss_mb": e2e["peak_rss_mb"],
             "unfolded_ceiling_img_s": variants["unfolded_ceiling_img_s"],
@@ -396,6 +418,8 @@ def main() -> None:
             "asset_events_per_run": e2e["asset_events_per_run"],
             "events_per_run": e2e["events_per_run"],
             "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
+            "run_model_cpu_ms_per_image": e2e["model_cpu_ms_per_image"],
+            "run_feed_cpu_ms_per_image": e2e["feed_cpu_ms_per_image"],
             **{k: e2e[k] for k in SERVER_FIGURES},
             "draft_top1_agreement": variants["draft_top1_agreement"],
             "bf16_ceiling_img_s": variants["bf16_ceiling_img_s"],
@@ -403,7 +427,8 @@ def main() -> None:
         },
         f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}, "
         f"{classifier.folded} BatchNorm layers folded; "
-        f"ceiling before e2e {ceiling_before:.1f}, after {ceiling_after:.1f} images/s; "
+        f"ceiling before e2e {ceiling_before.per_s:.1f}, after {ceiling_after.per_s:.1f} "
+        f"images/s ({ceiling_before.cpu_ms:.1f} and {ceiling_after.cpu_ms:.1f} CPU ms each); "
         f"seed_style on {n_seed} images",
         draft,
     )
@@ -422,6 +447,9 @@ def report(figures: dict[str, float], *notes: str) -> None:
     figures = {
         **figures,
         "ratio": figures["e2e_img_s"] / figures["ceiling_img_s"],
+        # > 1: the model costs more CPU per image in the e2e, beside the feed, than alone
+        "model_cpu_over_ceiling": figures["run_model_cpu_ms_per_image"]
+        / figures["ceiling_cpu_ms_per_image"],
         "speedup": figures["e2e_img_s"] / figures["seed_style_img_s"],
         "dagster_over_e2e": figures["e2e_dagster_img_s"] / figures["e2e_img_s"],
         "dagster_over_ceiling": figures["e2e_dagster_img_s"] / figures["ceiling_img_s"],
