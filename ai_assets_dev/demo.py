@@ -28,6 +28,7 @@ from ai_assets_dev.localdev import (
     free_port,
     local_instance,
     model_service,
+    s3_client_at,
     seaweedfs,
     stop_process,
 )
@@ -110,12 +111,11 @@ def write_env_file(path: Path) -> None:
 
 def s3_client(env: Mapping[str, str]) -> Any:
     """A boto3 client of the demo's S3 server, from its environment (``.demo/env.sh``)."""
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_REGION"],
+    return s3_client_at(
+        env["AWS_ENDPOINT_URL"],
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+        env["AWS_REGION"],
     )
 
 

@@ -283,18 +283,24 @@ def _remove_grpc_sockets(ports: dict[str, int]) -> None:
             Path(f"/tmp/seaweedfs-{server}-grpc-{number}.sock").unlink(missing_ok=True)
 
 
-def _wait_for_s3(endpoint: str, access_key: str, secret_key: str, timeout: float) -> None:
-    """The S3 port opens before the filer behind it is ready: wait for a real answer."""
+def s3_client_at(endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1") -> Any:
+    """A boto3 S3 client of a server on ``endpoint`` with these keys, whatever the environment."""
     import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        region_name="us-east-1",
+        region_name=region,
     )
+
+
+def _wait_for_s3(endpoint: str, access_key: str, secret_key: str, timeout: float) -> None:
+    """The S3 port opens before the filer behind it is ready: wait for a real answer."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_client_at(endpoint, access_key, secret_key)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -7,10 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-import boto3
 import pytest
 
-from ai_assets_dev.localdev import seaweedfs
+from ai_assets_dev.localdev import s3_client_at, seaweedfs
 from ai_assets_tests.support.util import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.integration
@@ -45,10 +44,7 @@ def test_seaweedfs_restarted_on_its_folder_keeps_the_data_and_one_master_folder(
     data_dir = tmp_path / "s3"
     for start in range(3):  # as the demo restarts: the same folder, new ports each time
         with seaweedfs(data_dir, ACCESS_KEY, SECRET_KEY) as endpoint:
-            s3 = boto3.client(
-                "s3", endpoint_url=endpoint, region_name="us-east-1",
-                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-            )  # fmt: skip
+            s3 = s3_client_at(endpoint, ACCESS_KEY, SECRET_KEY)
             if start == 0:
                 s3.create_bucket(Bucket="kept")
             s3.put_object(Bucket="kept", Key=f"photo-{start}.jpg", Body=b"x" * (start + 1))

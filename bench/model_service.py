@@ -122,9 +122,7 @@ def runs_path(url: str, photos: list[bytes], total: int) -> float:
 
 def small_runs(url: str, model: str, photo: bytes) -> dict[str, object]:
     """A two-object run in a fresh process, with the model in it and through the service."""
-    import boto3
-
-    from ai_assets_dev.localdev import seaweedfs
+    from ai_assets_dev.localdev import s3_client_at, seaweedfs
 
     access, secret = "bench", "bench-secret"
     figures: dict[str, object] = {}
@@ -137,8 +135,7 @@ def small_runs(url: str, model: str, photo: bytes) -> dict[str, object]:
             "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1",
             "AI_ASSETS_S3_PREFIX": "", "AI_ASSETS_MODEL": model, "DAGSTER_HOME": "",
         }  # fmt: skip
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=access,
-                          aws_secret_access_key=secret, region_name="us-east-1")  # fmt: skip
+        s3 = s3_client_at(endpoint, access, secret)
         for mode, extra in (("in_process", {}), ("service", {"AI_ASSETS_INFERENCE_URL": url})):
             bucket = f"small-{mode.replace('_', '-')}"
             s3.create_bucket(Bucket=bucket)

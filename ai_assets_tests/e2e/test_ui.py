@@ -36,6 +36,7 @@ from ai_assets_dev.localdev import (
     local_instance,
     prometheus,
     prometheus_binary,
+    s3_client_at,
     stop_process,
     wait_for_port,
 )
@@ -111,8 +112,6 @@ def dagster_dev(
     model_service_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[DagsterDev]:
-    import boto3
-
     from ai_assets_tests.support.util import ACCESS_KEY, SECRET_KEY
 
     home = Path(tempfile.mkdtemp(prefix="ai-assets-e2e-"))
@@ -135,13 +134,7 @@ def dagster_dev(
         "AI_ASSETS_DATABASE_URL": results_url,
         "HF_HUB_OFFLINE": "1",
     }
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    ).create_bucket(Bucket=bucket)
+    s3_client_at(s3_endpoint, ACCESS_KEY, SECRET_KEY).create_bucket(Bucket=bucket)
     port = free_port()
     log = home / "dagster-dev.log"
     with open(log, "wb") as output:
@@ -181,20 +174,21 @@ def _location_loaded(dev: DagsterDev) -> bool:
     )
 
 
-def _sensor(dev: DagsterDev, name: str) -> dict[str, Any]:
+def _sensor(dev: DagsterDev) -> dict[str, Any]:
+    """s3_image_sensor's id, status and last tick."""
     data = dev.graphql(
         """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
-             ... on Sensor { id sensorState { status } } } }""",
-        {"selector": {**LOCATION, "sensorName": name}},
+             ... on Sensor { id sensorState { status ticks(limit: 1) { id status } } } } }""",
+        {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
     )
     return data["sensorOrError"]
 
 
-def _stop_sensor(dev: DagsterDev) -> None:
+def _stop_sensor(dev: DagsterDev, sensor_id: str) -> None:
     dev.graphql(
         """mutation($id: String!) { stopSensor(id: $id) {
              ... on StopSensorMutationResult { instigationState { status } } } }""",
-        {"id": _sensor(dev, "s3_image_sensor")["id"]},
+        {"id": sensor_id},
     )
 
 
@@ -209,19 +203,15 @@ def _wait_until_stopped(dev: DagsterDev) -> str:
 
     def settled() -> str | None:
         nonlocal seen, since
-        data = dev.graphql(
-            """query($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
-                 ... on Sensor { sensorState { status ticks(limit: 1) { id status } } } } }""",
-            {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
-        )
-        state = data["sensorOrError"]["sensorState"]
+        sensor = _sensor(dev)
+        state = sensor["sensorState"]
         tick = state["ticks"][0] if state["ticks"] else {}
-        now = (state["status"], tick.get("id"), tick.get("status"))
+        observed = (state["status"], tick.get("id"), tick.get("status"))
         if state["status"] != "STOPPED":
-            _stop_sensor(dev)
-        if now != seen:
-            seen, since = now, time.monotonic()
-        quiet = state["status"] == "STOPPED" and now[2] != "STARTED"
+            _stop_sensor(dev, sensor["id"])
+        if observed != seen:
+            seen, since = observed, time.monotonic()
+        quiet = state["status"] == "STOPPED" and tick.get("status") != "STARTED"
         return state["status"] if quiet and time.monotonic() - since >= STOP_SETTLED_S else None
 
     return wait_for("the sensor stopped with no tick in flight", settled, timeout=120)
@@ -237,7 +227,7 @@ def _set_sensor(dev: DagsterDev, running: bool) -> str:
             {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
         )
         return started["startSensor"]["sensorState"]["status"]
-    _stop_sensor(dev)
+    _stop_sensor(dev, _sensor(dev)["id"])
     return _wait_until_stopped(dev)
 
 
