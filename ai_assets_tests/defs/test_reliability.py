@@ -27,6 +27,7 @@ from ai_assets_dev.samples import sample_images
 from ai_assets_tests.fakes.faulty_s3 import FaultyS3, Rule, faulty_s3
 from ai_assets_tests.support.hostile import hostile_keys, hostile_objects
 from ai_assets_tests.support.util import (
+    CAT_CLASSES,
     bucket_etags,
     configure,
     processes_marked,
@@ -36,7 +37,6 @@ from ai_assets_tests.support.util import (
 
 pytestmark = pytest.mark.reliability
 MAX_BYTES = 1 << 20
-CAT_CLASSES = set(range(281, 286))
 
 
 @pytest.fixture

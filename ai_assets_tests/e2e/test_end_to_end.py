@@ -11,9 +11,7 @@ import pytest
 
 from ai_assets.vision.convert import build_config
 from ai_assets_dev.inprocess import InProcessDaemon
-from ai_assets_tests.support.util import rows_by_key
-
-CAT_CLASSES = set(range(281, 286))
+from ai_assets_tests.support.util import CAT_CLASSES, rows_by_key
 
 
 @pytest.fixture

@@ -25,6 +25,9 @@ def size(pixels: Any) -> tuple[int, int]:
     return int(pixels.shape[1]), int(pixels.shape[0])
 
 
+#: ImageNet's cat classes: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+CAT_CLASSES = frozenset(range(281, 286))
+
 #: The keys of the tests' S3 server (SeaweedFS).
 ACCESS_KEY = "ai-assets-test"
 SECRET_KEY = "ai-assets-test-secret"

@@ -8,8 +8,7 @@ from ai_assets.vision.convert import build_config, map_key, source_weights_path
 from ai_assets.vision.decode import decode_image
 from ai_assets.vision.model import load_classifier
 from ai_assets_dev.samples import encode
-
-CAT_CLASSES = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+from ai_assets_tests.support.util import CAT_CLASSES
 
 
 def test_key_mapping() -> None:
