@@ -192,12 +192,12 @@ def _stop_sensor(dev: DagsterDev, sensor_id: str) -> None:
     )
 
 
-def _wait_until_stopped(dev: DagsterDev) -> str:
-    """Wait until s3_image_sensor has stayed stopped, its last tick unchanged and ended, for
-    STOP_SETTLED_S. A stop can land after the daemon read the sensor as running: its tick is
-    then created after the stop and still runs, and when the stop falls between the daemon's
-    read and its mark of the tick, the daemon writes RUNNING back (dagster 1.13's
-    ``_process_tick_generator``), so such a stop is repeated."""
+def _stop_until_settled(dev: DagsterDev) -> str:
+    """Stop s3_image_sensor, again whenever it shows RUNNING, until it has stayed stopped, its
+    last tick unchanged and ended, for STOP_SETTLED_S. A stop can land after the daemon read the
+    sensor as running: its tick is then created after the stop and still runs, and when the
+    stop falls between the daemon's read and its mark of the tick, the daemon writes RUNNING
+    back (dagster 1.13's ``_process_tick_generator``)."""
     seen: tuple[Any, ...] = ()
     since = time.monotonic()
 
@@ -219,7 +219,7 @@ def _wait_until_stopped(dev: DagsterDev) -> str:
 
 def _set_sensor(dev: DagsterDev, running: bool) -> str:
     """Start or stop s3_image_sensor as the UI does; its status after. Stopping waits until no
-    tick can still see what the test does next (``_wait_until_stopped``)."""
+    tick can still see what the test does next (``_stop_until_settled``)."""
     if running:
         started = dev.graphql(
             """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
@@ -227,8 +227,7 @@ def _set_sensor(dev: DagsterDev, running: bool) -> str:
             {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
         )
         return started["startSensor"]["sensorState"]["status"]
-    _stop_sensor(dev, _sensor(dev)["id"])
-    return _wait_until_stopped(dev)
+    return _stop_until_settled(dev)
 
 
 def test_sensor_backfill_and_materialize_through_the_ui_api(
