@@ -192,7 +192,7 @@ def _stop_sensor(dev: DagsterDev, sensor_id: str) -> None:
     )
 
 
-def _stop_until_settled(dev: DagsterDev) -> str:
+def _stop_until_settled(dev: DagsterDev) -> None:
     """Stop s3_image_sensor, again whenever it shows RUNNING, until it has stayed stopped, its
     last tick unchanged and ended, for STOP_SETTLED_S. A stop can land after the daemon read the
     sensor as running: its tick is then created after the stop and still runs, and when the
@@ -201,7 +201,7 @@ def _stop_until_settled(dev: DagsterDev) -> str:
     seen: tuple[Any, ...] = ()
     since = time.monotonic()
 
-    def settled() -> str | None:
+    def settled() -> bool:
         nonlocal seen, since
         sensor = _sensor(dev)
         state = sensor["sensorState"]
@@ -212,22 +212,19 @@ def _stop_until_settled(dev: DagsterDev) -> str:
         if observed != seen:
             seen, since = observed, time.monotonic()
         quiet = state["status"] == "STOPPED" and tick.get("status") != "STARTED"
-        return state["status"] if quiet and time.monotonic() - since >= STOP_SETTLED_S else None
+        return quiet and time.monotonic() - since >= STOP_SETTLED_S
 
-    return wait_for("the sensor stopped with no tick in flight", settled, timeout=120)
+    wait_for("the sensor stopped with no tick in flight", settled, timeout=120)
 
 
-def _set_sensor(dev: DagsterDev, running: bool) -> str:
-    """Start or stop s3_image_sensor as the UI does; its status after. Stopping waits until no
-    tick can still see what the test does next (``_stop_until_settled``)."""
-    if running:
-        started = dev.graphql(
-            """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
-                 ... on Sensor { sensorState { status } } } }""",
-            {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
-        )
-        return started["startSensor"]["sensorState"]["status"]
-    return _stop_until_settled(dev)
+def _start_sensor(dev: DagsterDev) -> str:
+    """Start s3_image_sensor as the UI does; its status after."""
+    started = dev.graphql(
+        """mutation($selector: SensorSelector!) { startSensor(sensorSelector: $selector) {
+             ... on Sensor { sensorState { status } } } }""",
+        {"selector": {**LOCATION, "sensorName": "s3_image_sensor"}},
+    )
+    return started["startSensor"]["sensorState"]["status"]
 
 
 def test_sensor_backfill_and_materialize_through_the_ui_api(
@@ -235,12 +232,12 @@ def test_sensor_backfill_and_materialize_through_the_ui_api(
 ) -> None:
     dev = dagster_dev
     bucket = os.environ.get("AI_ASSETS_S3_BUCKET_E2E") or f"e2e-{os.getpid()}"
-    assert _set_sensor(dev, running=False) == "STOPPED"  # no tick sees half of the uploads
+    _stop_until_settled(dev)  # no tick sees half of the uploads
 
     keys = [f"{name}-{i}.jpg" for i in range(2) for name in ("chelsea", "coffee", "rocket")]
     for key in keys:
         s3_client.put_object(Bucket=bucket, Key=key, Body=jpegs[key.split("-")[0]])
-    assert _set_sensor(dev, running=True) == "RUNNING"
+    assert _start_sensor(dev) == "RUNNING"
     rows = _rows_of_one_run(dev, keys)  # one batched run for six new images, not one per image
 
     assert {r["partition_key"] for r in rows.values()} == {TODAY}
@@ -578,7 +575,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
     with exporter(dev.env, tmp_path / "exporter.log") as exporter_at:
         targets = {"exporter": exporter_at, "model": model_service_url.removeprefix("http://")}
         with prometheus(tmp_path / "prometheus", targets, [rules]) as prom:
-            assert _set_sensor(dev, running=True) == "RUNNING"
+            assert _start_sensor(dev) == "RUNNING"
             s3_client.put_object(Bucket=bucket, Key="monitoring/new.jpg", Body=jpegs["coffee"])
 
             wait_for("the new image classified by a successful run", lambda: _caught_up(prom), 240)
@@ -597,7 +594,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
 
             # the backlog made old on purpose: the sensor stopped, an object waiting for 2 hours
             # (no tick in flight after: its listing could find the object gone at once)
-            assert _set_sensor(dev, running=False) == "STOPPED"
+            _stop_until_settled(dev)
             _record_waiting_since(dev, "monitoring/late.jpg", dt.timedelta(hours=2))
             firing = wait_for(
                 "the backlog alert",
@@ -609,7 +606,7 @@ def test_prometheus_reads_the_pipeline_and_the_backlog_alert_fires_and_clears(
             _shoot_prometheus(prom.url, "/classic/alerts", "prometheus-alerts.png", tmp_path)
 
             # the sensor again: the object is not in the bucket, so it is deleted, not waited for
-            assert _set_sensor(dev, running=True) == "RUNNING"
+            assert _start_sensor(dev) == "RUNNING"
             wait_for(
                 "the backlog back to zero",
                 lambda: (
