@@ -196,7 +196,6 @@ def e2e_child(profile: str | None) -> None:
     """
     import dagster as dg
 
-    from ai_assets.runs import Meta
     from ai_assets_dev.inprocess import InProcessDaemon
     from ai_assets_dev.localdev import dagster_storage
 
@@ -225,6 +224,16 @@ def e2e_child(profile: str | None) -> None:
             r.asset_materializations_for_node("image_classifications")[0].metadata for r in runs
         ]
         events = [instance.get_records_for_run(r.run_id, limit=100_000).records for r in runs]
+    print(json.dumps(e2e_figures(metadata, events, tick_s, dagster_s, cpu_s)))
+
+
+def e2e_figures(
+    metadata: list[Any], events: list[Any], tick_s: float, dagster_s: float, cpu_s: float
+) -> dict[str, float]:
+    """What the e2e's runs report (their materializations' metadata, their event records), and
+    the tick, Dagster and process CPU seconds it took, per image."""
+    from ai_assets.runs import Meta
+
     images = int(sum(number(m, "images") for m in metadata))
 
     def per_image(key: str) -> float:
@@ -236,26 +245,22 @@ def e2e_child(profile: str | None) -> None:
     asset_events = [
         sum(k is not None and k.value in ASSET_EVENT_TYPES for k in run) for run in kinds
     ]
-    print(
-        json.dumps(
-            {
-                "images": images,
-                "runs": len(runs),
-                # the asset's own loop, weighted by images: what one run's metadata reports
-                "asset_img_s": images
-                / sum(number(m, "images") / number(m, "images_per_second") for m in metadata),
-                "dagster_img_s": images / dagster_s,
-                "tick_s": tick_s,
-                "asset_events_per_run": max(asset_events),
-                "events_per_run": max(sum(k is not None for k in run) for run in kinds),
-                "cpu_ms_per_image": cpu_s / images * 1000,
-                # what the runs report of their loops: the model's forward passes, and the rest
-                "model_cpu_ms_per_image": per_image(Meta.CPU_MS_PER_IMAGE) - feed,
-                "feed_cpu_ms_per_image": feed,
-                "peak_rss_mb": peak_rss_mb(),
-            }
-        )
-    )
+    return {
+        "images": images,
+        "runs": len(metadata),
+        # the asset's own loop, weighted by images: what one run's metadata reports
+        "asset_img_s": images
+        / sum(number(m, "images") / number(m, "images_per_second") for m in metadata),
+        "dagster_img_s": images / dagster_s,
+        "tick_s": tick_s,
+        "asset_events_per_run": max(asset_events),
+        "events_per_run": max(sum(k is not None for k in run) for run in kinds),
+        "cpu_ms_per_image": cpu_s / images * 1000,
+        # what the runs report of their loops: the model's forward passes, and the rest
+        "model_cpu_ms_per_image": per_image(Meta.CPU_MS_PER_IMAGE) - feed,
+        "feed_cpu_ms_per_image": feed,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def number(metadata: Any, key: str) -> float:
@@ -404,27 +409,7 @@ def main() -> None:
         seed = measure_seed_style(model_dir, list(images)[:n_seed], pg.url)
     variants, draft = measure_variants(classifier, model_dir, pixels, batch_size, ceiling_s / 2)
     report(
-        {
-            "e2e_img_s": e2e["asset_img_s"],
-            "ceiling_img_s": (ceiling_before.per_s + ceiling_after.per_s) / 2,
-            "ceiling_cpu_ms_per_image": (ceiling_before.cpu_ms + ceiling_after.cpu_ms) / 2,
-            "seed_style_img_s": seed,
-            "peak_rss_mb": e2e["peak_rss_mb"],
-            "unfolded_ceiling_img_s": variants["unfolded_ceiling_img_s"],
-            "run_images": e2e["images"],
-            "e2e_dagster_img_s": e2e["dagster_img_s"],
-            "e2e_runs": e2e["runs"],
-            "sensor_tick_s": e2e["tick_s"],
-            "asset_events_per_run": e2e["asset_events_per_run"],
-            "events_per_run": e2e["events_per_run"],
-            "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
-            "run_model_cpu_ms_per_image": e2e["model_cpu_ms_per_image"],
-            "run_feed_cpu_ms_per_image": e2e["feed_cpu_ms_per_image"],
-            **{k: e2e[k] for k in SERVER_FIGURES},
-            "draft_top1_agreement": variants["draft_top1_agreement"],
-            "bf16_ceiling_img_s": variants["bf16_ceiling_img_s"],
-            "bf16_top1_agreement": variants["bf16_top1_agreement"],
-        },
+        result_figures(e2e, (ceiling_before, ceiling_after), seed, variants),
         f"corpus: {n} JPEGs (~512 px), batch {batch_size}, fp32, device {classifier.device}, "
         f"{classifier.folded} BatchNorm layers folded; "
         f"ceiling before e2e {ceiling_before.per_s:.1f}, after {ceiling_after.per_s:.1f} "
@@ -432,6 +417,34 @@ def main() -> None:
         f"seed_style on {n_seed} images",
         draft,
     )
+
+
+def result_figures(
+    e2e: dict[str, Any], ceilings: tuple[Rate, Rate], seed: float, variants: dict[str, float]
+) -> dict[str, float]:
+    """The RESULT line's figures: the e2e's, the ceilings' around it (their mean), the rest."""
+    before, after = ceilings
+    return {
+        "e2e_img_s": e2e["asset_img_s"],
+        "ceiling_img_s": (before.per_s + after.per_s) / 2,
+        "ceiling_cpu_ms_per_image": (before.cpu_ms + after.cpu_ms) / 2,
+        "seed_style_img_s": seed,
+        "peak_rss_mb": e2e["peak_rss_mb"],
+        "unfolded_ceiling_img_s": variants["unfolded_ceiling_img_s"],
+        "run_images": e2e["images"],
+        "e2e_dagster_img_s": e2e["dagster_img_s"],
+        "e2e_runs": e2e["runs"],
+        "sensor_tick_s": e2e["tick_s"],
+        "asset_events_per_run": e2e["asset_events_per_run"],
+        "events_per_run": e2e["events_per_run"],
+        "run_cpu_ms_per_image": e2e["cpu_ms_per_image"],
+        "run_model_cpu_ms_per_image": e2e["model_cpu_ms_per_image"],
+        "run_feed_cpu_ms_per_image": e2e["feed_cpu_ms_per_image"],
+        **{k: e2e[k] for k in SERVER_FIGURES},
+        "draft_top1_agreement": variants["draft_top1_agreement"],
+        "bf16_ceiling_img_s": variants["bf16_ceiling_img_s"],
+        "bf16_top1_agreement": variants["bf16_top1_agreement"],
+    }
 
 
 #: The e2e's servers' CPU per image, reported as measured.
